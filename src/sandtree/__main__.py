@@ -1,0 +1,3 @@
+from sandtree.cli import main
+
+main()

@@ -1,0 +1,110 @@
+"""Server settings, read once at the edge.
+
+Nothing below the entry points reads ``os.environ``: ``Settings.from_env()`` is called by
+``sandtree serve`` (and the embedded modes of the CLI and MCP server), and the resulting object
+is passed down.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from sandtree.errors import InvalidRequestError
+
+__all__ = ["ISOLATION_TIERS", "Settings", "default_data_dir"]
+
+#: The isolation tiers a run may ask for.
+ISOLATION_TIERS = ("container", "gvisor")
+
+_ENV_PREFIX = "SANDTREE_"
+
+
+def default_data_dir() -> Path:
+    """Where the embedded server keeps its state unless told otherwise."""
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "share"
+    return base / "sandtree"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything the engine and server can be configured with.
+
+    Each field can be set from the environment as ``SANDTREE_<FIELD>`` (upper case).
+    """
+
+    data_dir: Path = dataclasses.field(default_factory=default_data_dir)
+    host: str = "127.0.0.1"
+    port: int = 9450
+    #: Isolation tier used when a run does not ask for one: ``container`` (crun) or ``gvisor``.
+    default_isolation: str = "container"
+    #: How many operations execute at once; the rest wait as PENDING.
+    max_concurrency: int = 8
+    #: Per-sandbox limits applied to every run.
+    memory_limit_bytes: int = 2 * 1024**3
+    pids_limit: int = 512
+    #: CPU share as a number of CPUs (0 = no quota).
+    cpu_limit: float = 1.0
+    #: Default and maximum wall-time of a run in seconds.
+    default_timeout: int = 30
+    max_timeout: int = 3600
+    #: Default writable-layer cap (bytes) when a run does not set ``max_layer_bytes``.
+    max_layer_bytes: int = 12 * 1024**3
+    #: Host uid/gid that root inside every sandbox maps to; 65536 ids are mapped from it.
+    uid_shift: int = 100000
+    #: An image's mounted stack is compacted when it grows past this many layers.
+    max_stack_layers: int = 24
+    #: OCI runtime binaries; ``container`` falls back to runc when crun cannot run.
+    crun_path: str = "crun"
+    runc_path: str = "runc"
+    runsc_path: str = "runsc"
+    #: Cap on one operation's stored event log (stream events are dropped past it).
+    event_log_cap_bytes: int = 64 * 1024**2
+
+    def __post_init__(self) -> None:
+        if self.default_isolation not in ISOLATION_TIERS:
+            raise InvalidRequestError(
+                f"default_isolation must be one of {', '.join(ISOLATION_TIERS)}, "
+                f"not {self.default_isolation!r}"
+            )
+        if self.max_concurrency < 1:
+            raise InvalidRequestError("max_concurrency must be at least 1")
+        if not 2 <= self.max_stack_layers <= 400:
+            raise InvalidRequestError("max_stack_layers must be between 2 and 400")
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Settings:
+        """Build settings from ``SANDTREE_*`` variables, then apply explicit overrides."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            raw = env.get(_ENV_PREFIX + field.name.upper())
+            if raw is None:
+                continue
+            values[field.name] = _cast(field.name, field.type, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "data_dir" in values:
+            values["data_dir"] = Path(values["data_dir"]).expanduser()
+        return cls(**values)
+
+
+def _cast(name: str, annotation: Any, raw: str) -> Any:
+    kind = str(annotation)
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "Path":
+            return Path(raw)
+    except ValueError:
+        raise InvalidRequestError(
+            f"environment variable {_ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind}"
+        ) from None
+    return raw

@@ -1,0 +1,43 @@
+"""The sandbox engine: immutable images, isolated runs, operations and lineage.
+
+Everything sandtree can do is a method of ``Engine``; this package imports nothing from the
+HTTP, MCP or CLI layers.
+"""
+
+from sandtree.engine._engine import Engine, default_runtimes
+from sandtree.engine._lineage import Diff, Lineage
+from sandtree.engine.layers._grep import GrepMatch, GrepResult
+from sandtree.engine.layers._inspect import FileItem, format_ls
+from sandtree.engine.store import FileRecord, ImageQuery, OperationQuery
+from sandtree.engine.types import (
+    ImageRecord,
+    OperationEvent,
+    OperationKind,
+    OperationRecord,
+    OperationStatus,
+    PlacedFile,
+    RunResult,
+    RunSpec,
+)
+
+__all__ = [
+    "Diff",
+    "Engine",
+    "FileItem",
+    "FileRecord",
+    "GrepMatch",
+    "GrepResult",
+    "ImageQuery",
+    "ImageRecord",
+    "Lineage",
+    "OperationEvent",
+    "OperationKind",
+    "OperationQuery",
+    "OperationRecord",
+    "OperationStatus",
+    "PlacedFile",
+    "RunResult",
+    "RunSpec",
+    "default_runtimes",
+    "format_ls",
+]

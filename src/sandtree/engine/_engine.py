@@ -1,0 +1,394 @@
+"""The engine facade: every sandbox capability behind one object, no HTTP, MCP or CLI.
+
+Callers (the REST API, tests, benchmarks) hold one ``Engine``; its methods are the whole
+command surface, and each states what it needs and raises from ``sandtree.errors``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from sandtree.config import Settings
+from sandtree.engine.layers import _grep, _inspect as _inspect_ops
+from sandtree.engine._clock import now_iso
+from sandtree.engine._events import EventHub, EventLog
+from sandtree.engine._files import BlobStore
+from sandtree.engine._imports import import_path
+from sandtree.engine._lineage import Diff, Lineage, diff_layer, diff_trees, lineage
+from sandtree.engine._operations import JobFailed, JobOutcome, OperationQueue
+from sandtree.engine._results import run_outcome
+from sandtree.engine._runs import RunExecutor, RunFailure
+from sandtree.engine.layers._merge import merge_layers
+from sandtree.engine.layers._store import LayerStore
+from sandtree.engine.runtime import OciRuntime, Runtime
+from sandtree.engine.store import FileRecord, ImageQuery, MetadataStore, OperationQuery, SqliteStore
+from sandtree.engine.types import (
+    ImageRecord,
+    OperationEvent,
+    OperationKind,
+    OperationRecord,
+    OperationStatus,
+    RunSpec,
+)
+from sandtree.errors import (
+    FileNotFoundInStoreError,
+    ImageNotFoundError,
+    InvalidRequestError,
+    OperationNotFoundError,
+)
+
+__all__ = ["Engine", "default_runtimes"]
+
+logger = logging.getLogger(__name__)
+
+_TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*(?:[:/.][A-Za-z0-9_-]+)*$")
+_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")
+#: Beyond this many layers a run compacts the stack before mounting (the kernel stops at 500).
+_HARD_STACK = 400
+
+
+def default_runtimes(settings: Settings) -> dict[str, Callable[[], Runtime]]:
+    """The real tiers: ``container`` (crun, runc where crun is missing) and ``gvisor``."""
+    state = settings.data_dir / "run"
+
+    def container() -> Runtime:
+        import shutil
+
+        if shutil.which(settings.crun_path):
+            return OciRuntime(kind="crun", binary=settings.crun_path, state_dir=state / "crun",
+                              uid_shift=settings.uid_shift)  # fmt: skip
+        return OciRuntime(kind="runc", binary=settings.runc_path, state_dir=state / "runc",
+                          uid_shift=settings.uid_shift)  # fmt: skip
+
+    def gvisor() -> Runtime:
+        return OciRuntime(kind="runsc", binary=settings.runsc_path, state_dir=state / "runsc",
+                          uid_shift=settings.uid_shift)  # fmt: skip
+
+    return {"container": container, "gvisor": gvisor}
+
+
+class Engine:
+    """Images, runs, operations, files and inspection on one machine.
+
+    Args:
+        settings: server settings (data directory, limits, default tier…).
+        store: metadata store; defaults to SQLite under ``settings.data_dir``.
+        runtimes: isolation tier → runtime factory; defaults to ``default_runtimes``.
+        network: a ``NetworkPool`` for runs with networking enabled, or None to refuse them.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: MetadataStore | None = None,
+        runtimes: Mapping[str, Callable[[], Runtime]] | None = None,
+        network: Any | None = None,
+    ) -> None:
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = store if store is not None else SqliteStore(settings.data_dir / "sandtree.db")
+        self.layers = LayerStore(settings.data_dir / "store", uid_shift=settings.uid_shift)
+        self.blobs = BlobStore(settings.data_dir / "files")
+        self.events = EventHub(self.store, cap_bytes=settings.event_log_cap_bytes)
+        self._runtimes = dict(runtimes) if runtimes is not None else default_runtimes(settings)
+        self._network = network
+        self.runs = RunExecutor(settings=settings, store=self.store, layers=self.layers,
+                                blobs=self.blobs, runtimes=self._runtimes,
+                                network=network)  # fmt: skip
+        self._queue: OperationQueue | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self._compacting: set[str] = set()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Recover from a previous process: stale sandboxes, mounts, half-made layers, ops."""
+        for factory in self._runtimes.values():
+            with contextlib.suppress(Exception):
+                factory().cleanup_stale()
+        known = self.store.known_layers() if hasattr(self.store, "known_layers") else set()
+        await asyncio.to_thread(self.layers.sweep, known)
+        self._queue = OperationQueue(self.store, self.events,
+                                     concurrency=self.settings.max_concurrency)  # fmt: skip
+        self._queue.recover(self._resume)
+
+    async def close(self) -> None:
+        if self._queue is not None:
+            await self._queue.close()
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self.layers.unmount_views()
+        self.store.close()
+
+    async def __aenter__(self) -> Engine:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def queue(self) -> OperationQueue:
+        if self._queue is None:
+            raise RuntimeError("Engine.start() has not been awaited")
+        return self._queue
+
+    def _spawn_background(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- images ---------------------------------------------------------------------------------
+
+    def resolve_image(self, ref: str, *, namespaces: Sequence[str] = ("default",)) -> ImageRecord:
+        """An image by UUID or ``tag:NAME``, visible from ``namespaces`` (or public)."""
+        if ref.startswith("tag:"):
+            tag = ref[4:]
+            image_id = self.store.resolve_tag([*namespaces, "public"], tag)
+            if image_id is None:
+                raise ImageNotFoundError(
+                    f"no image is tagged {tag!r}; list_images(tag_prefix=...) shows the tags "
+                    "that exist, or import the image and tag it"
+                )
+            ref = image_id
+        if not _UUID_RE.match(ref):
+            raise InvalidRequestError(
+                f"{ref!r} is neither an image UUID nor 'tag:NAME'; pass a UUID from "
+                "list_images or a tag such as 'tag:busybox:latest'"
+            )
+        image = self.store.get_image(str(uuid.UUID(ref)))
+        if image is None or not (image.namespace in namespaces or image.public):
+            raise ImageNotFoundError(
+                f"image {ref} does not exist; list_images shows the images you can use"
+            )
+        return image
+
+    def list_images(self, query: ImageQuery) -> list[ImageRecord]:
+        return self.store.list_images(query)
+
+    def tag_image(self, image: ImageRecord, tag: str, *, namespace: str | None = None) -> ImageRecord:
+        """Point ``tag`` at ``image`` (moving it if it pointed elsewhere)."""
+        if not _TAG_RE.match(tag):
+            raise InvalidRequestError(
+                f"{tag!r} is not a valid tag; use letters, digits, '_' and '-', with ':', '/' "
+                "or '.' between parts, e.g. 'python:3.11' or 'team/app:v2'"
+            )
+        self.store.set_tag(namespace or image.namespace, tag, image.uuid)
+        return self._reload(image)
+
+    def untag_image(
+        self, image: ImageRecord, tag: str | None = None, *, namespace: str | None = None
+    ) -> ImageRecord:
+        """Remove one tag of ``image``, or all of them when ``tag`` is None."""
+        if tag is None:
+            self.store.remove_tags_of(image.uuid)
+        else:
+            if tag not in image.tags:
+                raise InvalidRequestError(
+                    f"image {image.uuid} is not tagged {tag!r}; its tags are "
+                    f"{list(image.tags) or 'none'}"
+                )
+            self.store.remove_tag(namespace or image.namespace, tag)
+        return self._reload(image)
+
+    def _reload(self, image: ImageRecord) -> ImageRecord:
+        fresh = self.store.get_image(image.uuid)
+        if fresh is None:
+            raise ImageNotFoundError(f"image {image.uuid} no longer exists")
+        return fresh
+
+    async def import_local(
+        self, path: Path, *, tag: str | None = None, namespace: str = "default"
+    ) -> ImageRecord:
+        """Create a root image from a rootfs directory, a tar, an OCI layout or ``docker save``."""
+        if tag is not None and not _TAG_RE.match(tag):
+            raise InvalidRequestError(f"{tag!r} is not a valid tag, e.g. 'busybox:latest'")
+        image = await asyncio.to_thread(import_path, self.layers, self.store, path,
+                                        namespace=namespace, tags=(tag,) if tag else ())  # fmt: skip
+        return image
+
+    def delete_image(self, image: ImageRecord) -> None:
+        """Forget an image; its layers go once no other image uses them (``collect_garbage``)."""
+        self.layers.forget_views(image.layers)
+        self.store.delete_image(image.uuid)
+
+    async def collect_garbage(self) -> list[str]:
+        """Delete layers that no image references any more; returns their ids."""
+        removed = []
+        for layer_id in self.store.unreferenced_layers():
+            self.store.forget_layer(layer_id)
+            await asyncio.to_thread(self.layers.delete, layer_id)
+            removed.append(layer_id)
+        return removed
+
+    def lineage(self, image: ImageRecord, *, ancestor_limit: int | None = 100) -> Lineage:
+        return lineage(self.store, image, ancestor_limit=ancestor_limit)
+
+    async def diff(self, image: ImageRecord, other: ImageRecord | None = None) -> Diff:
+        """Paths added, changed and deleted in ``image`` relative to ``other`` (its parent)."""
+        if other is None:
+            if image.parent is None:
+                raise InvalidRequestError(
+                    f"image {image.uuid} has no parent; pass another image to compare with"
+                )
+            other = self.resolve_image(image.parent, namespaces=(image.namespace,))
+        layers = image.layers
+        if len(layers) == len(other.layers) + 1 and layers[:-1] == other.layers:
+            with self.layers.view(other.layers) as base:
+                return await asyncio.to_thread(diff_layer, self.layers.path(layers[-1]), base)
+        if layers == other.layers:
+            return Diff(added=[], changed=[], deleted=[])
+        with self.layers.view(other.layers) as old, self.layers.view(layers) as new:
+            return await asyncio.to_thread(diff_trees, old, new)
+
+    async def _compact(self, image: ImageRecord) -> None:
+        if image.uuid in self._compacting or len(image.layers) <= 2:
+            return
+        self._compacting.add(image.uuid)
+        try:
+            staging = self.layers.new_staging_dir()
+            await asyncio.to_thread(merge_layers, self.layers.paths(image.layers[1:]), staging)
+            layer_id, size = await asyncio.to_thread(self.layers.adopt, staging)
+            self.store.replace_layers(image.uuid, (image.layers[0], layer_id),
+                                      new_layer_size=size)  # fmt: skip
+        finally:
+            self._compacting.discard(image.uuid)
+
+    # -- runs and operations ---------------------------------------------------------------------
+
+    async def spawn(self, spec: RunSpec, *, namespace: str = "default",
+                    request: Mapping[str, Any] | None = None) -> OperationRecord:  # fmt: skip
+        """Queue a run; returns its PENDING operation at once."""
+        image = self.resolve_image(spec.image, namespaces=(namespace,))
+        if spec.timeout > self.settings.max_timeout or spec.timeout < 1:
+            raise InvalidRequestError(
+                f"timeout must be between 1 and {self.settings.max_timeout} seconds, "
+                f"not {spec.timeout}"
+            )
+        tier = spec.isolation or self.settings.default_isolation
+        self.runs.runtime(tier)  # fail fast on an unknown or unavailable tier
+        if spec.network and self._network is None:
+            raise InvalidRequestError(
+                "networking is not available on this server; run with networking disabled"
+            )
+        for placed in spec.files:
+            if self.store.get_file(placed.uuid) is None:
+                raise FileNotFoundInStoreError(
+                    f"file {placed.uuid} for {placed.path} was not uploaded; upload it first"
+                )
+        op = OperationRecord(
+            uuid=str(uuid.uuid4()), kind=OperationKind.INSTANCE, status=OperationStatus.PENDING,
+            created_at=now_iso(), namespace=namespace, image=image.uuid,
+            request=dict(request or {}),
+        )  # fmt: skip
+        self.store.add_operation(op)
+        self.queue.submit(op, self._run_job(op.uuid, image, spec))
+        return op
+
+    def _run_job(self, op_id: str, image: ImageRecord, spec: RunSpec) -> Any:
+        async def job(log: EventLog, cancel: asyncio.Event) -> JobOutcome:
+            current = image
+            if len(current.layers) > _HARD_STACK:
+                await self._compact(current)
+                current = self._reload(current)
+            try:
+                result, child = await self.runs.execute(op_id, current, spec, log, cancel)
+            except RunFailure as failure:
+                outcome = run_outcome(failure.result) if failure.result else None
+                raise JobFailed(failure.message, outcome, cancelled=failure.cancelled) from None
+            if child is not None and len(child.layers) > self.settings.max_stack_layers:
+                self._spawn_background(self._compact(child))
+            return run_outcome(result)
+
+        return job
+
+    def _resume(self, op: OperationRecord) -> Any:
+        return None  # runs are not resumed after a restart: their inputs may have changed
+
+    def get_operation(self, op_id: str, *, namespaces: Sequence[str] = ("default",)) -> OperationRecord:
+        op = self.store.get_operation(op_id) if _UUID_RE.match(op_id) else None
+        if op is None or op.namespace not in namespaces:
+            raise OperationNotFoundError(
+                f"operation {op_id} does not exist; list_operations shows the ones you can see"
+            )
+        return op
+
+    def list_operations(self, query: OperationQuery) -> list[OperationRecord]:
+        return self.store.list_operations(query)
+
+    async def cancel_operation(self, op: OperationRecord) -> OperationRecord:
+        return await self.queue.cancel(op.uuid)
+
+    async def wait_operation(self, op: OperationRecord, *, timeout: float | None = None) -> OperationRecord:
+        return await self.queue.wait(op.uuid, timeout=timeout)
+
+    def follow_events(
+        self, op: OperationRecord, *, after: int = 0, follow: bool = True
+    ) -> AsyncIterator[OperationEvent]:
+        return self.events.follow(op.uuid, after=after, follow=follow)
+
+    # -- files ----------------------------------------------------------------------------------
+
+    async def upload_file(
+        self, chunks: AsyncIterable[bytes], *, namespace: str = "default"
+    ) -> FileRecord:
+        """Store uploaded content once per sha256; returns its (possibly existing) record."""
+        sha, size = await self.blobs.put_stream(chunks)
+        existing = self.store.find_file(namespace, sha)
+        if existing is not None:
+            return existing
+        record = FileRecord(uuid=str(uuid.uuid4()), sha256=sha, size=size, created_at=now_iso(),
+                            namespace=namespace)  # fmt: skip
+        self.store.add_file(record)
+        return record
+
+    def get_file(self, ref: str, *, namespace: str = "default") -> FileRecord:
+        """A file by uuid or sha256."""
+        record = (self.store.find_file(namespace, ref.lower()) if len(ref) == 64
+                  else self.store.get_file(ref))  # fmt: skip
+        if record is None or record.namespace != namespace:
+            raise FileNotFoundInStoreError(f"file {ref} was not uploaded; upload it first")
+        return record
+
+    def list_files(self, *, namespace: str = "default", limit: int = 100, offset: int = 0) -> list[FileRecord]:
+        return self.store.list_files(namespace, limit=limit, offset=offset)
+
+    def file_path(self, record: FileRecord) -> Path:
+        return self.blobs.path(record.sha256)
+
+    # -- inspection without a sandbox ------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def mounted(self, image: ImageRecord) -> Iterator[Path]:
+        """The image's root filesystem, read-only, for inspection."""
+        with self.layers.view(image.layers) as root:
+            yield root
+
+    def list_dir(self, image: ImageRecord, path: str) -> list[_inspect_ops.FileItem]:
+        with self.mounted(image) as root:
+            return _inspect_ops.list_dir(root, path, uid_shift=self.settings.uid_shift)
+
+    def open_file(self, image: ImageRecord, path: str) -> IO[bytes]:
+        with self.mounted(image) as root:
+            return _inspect_ops.open_file(root, path)
+
+    def stat_path(self, image: ImageRecord, path: str) -> _inspect_ops.FileItem:
+        with self.mounted(image) as root:
+            return _inspect_ops.stat_path(root, path, uid_shift=self.settings.uid_shift)
+
+    def write_tar(self, image: ImageRecord, path: str, out: IO[bytes]) -> None:
+        with self.mounted(image) as root:
+            _inspect_ops.write_tar(root, path, out, uid_shift=self.settings.uid_shift)
+
+    def grep(self, image: ImageRecord, patterns: list[str], **options: Any) -> _grep.GrepResult:
+        with self.mounted(image) as root:
+            return _grep.grep(root, patterns, uid_shift=self.settings.uid_shift, **options)

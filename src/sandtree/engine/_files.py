@@ -1,0 +1,61 @@
+"""Uploaded file content, stored once per sha256 under ``<root>/blobs/ab/<sha256>``."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import AsyncIterable
+from pathlib import Path
+
+__all__ = ["BlobStore"]
+
+
+class BlobStore:
+    """Content-addressed blobs. Writes go to a temporary file and are renamed in when whole."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._tmp = root / "tmp"
+        self._tmp.mkdir(parents=True, exist_ok=True)
+
+    def path(self, sha256: str) -> Path:
+        return self.root / "blobs" / sha256[:2] / sha256
+
+    def has(self, sha256: str) -> bool:
+        return self.path(sha256).is_file()
+
+    async def put_stream(self, chunks: AsyncIterable[bytes]) -> tuple[str, int]:
+        """Store a stream without holding it in memory; returns ``(sha256, size)``."""
+        digest = hashlib.sha256()
+        size = 0
+        tmp = self._tmp / uuid.uuid4().hex
+        try:
+            with open(tmp, "wb") as out:
+                async for chunk in chunks:
+                    digest.update(chunk)
+                    size += len(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            sha = digest.hexdigest()
+            target = self.path(sha)
+            if target.exists():
+                tmp.unlink()
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(tmp, target)
+            return sha, size
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def put_bytes(self, data: bytes) -> tuple[str, int]:
+        sha = hashlib.sha256(data).hexdigest()
+        target = self.path(sha)
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._tmp / uuid.uuid4().hex
+            tmp.write_bytes(data)
+            os.rename(tmp, target)
+        return sha, len(data)

@@ -1,0 +1,161 @@
+"""The image tree: ancestors, children, root and depth, and what changed between images.
+
+Lineage is logical: it survives compaction (which rewrites an image's physical layer stack)
+and deletion of an ancestor (a child keeps its parent pointer; the walk stops where the
+record is gone).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+from sandtree.engine.store import MetadataStore
+from sandtree.engine.types import ImageRecord
+
+__all__ = ["Diff", "Lineage", "ancestors", "diff_layer", "diff_trees", "lineage"]
+
+_OPAQUE = "trusted.overlay.opaque"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Lineage:
+    image: ImageRecord
+    parent: ImageRecord | None
+    children: list[ImageRecord]
+    #: Nearest first; stops at the root or at a deleted ancestor.
+    ancestors: list[ImageRecord]
+    root: ImageRecord
+    depth: int
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Diff:
+    added: list[str]
+    changed: list[str]
+    deleted: list[str]
+
+
+def ancestors(store: MetadataStore, image: ImageRecord, *, limit: int | None = None) -> list[ImageRecord]:
+    out: list[ImageRecord] = []
+    current = image
+    while current.parent is not None and (limit is None or len(out) < limit):
+        parent = store.get_image(current.parent)
+        if parent is None:
+            break
+        out.append(parent)
+        current = parent
+    return out
+
+
+def lineage(store: MetadataStore, image: ImageRecord, *, ancestor_limit: int | None = None) -> Lineage:
+    chain = ancestors(store, image, limit=ancestor_limit)
+    parent = chain[0] if chain else None
+    root = chain[-1] if chain else image
+    if ancestor_limit is not None and len(chain) == ancestor_limit and root.parent is not None:
+        # The chain was cut short; find the true root without holding every record.
+        walker = root
+        while walker.parent is not None:
+            nxt = store.get_image(walker.parent)
+            if nxt is None:
+                break
+            walker = nxt
+        root = walker
+    return Lineage(
+        image=image,
+        parent=parent,
+        children=store.children(image.uuid),
+        ancestors=chain,
+        root=root,
+        depth=image.depth,
+    )
+
+
+def _walk(top: Path) -> Iterator[tuple[str, os.stat_result]]:
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        try:
+            entries = sorted(os.scandir(top / rel if rel else top), key=lambda e: e.name)
+        except (NotADirectoryError, FileNotFoundError):
+            continue
+        for entry in entries:
+            child = f"{rel}/{entry.name}" if rel else entry.name
+            st = entry.stat(follow_symlinks=False)
+            yield child, st
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(child)
+
+
+def diff_layer(layer: Path, parent_view: Path) -> Diff:
+    """What a single top layer changes relative to the view beneath it (fast: O(layer))."""
+    added: list[str] = []
+    changed: list[str] = []
+    deleted: list[str] = []
+    for rel, st in _walk(layer):
+        path = "/" + rel
+        try:
+            below = os.lstat(parent_view / rel)
+        except FileNotFoundError:
+            below = None
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+            if below is not None:
+                deleted.append(path)
+            continue
+        if below is None:
+            added.append(path)
+        elif stat.S_ISDIR(st.st_mode) and stat.S_ISDIR(below.st_mode):
+            if _opaque(layer / rel):
+                changed.append(path)
+            elif _meta_differs(st, below):
+                changed.append(path)
+        else:
+            changed.append(path)
+    return Diff(added=sorted(added), changed=sorted(changed), deleted=sorted(deleted))
+
+
+def diff_trees(old: Path, new: Path) -> Diff:
+    """Compare two mounted image views entry by entry (any two images; O(size))."""
+    old_entries = dict(_walk(old))
+    new_entries = dict(_walk(new))
+    added = sorted("/" + p for p in new_entries.keys() - old_entries.keys())
+    deleted = sorted("/" + p for p in old_entries.keys() - new_entries.keys())
+    changed = []
+    for rel in sorted(new_entries.keys() & old_entries.keys()):
+        a, b = old_entries[rel], new_entries[rel]
+        if stat.S_IFMT(a.st_mode) != stat.S_IFMT(b.st_mode) or _meta_differs(a, b):
+            changed.append("/" + rel)
+        elif stat.S_ISREG(a.st_mode) and (a.st_size != b.st_size or not _same_content(
+                old / rel, new / rel, a, b)):  # fmt: skip
+            changed.append("/" + rel)
+        elif stat.S_ISLNK(a.st_mode) and os.readlink(old / rel) != os.readlink(new / rel):
+            changed.append("/" + rel)
+    return Diff(added=added, changed=changed, deleted=deleted)
+
+
+def _meta_differs(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_mode, a.st_uid, a.st_gid) != (b.st_mode, b.st_uid, b.st_gid) or (
+        not stat.S_ISDIR(a.st_mode) and a.st_size != b.st_size
+    )
+
+
+def _same_content(p: Path, q: Path, a: os.stat_result, b: os.stat_result) -> bool:
+    if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino) or a.st_mtime_ns == b.st_mtime_ns:
+        return True
+    with open(p, "rb") as f, open(q, "rb") as g:
+        while True:
+            x, y = f.read(1 << 20), g.read(1 << 20)
+            if x != y:
+                return False
+            if not x:
+                return True
+
+
+def _opaque(path: Path) -> bool:
+    try:
+        return os.getxattr(path, _OPAQUE, follow_symlinks=False) == b"y"
+    except OSError:
+        return False

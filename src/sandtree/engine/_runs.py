@@ -1,0 +1,395 @@
+"""One run, start to finish: mount the image, place files, start the sandbox, stream its
+output into the event log, enforce the wall-time and writable-layer limits, then commit the
+upper dir as a child image or throw it away."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import os
+import platform
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+from sandtree.config import Settings
+from sandtree.engine._clock import now_iso
+from sandtree.engine._events import EventLog
+from sandtree.engine._files import BlobStore
+from sandtree.engine.layers._paths import make_parents_in_root, open_root, write_file_in_root
+from sandtree.engine.layers._store import LayerStore, RunDirs
+from sandtree.engine.runtime import Limits, Runtime, Sandbox, SandboxExit, SandboxSpec
+from sandtree.engine.store import MetadataStore
+from sandtree.engine.types import (
+    ImageRecord,
+    ProcessState,
+    ResourceUsage,
+    RunResult,
+    RunSpec,
+    StreamOutput,
+)
+from sandtree.errors import FileNotFoundInStoreError, InvalidRequestError, SandtreeError
+
+__all__ = ["DEFAULT_PATH", "RunExecutor", "RunFailure", "encode_stream"]
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_SECRET_SUFFIXES = ("TOKEN", "SECRET", "PASSWORD", "API_KEY", "CREDENTIALS", "AUTHORIZATION")
+_DISK_POLL = 0.25
+
+
+class RunFailure(SandtreeError):
+    """The run ended without a usable result (limit hit, timeout, cancel, spawn failure)."""
+
+    status = 200  # reported as a FAILED operation, not as an HTTP error
+
+    def __init__(self, message: str, result: RunResult | None, *, cancelled: bool = False):
+        super().__init__(message)
+        self.result = result
+        self.cancelled = cancelled
+
+
+def encode_stream(data: bytes) -> tuple[str, str]:
+    """``(value, encoding)``: ``ascii`` when printable (plus newline, CR, tab), else base64."""
+    if all(32 <= b < 127 or b in (9, 10, 13) for b in data):
+        return data.decode("ascii"), "ascii"
+    return base64.b64encode(data).decode("ascii"), "base64"
+
+
+def _masked(env: Mapping[str, str]) -> dict[str, str]:
+    return {k: ("<MASKED>" if k.upper().endswith(_SECRET_SUFFIXES) else v) for k, v in env.items()}
+
+
+class _Collector:
+    """Keeps the first ``cap`` bytes of a stream for the result and the event log."""
+
+    def __init__(self, name: str, cap: int, log: EventLog) -> None:
+        self.name = name
+        self.cap = cap
+        self.log = log
+        self.data = bytearray()
+        self.dropped = 0
+
+    async def pump(self, chunks: AsyncIterator[bytes]) -> None:
+        async for chunk in chunks:
+            room = self.cap - len(self.data)
+            keep = chunk[: max(room, 0)]
+            self.dropped += len(chunk) - len(keep)
+            if keep:
+                self.data += keep
+                value, encoding = encode_stream(bytes(keep))
+                self.log.emit(self.name, {"value": value, "encoding": encoding,
+                                          "truncated": False}, spid=1)  # fmt: skip
+
+    def finish(self) -> StreamOutput:
+        if self.dropped:
+            self.log.emit("truncated", {"stream": self.name, "bytes_emitted": len(self.data),
+                                        "bytes_dropped": self.dropped}, spid=1)  # fmt: skip
+        return StreamOutput(data=bytes(self.data), truncated=self.dropped > 0)
+
+
+@dataclasses.dataclass
+class _Outcome:
+    exit: SandboxExit
+    timed_out: bool = False
+    cancelled: bool = False
+    disk_exceeded: int | None = None
+
+
+class RunExecutor:
+    """Runs ``RunSpec``s. Holds no per-run state; the operations worker calls ``execute``."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: MetadataStore,
+        layers: LayerStore,
+        blobs: BlobStore,
+        runtimes: Mapping[str, Callable[[], Runtime]],
+        network: Any | None = None,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._layers = layers
+        self._blobs = blobs
+        self._runtime_factories = runtimes
+        self._runtimes: dict[str, Runtime] = {}
+        self._network = network
+
+    def runtime(self, tier: str) -> Runtime:
+        if tier not in self._runtimes:
+            factory = self._runtime_factories.get(tier)
+            if factory is None:
+                raise InvalidRequestError(
+                    f"unknown isolation tier {tier!r}; use one of "
+                    f"{', '.join(sorted(self._runtime_factories))}"
+                )
+            self._runtimes[tier] = factory()
+        return self._runtimes[tier]
+
+    def environment(self, image: ImageRecord, spec: RunSpec) -> dict[str, str]:
+        env: dict[str, str] = {"PATH": DEFAULT_PATH}
+        if spec.shell:
+            env.update(image.env_map)
+        for key, value in spec.env.items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
+        return env
+
+    async def execute(
+        self, op_id: str, image: ImageRecord, spec: RunSpec, log: EventLog, cancel: asyncio.Event
+    ) -> tuple[RunResult, ImageRecord | None]:
+        """Run ``spec`` on ``image``; returns the result and the new image, if one was made.
+
+        Raises:
+            RunFailure: a limit, the timeout or a cancel ended the run, or it could not start.
+        """
+        tier = spec.isolation or self._settings.default_isolation
+        runtime = self.runtime(tier)
+        started = time.monotonic()
+        dirs = self._layers.prepare_run(op_id, image.layers)
+        lease = None
+        try:
+            env = self.environment(image, spec)
+            cwd = spec.cwd or image.cwd or "/"
+            self._prepare_rootfs(dirs, spec, cwd)
+            if spec.network and self._network is not None:
+                lease = await asyncio.to_thread(self._network.lease)
+            args = ["/bin/sh", "-c", spec.command] if spec.shell else [spec.command, *spec.args]
+            sandbox_spec = SandboxSpec(
+                id=f"st-{op_id}",
+                rootfs=dirs.merged,
+                workdir=dirs.bundle,
+                args=args,
+                env=env,
+                cwd=cwd,
+                uid=spec.uid,
+                gid=spec.gid,
+                hostname=spec.hostname,
+                limits=Limits(
+                    memory_bytes=self._settings.memory_limit_bytes,
+                    pids=self._settings.pids_limit,
+                    cpus=self._settings.cpu_limit,
+                ),
+                netns=lease.netns_path if lease is not None else None,
+                nameservers=lease.nameservers if lease is not None else (),
+            )
+            log.emit("init", {"started_at": now_iso(), "runtime_path": str(dirs.root),
+                              "verbose": False, "init_pid": 1, "hostname": spec.hostname,
+                              "kernel": f"{platform.release()} {platform.version()}",
+                              "machine": platform.machine(), "boot_id": op_id,
+                              "isolation": tier})  # fmt: skip
+            sandbox = await runtime.start(sandbox_spec)
+            log.emit("spawn", {"pid": sandbox.pid, "command": args[0], "args": args[1:],
+                               "shell": spec.shell, "cwd": cwd, "uid": spec.uid, "gid": spec.gid,
+                               "timeout": spec.timeout, "truncate_at": spec.truncate_output_at,
+                               "env": _masked(env)}, spid=1)  # fmt: skip
+            if lease is not None:
+                log.emit("network", {"interfaces": lease.counters(),
+                                     "configured": {"ip4": lease.address,
+                                                    "ip4_gw": lease.gateway}})  # fmt: skip
+            out = _Collector("stdout", spec.truncate_output_at, log)
+            err = _Collector("stderr", spec.truncate_output_at, log)
+            outcome = await self._supervise(sandbox, spec, dirs, out, err, cancel)
+        except BaseException:
+            await asyncio.to_thread(self._layers.discard_run, dirs)
+            raise
+        finally:
+            if lease is not None:
+                await asyncio.to_thread(self._network.release, lease)  # type: ignore[union-attr]
+        try:
+            return await self._finish(op_id, image, spec, dirs, outcome, out, err, env, cwd,
+                                      log, time.monotonic() - started)  # fmt: skip
+        finally:
+            asyncio.get_running_loop().run_in_executor(None, self._layers.discard_run, dirs)
+
+    def _prepare_rootfs(self, dirs: RunDirs, spec: RunSpec, cwd: str) -> None:
+        shift = self._settings.uid_shift
+        for placed in spec.files:
+            record = self._store.get_file(placed.uuid)
+            if record is None:
+                raise FileNotFoundInStoreError(
+                    f"file {placed.uuid} (for {placed.path}) was not uploaded; upload it with "
+                    "POST /v1/files first and pass the uuid it returns"
+                )
+            with open(self._blobs.path(record.sha256), "rb") as src:
+                write_file_in_root(dirs.merged, placed.path, src, mode=placed.mode,
+                                   uid=placed.uid + shift, gid=placed.gid + shift)  # fmt: skip
+        if cwd != "/":
+            rootfd = open_root(dirs.merged)
+            try:
+                parent = make_parents_in_root(rootfd, cwd.rstrip("/") + "/x", uid=spec.uid + shift,
+                                              gid=spec.gid + shift)  # fmt: skip
+                os.close(parent)
+            finally:
+                os.close(rootfd)
+
+    async def _supervise(
+        self,
+        sandbox: Sandbox,
+        spec: RunSpec,
+        dirs: RunDirs,
+        out: _Collector,
+        err: _Collector,
+        cancel: asyncio.Event,
+    ) -> _Outcome:
+        pumps = [
+            asyncio.create_task(out.pump(sandbox.stdout())),
+            asyncio.create_task(err.pump(sandbox.stderr())),
+            asyncio.create_task(sandbox.write_stdin(spec.stdin, close=True)),
+        ]
+        waiter = asyncio.create_task(sandbox.wait())
+        canceller = asyncio.create_task(cancel.wait())
+        max_layer = spec.max_layer_bytes or self._settings.max_layer_bytes
+        disk = asyncio.create_task(self._watch_disk(dirs, max_layer))
+        outcome = _Outcome(exit=SandboxExit(exit_code=-1))
+        try:
+            done, _ = await asyncio.wait(
+                {waiter, canceller, disk}, timeout=spec.timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )  # fmt: skip
+            if waiter not in done:
+                outcome.timed_out = not done
+                outcome.cancelled = canceller in done
+                if disk in done:
+                    outcome.disk_exceeded = disk.result()
+                await sandbox.kill()
+            outcome.exit = await waiter
+            await asyncio.gather(*pumps, return_exceptions=True)
+        finally:
+            for task in (canceller, disk, waiter, *pumps):
+                task.cancel()
+        if outcome.disk_exceeded is None and outcome.exit.exit_code != 0:
+            # A write that failed with ENOSPC/EDQUOT ends the process before our next look.
+            usage = await asyncio.to_thread(self._layers.upper_usage, dirs)
+            if usage > max_layer:
+                outcome.disk_exceeded = usage
+        return outcome
+
+    async def _watch_disk(self, dirs: RunDirs, limit: int) -> int:
+        while True:
+            await asyncio.sleep(_DISK_POLL)  # periodic usage check, not a wait for state
+            usage = await asyncio.to_thread(self._layers.upper_usage, dirs)
+            if usage > limit:
+                return usage
+
+    async def _finish(
+        self,
+        op_id: str,
+        image: ImageRecord,
+        spec: RunSpec,
+        dirs: RunDirs,
+        outcome: _Outcome,
+        out: _Collector,
+        err: _Collector,
+        env: dict[str, str],
+        cwd: str,
+        log: EventLog,
+        elapsed: float,
+    ) -> tuple[RunResult, ImageRecord | None]:
+        exit = outcome.exit
+        stdout, stderr = out.finish(), err.finish()
+        log.emit("exit", {"pid": 1, "code": exit.exit_code if not exit.signal else -1,
+                          "signal": exit.signal or -1, "timed_out": outcome.timed_out,
+                          "duration_ms": int(elapsed * 1000),
+                          "resources": _event_resources(exit)}, spid=1)  # fmt: skip
+        reason = "timeout" if outcome.timed_out else (
+            "signal" if outcome.cancelled else "job_complete")  # fmt: skip
+        log.emit("shutdown", {"stopped_at": now_iso(), "reason": reason})
+        resources = ResourceUsage(user_cpu_time=exit.user_cpu_time,
+                                  system_cpu_time=exit.system_cpu_time,
+                                  max_rss_kb=exit.max_rss_kb, elapsed_time=elapsed)  # fmt: skip
+        state = ProcessState(exit_code=exit.exit_code, signal=exit.signal,
+                             timed_out=outcome.timed_out, pid=1)  # fmt: skip
+        result = RunResult(state=state, stdout=stdout, stderr=stderr, resources=resources,
+                           result_image=None, filesystem_changed=False,
+                           limit_hit=exit.limit_hit)  # fmt: skip
+        failure = self._failure(spec, outcome, exit)
+        if failure is not None:
+            message, cancelled = failure
+            raise RunFailure(message, result, cancelled=cancelled)
+        await asyncio.to_thread(self._layers.release_run, dirs)
+        if spec.disposable:
+            return result, None
+        changed = await asyncio.to_thread(self._layers.has_changes, dirs)
+        new_env = self._preserved_env(image, spec) if spec.preserve_env else image.env
+        new_cwd = cwd if spec.preserve_cwd else image.cwd
+        if not changed and new_env == image.env and new_cwd == image.cwd:
+            return dataclasses.replace(result, result_image=image.uuid), None
+        layers, size = image.layers, 0
+        layer_sizes: dict[str, int] = {}
+        if changed:
+            layer_id, size = await asyncio.to_thread(self._layers.commit_run, dirs)
+            layers = (*image.layers, layer_id)
+            layer_sizes[layer_id] = size
+        child = ImageRecord(
+            uuid=str(uuid.uuid4()), created_at=now_iso(), namespace=image.namespace,
+            parent=image.uuid, operation=op_id, command=_describe(spec), depth=image.depth + 1,
+            layers=layers, env=new_env, cwd=new_cwd, user=image.user, size=size,
+        )  # fmt: skip
+        self._store.add_image(child, layer_sizes=layer_sizes)
+        return dataclasses.replace(result, result_image=child.uuid, filesystem_changed=changed,
+                                   image_size=size), child  # fmt: skip
+
+    def _failure(self, spec: RunSpec, outcome: _Outcome, exit: SandboxExit) -> tuple[str, bool] | None:
+        if outcome.cancelled:
+            return "the operation was cancelled; its sandbox was stopped", True
+        if outcome.timed_out:
+            return (f"the command ran past its timeout of {spec.timeout} s and was killed; "
+                    "pass a larger timeout or make the command finish sooner"), False  # fmt: skip
+        if outcome.disk_exceeded is not None:
+            cap = spec.max_layer_bytes or self._settings.max_layer_bytes
+            return (f"the run wrote {outcome.disk_exceeded} bytes, past its writable-layer limit"
+                    f" max_layer_bytes={cap}; write less or raise"
+                    " resources_limits.max_layer_bytes"), False  # fmt: skip
+        if exit.limit_hit == "memory":
+            return (f"the sandbox ran out of memory (limit {self._settings.memory_limit_bytes}"
+                    " bytes) and was killed; use less memory"), False  # fmt: skip
+        if exit.limit_hit == "pids":
+            return (f"the sandbox hit its process limit ({self._settings.pids_limit} processes);"
+                    " start fewer processes"), False  # fmt: skip
+        if exit.runtime_error and exit.exit_code != 0 and not out_of_command(exit):
+            return f"the sandbox could not start the command: {exit.runtime_error}", False
+        return None
+
+    @staticmethod
+    def _preserved_env(image: ImageRecord, spec: RunSpec) -> tuple[str, ...]:
+        merged = image.env_map
+        for key, value in spec.env.items():
+            if value is None or value == "":
+                merged.pop(key, None)
+            else:
+                merged[key] = value
+        return tuple(f"{k}={v}" for k, v in merged.items())
+
+
+def out_of_command(exit: SandboxExit) -> bool:
+    """True when the runtime's log only reports the command's own exit, not a failure."""
+    return exit.runtime_error is None
+
+
+def _describe(spec: RunSpec) -> str:
+    if spec.shell:
+        return spec.command
+    return " ".join([spec.command, *spec.args])
+
+
+def _event_resources(exit: SandboxExit) -> dict[str, int]:
+    zero = dict.fromkeys(
+        ("shared_memory", "unshared_memory", "swaps", "minor_faults", "major_faults",
+         "voluntary_ctx_switches", "involuntary_ctx_switches", "block_input_ops",
+         "block_output_ops", "ipc_msgs_sent", "ipc_msgs_received", "signals_received"), 0,
+    )  # fmt: skip
+    return {"user_time_us": int(exit.user_cpu_time * 1e6),
+            "sys_time_us": int(exit.system_cpu_time * 1e6),
+            "max_rss_kb": exit.max_rss_kb, **zero}  # fmt: skip
+
+
+@contextlib.contextmanager
+def _noop() -> Any:
+    yield

@@ -1,0 +1,1 @@
+"""The layer store: image layers on disk, overlay mounts and reading images without a sandbox."""

@@ -1,0 +1,183 @@
+"""Mounting image layer stacks with overlayfs.
+
+Uses the new mount API (``fsopen``/``fsconfig``/``fsmount``/``move_mount``, kernel >= 6.8 for
+``lowerdir+``) so the layer count is bounded only by the kernel's 500-layer stack limit and not
+by the one-page option string of ``mount(2)``; falls back to ``mount(2)`` with short relative
+paths where the new API is missing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["MAX_LOWER_LAYERS", "OverlayError", "mount_overlay", "syncfs", "unmount"]
+
+#: OVL_MAX_STACK: the kernel refuses more lower layers than this.
+MAX_LOWER_LAYERS = 500
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+_SYS_MOVE_MOUNT = 429
+_SYS_FSOPEN = 430
+_SYS_FSCONFIG = 431
+_SYS_FSMOUNT = 432
+_FSOPEN_CLOEXEC = 0x1
+_FSMOUNT_CLOEXEC = 0x1
+_FSCONFIG_SET_FLAG = 0
+_FSCONFIG_SET_STRING = 1
+_FSCONFIG_CMD_CREATE = 6
+_MOVE_MOUNT_F_EMPTY_PATH = 0x4
+_MOUNT_ATTR_RDONLY = 0x1
+_AT_FDCWD = -100
+_MNT_DETACH = 2
+
+_new_api: bool | None = None
+
+
+class OverlayError(OSError):
+    """Mounting or unmounting an overlay failed."""
+
+
+def _check(ret: int, what: str) -> int:
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OverlayError(err, f"{what}: {os.strerror(err)}")
+    return ret
+
+
+def _mount_new_api(
+    lowers_top_first: Sequence[str],
+    upper: str | None,
+    work: str | None,
+    target: str,
+    *,
+    readonly: bool,
+    volatile: bool,
+) -> None:
+    fd = _check(_libc.syscall(_SYS_FSOPEN, b"overlay", _FSOPEN_CLOEXEC), "fsopen(overlay)")
+    try:
+
+        def set_string(key: bytes, value: str) -> None:
+            _check(
+                _libc.syscall(_SYS_FSCONFIG, fd, _FSCONFIG_SET_STRING, key, value.encode(), 0),
+                f"fsconfig({key.decode()}={value})",
+            )
+
+        def set_flag(key: bytes) -> None:
+            _check(
+                _libc.syscall(_SYS_FSCONFIG, fd, _FSCONFIG_SET_FLAG, key, None, 0),
+                f"fsconfig({key.decode()})",
+            )
+
+        for lower in lowers_top_first:
+            set_string(b"lowerdir+", lower)
+        if upper is not None and work is not None:
+            set_string(b"upperdir", upper)
+            set_string(b"workdir", work)
+            if volatile:
+                set_flag(b"volatile")
+        # Portable layers: no metacopy/redirect xattrs that point into lower layers.
+        set_string(b"redirect_dir", "off")
+        set_string(b"metacopy", "off")
+        set_string(b"index", "off")
+        _check(
+            _libc.syscall(_SYS_FSCONFIG, fd, _FSCONFIG_CMD_CREATE, None, None, 0),
+            "fsconfig(create)",
+        )
+        attrs = _MOUNT_ATTR_RDONLY if readonly else 0
+        mfd = _check(_libc.syscall(_SYS_FSMOUNT, fd, _FSMOUNT_CLOEXEC, attrs), "fsmount")
+        try:
+            _check(
+                _libc.syscall(
+                    _SYS_MOVE_MOUNT, mfd, b"", _AT_FDCWD, target.encode(), _MOVE_MOUNT_F_EMPTY_PATH
+                ),
+                f"move_mount({target})",
+            )
+        finally:
+            os.close(mfd)
+    finally:
+        os.close(fd)
+
+
+def _mount_legacy(
+    lowers_top_first: Sequence[str],
+    upper: str | None,
+    work: str | None,
+    target: str,
+    *,
+    readonly: bool,
+    volatile: bool,
+) -> None:
+    opts = ["lowerdir=" + ":".join(lowers_top_first)]
+    if upper is not None and work is not None:
+        opts += [f"upperdir={upper}", f"workdir={work}"]
+        if volatile:
+            opts.append("volatile")
+    opts += ["redirect_dir=off", "metacopy=off", "index=off"]
+    data = ",".join(opts).encode()
+    if len(data) >= 4096:
+        raise OverlayError(
+            errno.E2BIG, "overlay options exceed one page; this kernel lacks lowerdir+ support"
+        )
+    flags = 1 if readonly else 0  # MS_RDONLY
+    _check(_libc.mount(b"overlay", target.encode(), b"overlay", flags, data), "mount(overlay)")
+
+
+def mount_overlay(
+    lowers_bottom_first: Sequence[Path],
+    target: Path,
+    *,
+    upper: Path | None = None,
+    work: Path | None = None,
+    volatile: bool = False,
+) -> None:
+    """Mount the layers at ``target``; writable when ``upper`` and ``work`` are given.
+
+    Raises:
+        OverlayError: the stack is too deep or the kernel refused the mount.
+    """
+    global _new_api
+    if not lowers_bottom_first:
+        raise OverlayError(errno.EINVAL, "an overlay needs at least one lower layer")
+    if len(lowers_bottom_first) > MAX_LOWER_LAYERS:
+        raise OverlayError(
+            errno.ELOOP, f"{len(lowers_bottom_first)} layers exceed the kernel's {MAX_LOWER_LAYERS}"
+        )
+    lowers = [str(p) for p in reversed(lowers_bottom_first)]
+    readonly = upper is None
+    up = str(upper) if upper is not None else None
+    wk = str(work) if work is not None else None
+    if _new_api is not False:
+        try:
+            _mount_new_api(lowers, up, wk, str(target), readonly=readonly, volatile=volatile)
+            _new_api = True
+            return
+        except OverlayError as exc:
+            if _new_api or exc.errno not in (errno.ENOSYS, errno.EINVAL):
+                raise
+            _new_api = False
+    _mount_legacy(lowers, up, wk, str(target), readonly=readonly, volatile=volatile)
+
+
+def unmount(target: Path, *, lazy: bool = False) -> None:
+    """Unmount ``target``; a target that is not mounted is not an error."""
+    ret = _libc.umount2(str(target).encode(), _MNT_DETACH if lazy else 0)
+    if ret < 0:
+        err = ctypes.get_errno()
+        if err in (errno.EINVAL, errno.ENOENT):
+            return
+        raise OverlayError(err, f"umount({target}): {os.strerror(err)}")
+
+
+def syncfs(path: Path) -> None:
+    """Flush the filesystem holding ``path`` to disk."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        _check(_libc.syncfs(fd), f"syncfs({path})")
+    finally:
+        os.close(fd)

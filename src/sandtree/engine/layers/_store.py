@@ -1,0 +1,284 @@
+"""Layers on disk: one directory per layer in overlayfs upper format, under ``<root>/layers``.
+
+A run gets ``<root>/runs/<id>/{upper,work,merged}`` on the same filesystem, so committing a
+run is a ``rename`` of its upper dir into ``layers/`` after its new entries are fsynced: the
+cost depends on what the run wrote, never on the image's size or depth.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import os
+import shutil
+import stat
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from sandtree.engine.layers._overlay import mount_overlay, unmount
+
+__all__ = ["LayerStore", "RunDirs"]
+
+_OPAQUE = "trusted.overlay.opaque"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunDirs:
+    root: Path
+    layers: tuple[str, ...]
+    #: Where the overlay is mounted: outside the data dir, see ``LayerStore``.
+    merged: Path
+
+    @property
+    def upper(self) -> Path:
+        return self.root / "upper"
+
+    @property
+    def work(self) -> Path:
+        return self.root / "work"
+
+    @property
+    def bundle(self) -> Path:
+        return self.root / "bundle"
+
+
+class LayerStore:
+    """The on-disk half of the image store (the metadata half is ``MetadataStore``)."""
+
+    def __init__(self, root: Path, *, uid_shift: int, max_views: int = 32) -> None:
+        self.root = root
+        self.uid_shift = uid_shift
+        self.layers_dir = root / "layers"
+        self.runs_dir = root / "runs"
+        self.tmp_dir = root / "tmp"
+        # Mount points live under /run: a sandbox's root (a shifted uid) must be able to walk
+        # the path to its rootfs, and data dirs often sit under 0700 homes.
+        key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
+        self.mounts_dir = Path("/run/sandtree") / key
+        self.views_dir = self.mounts_dir / "views"
+        for d in (self.layers_dir, self.runs_dir, self.tmp_dir, self.views_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        for d in (self.mounts_dir.parent, self.mounts_dir):
+            os.chmod(d, 0o711)
+        self._views: OrderedDict[tuple[str, ...], tuple[Path, int]] = OrderedDict()
+        self._views_lock = threading.Lock()
+        self._max_views = max_views
+
+    def path(self, layer_id: str) -> Path:
+        return self.layers_dir / layer_id
+
+    def paths(self, layer_ids: Sequence[str]) -> list[Path]:
+        return [self.layers_dir / layer for layer in layer_ids]
+
+    # -- runs -----------------------------------------------------------------------------------
+
+    def prepare_run(self, run_id: str, layer_ids: Sequence[str]) -> RunDirs:
+        """Mount a writable overlay of ``layer_ids`` for a run at ``RunDirs.merged``."""
+        dirs = RunDirs(self.runs_dir / run_id, tuple(layer_ids), self.mounts_dir / run_id)
+        dirs.root.mkdir()
+        for d in (dirs.upper, dirs.work, dirs.merged, dirs.bundle):
+            d.mkdir()
+        os.chown(dirs.upper, self.uid_shift, self.uid_shift)
+        # volatile: the unmount skips syncing the whole filesystem (4 ms instead of ~40 ms);
+        # a commit fsyncs exactly the entries the run wrote instead.
+        mount_overlay(self.paths(layer_ids), dirs.merged, upper=dirs.upper, work=dirs.work,
+                      volatile=True)  # fmt: skip
+        return dirs
+
+    def release_run(self, dirs: RunDirs) -> None:
+        unmount(dirs.merged)
+
+    def upper_usage(self, dirs: RunDirs) -> int:
+        """Bytes the run has written so far (apparent size of its upper dir)."""
+        return _tree_bytes(dirs.upper)
+
+    def has_changes(self, dirs: RunDirs) -> bool:
+        """True when the upper holds anything but copies of directories the image has."""
+        lowers = list(reversed(self.paths(dirs.layers)))
+        for entry, rel in _walk(dirs.upper):
+            if not stat.S_ISDIR(entry.st_mode):
+                return True
+            if _is_opaque(dirs.upper / rel) or not _dir_in_stack(lowers, rel):
+                return True
+        return False
+
+    def commit_run(self, dirs: RunDirs) -> tuple[str, int]:
+        """Turn a finished run's upper dir into a new layer; returns ``(layer_id, bytes)``."""
+        size = _fsync_tree(dirs.upper)
+        layer_id = uuid.uuid4().hex
+        os.rename(dirs.upper, self.path(layer_id))
+        _fsync_dir(self.layers_dir)
+        return layer_id, size
+
+    def discard_run(self, dirs: RunDirs) -> None:
+        unmount(dirs.merged, lazy=True)
+        with contextlib.suppress(OSError):
+            dirs.merged.rmdir()
+        shutil.rmtree(dirs.root, ignore_errors=True)
+
+    # -- layers ---------------------------------------------------------------------------------
+
+    def new_staging_dir(self) -> Path:
+        path = self.tmp_dir / uuid.uuid4().hex
+        path.mkdir()
+        return path
+
+    def adopt(self, staging: Path) -> tuple[str, int]:
+        """Move a fully written staging dir (e.g. an imported layer) into the store."""
+        size = _fsync_tree(staging)
+        layer_id = uuid.uuid4().hex
+        os.rename(staging, self.path(layer_id))
+        _fsync_dir(self.layers_dir)
+        return layer_id, size
+
+    def delete(self, layer_id: str) -> None:
+        target = self.path(layer_id)
+        if target.exists():
+            # Rename first so a half-deleted layer never sits under its id.
+            doomed = self.tmp_dir / f"del-{layer_id}"
+            os.rename(target, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+
+    def sweep(self, known_layers: set[str]) -> list[str]:
+        """After a restart: drop runs, staging dirs and layer dirs the metadata never adopted."""
+        self.unmount_views()
+        for mount in list(self.mounts_dir.iterdir()):
+            if mount != self.views_dir:
+                unmount(mount, lazy=True)
+                with contextlib.suppress(OSError):
+                    mount.rmdir()
+        for run in list(self.runs_dir.iterdir()):
+            shutil.rmtree(run, ignore_errors=True)
+        for tmp in list(self.tmp_dir.iterdir()):
+            shutil.rmtree(tmp, ignore_errors=True)
+        orphans = [p.name for p in self.layers_dir.iterdir() if p.name not in known_layers]
+        for name in orphans:
+            shutil.rmtree(self.layers_dir / name, ignore_errors=True)
+        return orphans
+
+    # -- read-only views for inspection ---------------------------------------------------------
+
+    @contextlib.contextmanager
+    def view(self, layer_ids: Sequence[str]) -> Iterator[Path]:
+        """A read-only overlay of the stack, mounted once and kept while it is used often."""
+        key = tuple(layer_ids)
+        if len(key) == 1:
+            # overlayfs needs two lowers for a read-only mount; one layer is its own view.
+            yield self.path(key[0])
+            return
+        with self._views_lock:
+            if key in self._views:
+                path, users = self._views.pop(key)
+            else:
+                path = self.views_dir / uuid.uuid4().hex
+                path.mkdir()
+                mount_overlay(self.paths(key), path)
+                users = 0
+            self._views[key] = (path, users + 1)
+            self._evict_views()
+        try:
+            yield path
+        finally:
+            with self._views_lock:
+                if key in self._views:
+                    p, n = self._views[key]
+                    self._views[key] = (p, n - 1)
+                self._evict_views()
+
+    def _evict_views(self) -> None:
+        idle = [k for k, (_, n) in self._views.items() if n == 0]
+        while len(self._views) > self._max_views and idle:
+            key = idle.pop(0)
+            path, _ = self._views.pop(key)
+            unmount(path, lazy=True)
+            with contextlib.suppress(OSError):
+                path.rmdir()
+
+    def forget_views(self, layer_ids: Sequence[str]) -> None:
+        """Unmount the view of a stack that is about to change (compaction, deletion)."""
+        with self._views_lock:
+            entry = self._views.get(tuple(layer_ids))
+            if entry is not None and entry[1] == 0:
+                del self._views[tuple(layer_ids)]
+                unmount(entry[0], lazy=True)
+                with contextlib.suppress(OSError):
+                    entry[0].rmdir()
+
+    def unmount_views(self) -> None:
+        with self._views_lock:
+            for path, _ in self._views.values():
+                unmount(path, lazy=True)
+            self._views.clear()
+        for leftover in list(self.views_dir.iterdir()):
+            unmount(leftover, lazy=True)
+            with contextlib.suppress(OSError):
+                leftover.rmdir()
+
+
+def _walk(top: Path) -> Iterator[tuple[os.stat_result, str]]:
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        with os.scandir(top / rel if rel else top) as it:
+            for entry in it:
+                st = entry.stat(follow_symlinks=False)
+                child = f"{rel}/{entry.name}" if rel else entry.name
+                yield st, child
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(child)
+
+
+def _tree_bytes(top: Path) -> int:
+    total = 0
+    with contextlib.suppress(FileNotFoundError):
+        for st, _ in _walk(top):
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+    return total
+
+
+def _is_opaque(path: Path) -> bool:
+    try:
+        return os.getxattr(path, _OPAQUE, follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+def _dir_in_stack(lowers_top_first: Sequence[Path], rel: str) -> bool:
+    for layer in lowers_top_first:
+        try:
+            st = os.lstat(layer / rel)
+        except FileNotFoundError:
+            continue
+        return stat.S_ISDIR(st.st_mode)
+    return False
+
+
+def _fsync_tree(top: Path) -> int:
+    """fsync every file and directory under ``top``; returns the bytes of regular files."""
+    total = 0
+    for st, rel in _walk(top):
+        path = top / rel
+        if stat.S_ISREG(st.st_mode):
+            total += st.st_size
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        elif stat.S_ISDIR(st.st_mode):
+            _fsync_dir(path)
+    _fsync_dir(top)
+    return total
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,22 @@
+"""Sandbox runtimes behind one Protocol: real OCI runtimes and a fake for tests.
+
+``OciRuntime`` drives ``crun``/``runc`` (the ``container`` tier) and ``runsc`` (the ``gvisor``
+tier) from the same generated bundle; ``FakeRuntime`` interprets a tiny command language in
+process so engine behaviour can be tested fast and deterministically.
+"""
+
+from sandtree.engine.runtime._base import Limits, Runtime, Sandbox, SandboxExit, SandboxSpec
+from sandtree.engine.runtime._fake import FakeRuntime
+from sandtree.engine.runtime._host import enter_private_mount_namespace
+from sandtree.engine.runtime._oci import OciRuntime
+
+__all__ = [
+    "FakeRuntime",
+    "Limits",
+    "OciRuntime",
+    "Runtime",
+    "Sandbox",
+    "SandboxExit",
+    "SandboxSpec",
+    "enter_private_mount_namespace",
+]

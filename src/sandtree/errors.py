@@ -1,0 +1,145 @@
+"""The one error tree shared by every layer of sandtree.
+
+Each error knows its HTTP status and a stable ``code``; its message says what went wrong
+and what to do next, because the reader is often an agent::
+
+    SandtreeError
+    ├── InvalidRequestError (400)
+    │   └── LimitExceededError (400)
+    ├── UnauthorizedError (401)
+    ├── ForbiddenError (403)
+    ├── NotFoundError (404)
+    │   ├── ImageNotFoundError
+    │   ├── OperationNotFoundError
+    │   ├── FileNotFoundInStoreError
+    │   └── PathNotFoundError
+    ├── ConflictError (409)
+    ├── GoneError (410)
+    ├── NotReadyError (425)
+    ├── RuntimeUnavailableError (503)
+    └── InternalError (500)
+
+The API maps ``status`` to the HTTP response; the CLI prints the message and exits 1; the MCP
+server lets the error become a tool error the model reads.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "ConflictError",
+    "FileNotFoundInStoreError",
+    "ForbiddenError",
+    "GoneError",
+    "ImageNotFoundError",
+    "InternalError",
+    "InvalidRequestError",
+    "LimitExceededError",
+    "NotFoundError",
+    "NotReadyError",
+    "OperationNotFoundError",
+    "PathNotFoundError",
+    "RuntimeUnavailableError",
+    "SandtreeError",
+    "UnauthorizedError",
+]
+
+
+class SandtreeError(Exception):
+    """Base class of every error sandtree raises on purpose."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidRequestError(SandtreeError):
+    """The request is malformed or asks for something impossible."""
+
+    status = 400
+    code = "invalid_request"
+
+
+class LimitExceededError(InvalidRequestError):
+    """A value is above a server or token limit."""
+
+    code = "limit_exceeded"
+
+
+class UnauthorizedError(SandtreeError):
+    """No token, or a token the server does not know."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class ForbiddenError(SandtreeError):
+    """The token lacks the permission the call needs."""
+
+    status = 403
+    code = "forbidden"
+
+
+class NotFoundError(SandtreeError):
+    """Something named by the request does not exist (or is not visible to the caller)."""
+
+    status = 404
+    code = "not_found"
+
+
+class ImageNotFoundError(NotFoundError):
+    code = "image_not_found"
+
+
+class OperationNotFoundError(NotFoundError):
+    code = "operation_not_found"
+
+
+class FileNotFoundInStoreError(NotFoundError):
+    code = "file_not_found"
+
+
+class PathNotFoundError(NotFoundError):
+    code = "path_not_found"
+
+
+class ConflictError(SandtreeError):
+    """The request conflicts with the current state (e.g. cancelling a finished operation)."""
+
+    status = 409
+    code = "conflict"
+
+
+class GoneError(SandtreeError):
+    """The thing existed but is no longer available."""
+
+    status = 410
+    code = "gone"
+
+
+class NotReadyError(SandtreeError):
+    """The thing exists but cannot be served yet; retry shortly."""
+
+    status = 425
+    code = "not_ready"
+
+
+class RuntimeUnavailableError(SandtreeError):
+    """The host cannot run sandboxes of the requested kind."""
+
+    status = 503
+    code = "runtime_unavailable"
+
+
+class InternalError(SandtreeError):
+    """A bug or a host failure; the message says what failed."""
+
+    status = 500
+    code = "internal"
