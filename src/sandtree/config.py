@@ -77,9 +77,7 @@ class Settings:
             raise InvalidRequestError("max_stack_layers must be between 2 and 400")
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from ``SANDTREE_*`` variables, then apply explicit overrides."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}

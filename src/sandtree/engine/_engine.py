@@ -13,10 +13,9 @@ import re
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, BinaryIO
 
 from sandtree.config import Settings
-from sandtree.engine.layers import _grep, _inspect as _inspect_ops
 from sandtree.engine._clock import now_iso
 from sandtree.engine._events import EventHub, EventLog
 from sandtree.engine._files import BlobStore
@@ -25,6 +24,7 @@ from sandtree.engine._lineage import Diff, Lineage, diff_layer, diff_trees, line
 from sandtree.engine._operations import JobFailed, JobOutcome, OperationQueue
 from sandtree.engine._results import run_outcome
 from sandtree.engine._runs import RunExecutor, RunFailure
+from sandtree.engine.layers import _grep, _inspect as _inspect_ops
 from sandtree.engine.layers._merge import merge_layers
 from sandtree.engine.layers._store import LayerStore
 from sandtree.engine.runtime import OciRuntime, Runtime
@@ -114,8 +114,10 @@ class Engine:
         for factory in self._runtimes.values():
             with contextlib.suppress(Exception):
                 factory().cleanup_stale()
-        known = self.store.known_layers() if hasattr(self.store, "known_layers") else set()
-        await asyncio.to_thread(self.layers.sweep, known)
+        await asyncio.to_thread(self.layers.sweep, self.store.known_layers())
+        if self._network is not None:
+            await asyncio.to_thread(self._network.cleanup_stale)
+            await asyncio.to_thread(self._network.setup)
         self._queue = OperationQueue(self.store, self.events,
                                      concurrency=self.settings.max_concurrency)  # fmt: skip
         self._queue.recover(self._resume)
@@ -127,6 +129,8 @@ class Engine:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         self.layers.unmount_views()
+        if self._network is not None:
+            await asyncio.to_thread(self._network.teardown)
         self.store.close()
 
     async def __aenter__(self) -> Engine:
@@ -175,7 +179,9 @@ class Engine:
     def list_images(self, query: ImageQuery) -> list[ImageRecord]:
         return self.store.list_images(query)
 
-    def tag_image(self, image: ImageRecord, tag: str, *, namespace: str | None = None) -> ImageRecord:
+    def tag_image(
+        self, image: ImageRecord, tag: str, *, namespace: str | None = None
+    ) -> ImageRecord:
         """Point ``tag`` at ``image`` (moving it if it pointed elsewhere)."""
         if not _TAG_RE.match(tag):
             raise InvalidRequestError(
@@ -314,7 +320,9 @@ class Engine:
     def _resume(self, op: OperationRecord) -> Any:
         return None  # runs are not resumed after a restart: their inputs may have changed
 
-    def get_operation(self, op_id: str, *, namespaces: Sequence[str] = ("default",)) -> OperationRecord:
+    def get_operation(
+        self, op_id: str, *, namespaces: Sequence[str] = ("default",)
+    ) -> OperationRecord:
         op = self.store.get_operation(op_id) if _UUID_RE.match(op_id) else None
         if op is None or op.namespace not in namespaces:
             raise OperationNotFoundError(
@@ -328,7 +336,9 @@ class Engine:
     async def cancel_operation(self, op: OperationRecord) -> OperationRecord:
         return await self.queue.cancel(op.uuid)
 
-    async def wait_operation(self, op: OperationRecord, *, timeout: float | None = None) -> OperationRecord:
+    async def wait_operation(
+        self, op: OperationRecord, *, timeout: float | None = None
+    ) -> OperationRecord:
         return await self.queue.wait(op.uuid, timeout=timeout)
 
     def follow_events(
@@ -359,7 +369,9 @@ class Engine:
             raise FileNotFoundInStoreError(f"file {ref} was not uploaded; upload it first")
         return record
 
-    def list_files(self, *, namespace: str = "default", limit: int = 100, offset: int = 0) -> list[FileRecord]:
+    def list_files(
+        self, *, namespace: str = "default", limit: int = 100, offset: int = 0
+    ) -> list[FileRecord]:
         return self.store.list_files(namespace, limit=limit, offset=offset)
 
     def file_path(self, record: FileRecord) -> Path:
@@ -377,7 +389,7 @@ class Engine:
         with self.mounted(image) as root:
             return _inspect_ops.list_dir(root, path, uid_shift=self.settings.uid_shift)
 
-    def open_file(self, image: ImageRecord, path: str) -> IO[bytes]:
+    def open_file(self, image: ImageRecord, path: str) -> BinaryIO:
         with self.mounted(image) as root:
             return _inspect_ops.open_file(root, path)
 
@@ -385,7 +397,7 @@ class Engine:
         with self.mounted(image) as root:
             return _inspect_ops.stat_path(root, path, uid_shift=self.settings.uid_shift)
 
-    def write_tar(self, image: ImageRecord, path: str, out: IO[bytes]) -> None:
+    def write_tar(self, image: ImageRecord, path: str, out: BinaryIO) -> None:
         with self.mounted(image) as root:
             _inspect_ops.write_tar(root, path, out, uid_shift=self.settings.uid_shift)
 

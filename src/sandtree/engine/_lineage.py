@@ -39,7 +39,9 @@ class Diff:
     deleted: list[str]
 
 
-def ancestors(store: MetadataStore, image: ImageRecord, *, limit: int | None = None) -> list[ImageRecord]:
+def ancestors(
+    store: MetadataStore, image: ImageRecord, *, limit: int | None = None
+) -> list[ImageRecord]:
     out: list[ImageRecord] = []
     current = image
     while current.parent is not None and (limit is None or len(out) < limit):
@@ -51,7 +53,9 @@ def ancestors(store: MetadataStore, image: ImageRecord, *, limit: int | None = N
     return out
 
 
-def lineage(store: MetadataStore, image: ImageRecord, *, ancestor_limit: int | None = None) -> Lineage:
+def lineage(
+    store: MetadataStore, image: ImageRecord, *, ancestor_limit: int | None = None
+) -> Lineage:
     chain = ancestors(store, image, limit=ancestor_limit)
     parent = chain[0] if chain else None
     root = chain[-1] if chain else image
@@ -108,9 +112,7 @@ def diff_layer(layer: Path, parent_view: Path) -> Diff:
         if below is None:
             added.append(path)
         elif stat.S_ISDIR(st.st_mode) and stat.S_ISDIR(below.st_mode):
-            if _opaque(layer / rel):
-                changed.append(path)
-            elif _meta_differs(st, below):
+            if _opaque(layer / rel) or _meta_differs(st, below):
                 changed.append(path)
         else:
             changed.append(path)
@@ -126,12 +128,15 @@ def diff_trees(old: Path, new: Path) -> Diff:
     changed = []
     for rel in sorted(new_entries.keys() & old_entries.keys()):
         a, b = old_entries[rel], new_entries[rel]
-        if stat.S_IFMT(a.st_mode) != stat.S_IFMT(b.st_mode) or _meta_differs(a, b):
-            changed.append("/" + rel)
-        elif stat.S_ISREG(a.st_mode) and (a.st_size != b.st_size or not _same_content(
-                old / rel, new / rel, a, b)):  # fmt: skip
-            changed.append("/" + rel)
-        elif stat.S_ISLNK(a.st_mode) and os.readlink(old / rel) != os.readlink(new / rel):
+        if (
+            stat.S_IFMT(a.st_mode) != stat.S_IFMT(b.st_mode)
+            or _meta_differs(a, b)
+            or (
+                stat.S_ISREG(a.st_mode)
+                and (a.st_size != b.st_size or not _same_content(old / rel, new / rel, a, b))
+            )
+            or (stat.S_ISLNK(a.st_mode) and os.readlink(old / rel) != os.readlink(new / rel))
+        ):
             changed.append("/" + rel)
     return Diff(added=added, changed=changed, deleted=deleted)
 

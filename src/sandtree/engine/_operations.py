@@ -20,7 +20,7 @@ from sandtree.engine.store import MetadataStore
 from sandtree.engine.types import OperationRecord, OperationStatus
 from sandtree.errors import ConflictError, OperationNotFoundError, SandtreeError
 
-__all__ = ["Job", "JobOutcome", "JobFailed", "OperationQueue"]
+__all__ = ["Job", "JobFailed", "JobOutcome", "OperationQueue"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,9 @@ class OperationQueue:
                 try:
                     outcome = await job(log, cancel)
                 except JobFailed as failed:
-                    status = OperationStatus.CANCELLED if failed.cancelled else OperationStatus.FAILED
+                    status = (
+                        OperationStatus.CANCELLED if failed.cancelled else OperationStatus.FAILED
+                    )
                     await self._finish(op, log, status, error=failed.message,
                                        outcome=failed.outcome)  # fmt: skip
                 except SandtreeError as exc:
@@ -106,7 +108,7 @@ class OperationQueue:
                 done.set()
 
     def _hub_log(self, op_id: str) -> EventLog:
-        log = self._hub._live.get(op_id)  # noqa: SLF001 - the hub opened it in submit()
+        log = self._hub._live.get(op_id)
         assert log is not None
         return log
 
@@ -151,7 +153,9 @@ class OperationQueue:
         """Cancel a pending or running operation; a finished one is a ConflictError."""
         op = self._store.get_operation(op_id)
         if op is None:
-            raise OperationNotFoundError(f"operation {op_id} does not exist; list_operations shows what does")
+            raise OperationNotFoundError(
+                f"operation {op_id} does not exist; list_operations shows what does"
+            )
         if op.status.terminal:
             raise ConflictError(
                 f"operation {op_id} already ended as {op.status}; there is nothing to cancel"

@@ -5,9 +5,11 @@ Two jobs:
 * put the server in a private mount namespace, so every overlay it mounts disappears with it
   (no mount can outlive a crash) and, on hybrid cgroup hosts, hide the cgroup v2 mount that
   makes crun refuse to start (``cgroups in hybrid mode not supported``);
-* own each sandbox's cgroups: limits are set on a parent cgroup we create, the OCI runtime
-  puts the sandbox in a child of it, and after the sandbox exits we read peak memory, CPU
-  time and which limit was hit from the parent before removing it.
+* own each sandbox's cgroups: we create them with the limits set, the runtime process joins
+  them before it execs (so every sandbox process inherits them; the OCI runtime's own cgroup
+  management is off), and after the sandbox exits we read peak memory, CPU time and which
+  limit was hit (v1 counts OOM kills and refused forks only in the cgroup where the process
+  lives, so a runtime-made child cgroup would take those counters with it) before removing them.
 """
 
 from __future__ import annotations
@@ -94,21 +96,22 @@ class CgroupStats:
 
 
 class CgroupSet:
-    """The v1 cgroups of one sandbox: ``/sandtree/<id>`` in memory, pids, cpu and cpuacct.
-
-    The OCI runtime is given ``/sandtree/<id>/c`` as its cgroupsPath, so it creates and
-    removes its own child while limits and accounting live on our parent.
-    """
+    """The v1 cgroups of one sandbox: ``/sandtree/<id>`` in memory, pids, cpu and cpuacct."""
 
     PARENT = "sandtree"
 
     def __init__(self, sandbox_id: str) -> None:
         self.id = sandbox_id
-        self.relative = f"/{self.PARENT}/{sandbox_id}"
+        self._procs = [os.fsencode(self._dir(c) / "cgroup.procs") for c in _V1_CONTROLLERS]
 
-    @property
-    def runtime_path(self) -> str:
-        return f"{self.relative}/c"
+    def join(self) -> None:
+        """Move the calling process into the cgroups; safe to call between fork and exec."""
+        for path in self._procs:
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.write(fd, b"0")
+            finally:
+                os.close(fd)
 
     def _dir(self, controller: str) -> Path:
         return _CGROUP_ROOT / controller / self.PARENT / self.id

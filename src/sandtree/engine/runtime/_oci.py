@@ -143,7 +143,9 @@ class OciRuntime:
     def _global_args(self, spec: SandboxSpec | None = None) -> list[str]:
         args = [self.binary, "--root", str(self.state_dir)]
         if self.kind == "runsc":
-            network = "sandbox" if spec is not None and spec.netns else "none"
+            # Debian's 2022 runsc mistakes every namespace for the root one on this kernel and
+            # refuses --network=sandbox; --network=host inside our prepared namespace works.
+            network = "host" if spec is not None and spec.netns else "none"
             # ptrace is the only gVisor platform that works on this host kind (no systrap in
             # Debian's build, KVM is PVM); --overlay2=none lets writes reach our upper dir.
             args += ["--platform=ptrace", f"--network={network}", "--overlay2=none"]
@@ -153,17 +155,16 @@ class OciRuntime:
         """The argv that runs ``spec`` (also used by the benchmark's bare-runtime baseline)."""
         log = spec.workdir / "runtime.log"
         args = [*runtime_prefix(), *self._global_args(spec)]
-        if self.kind == "runsc":
+        if self.kind == "runsc" or self.kind == "runc":
             args += [f"--log={log}"]
         else:
-            args += [f"--log={log}" if self.kind == "runc" else f"--log=file:{log}"]
+            args += [f"--log=file:{log}", "--cgroup-manager=disabled"]
         return [*args, "run", "--bundle", str(spec.workdir), spec.id]
 
     def write_bundle(self, spec: SandboxSpec, cgroups: CgroupSet) -> None:
         config = build_config(
             spec,
             uid_shift=self.uid_shift,
-            cgroups_path=cgroups.runtime_path,
             # gVisor's Sentry filters syscalls itself; its seccomp emulation of ours is partial.
             seccomp=self.kind != "runsc",
         )
@@ -174,6 +175,16 @@ class OciRuntime:
             config["mounts"].append(
                 {"destination": "/tmp", "type": "bind", "source": str(tmp), "options": ["rbind"]}
             )
+        if self.kind != "crun":
+            # runsc and runc manage cgroups themselves: point them at ours (which they join)
+            # and tell them the limits, which gVisor also applies inside its own kernel.
+            config["linux"]["cgroupsPath"] = f"/{CgroupSet.PARENT}/{spec.id}"
+            config["linux"]["resources"] = {
+                "memory": {"limit": spec.limits.memory_bytes},
+                "pids": {"limit": spec.limits.pids},
+                **({"cpu": {"quota": int(spec.limits.cpus * 100000), "period": 100000}}
+                   if spec.limits.cpus > 0 else {}),
+            }  # fmt: skip
         (spec.workdir / "config.json").write_text(json.dumps(config), encoding="utf-8")
         if spec.nameservers:
             self._write_resolv_conf(spec)
@@ -205,6 +216,9 @@ class OciRuntime:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
+                # Join the sandbox's cgroups before exec: the runtime and everything it starts
+                # inherit them, with no window in which a process runs unlimited.
+                preexec_fn=cgroups.join,
             )
         except BaseException:
             cgroups.remove()

@@ -53,7 +53,9 @@ _DENIED_SYSCALLS = [
     "ustat", "vhangup", "vm86", "vm86old", "adjtimex", "_sysctl", "pidfd_getfd",
 ]  # fmt: skip
 
-_CLONE_NAMESPACE_FLAGS = 0x7E020000  # CLONE_NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET
+# CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET
+_CLONE_NAMESPACE_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000,
+                          0x20000000, 0x40000000)  # fmt: skip
 
 
 def _seccomp() -> dict[str, Any]:
@@ -62,20 +64,18 @@ def _seccomp() -> dict[str, Any]:
         "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
         "syscalls": [
             {"names": _DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": 1},
-            # clone() with namespace flags would give the sandbox fresh namespaces to play in.
-            {
-                "names": ["clone"],
-                "action": "SCMP_ACT_ERRNO",
-                "errnoRet": 1,
-                "args": [
-                    {
-                        "index": 0,
-                        "value": _CLONE_NAMESPACE_FLAGS,
-                        "valueTwo": 0,
-                        "op": "SCMP_CMP_MASKED_EQ",
-                    }
-                ],
-            },
+            # clone() asking for any new namespace (one rule per flag; rules on a syscall OR).
+            *(
+                {
+                    "names": ["clone"],
+                    "action": "SCMP_ACT_ERRNO",
+                    "errnoRet": 1,
+                    "args": [
+                        {"index": 0, "value": flag, "valueTwo": flag, "op": "SCMP_CMP_MASKED_EQ"}
+                    ],
+                }
+                for flag in _CLONE_NAMESPACE_FLAGS
+            ),
             # clone3 passes flags in a struct seccomp cannot read: make libc fall back to clone.
             {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38},
         ],
@@ -100,9 +100,7 @@ def _sys_mount(*, joined_netns: bool) -> dict[str, Any]:
     }
 
 
-def build_config(
-    spec: SandboxSpec, *, uid_shift: int, cgroups_path: str, seccomp: bool = True
-) -> dict[str, Any]:
+def build_config(spec: SandboxSpec, *, uid_shift: int, seccomp: bool = True) -> dict[str, Any]:
     """The ``config.json`` for ``spec``; identical for crun, runc and runsc."""
     caps = list(_CAPABILITIES)
     namespaces: list[dict[str, str]] = [
@@ -112,12 +110,13 @@ def build_config(
         {"type": "mount"},
         {"type": "user"},
     ]
-    namespaces.append({"type": "network", "path": spec.netns} if spec.netns else {"type": "network"})
+    namespaces.append(
+        {"type": "network", "path": spec.netns} if spec.netns else {"type": "network"}
+    )
     linux: dict[str, Any] = {
         "namespaces": namespaces,
         "uidMappings": [{"containerID": 0, "hostID": uid_shift, "size": ID_RANGE}],
         "gidMappings": [{"containerID": 0, "hostID": uid_shift, "size": ID_RANGE}],
-        "cgroupsPath": cgroups_path,
         "maskedPaths": _MASKED_PATHS,
         "readonlyPaths": _READONLY_PATHS,
     }

@@ -407,8 +407,7 @@ class SqliteStore:
 
     def list_files(self, namespace: str, *, limit: int, offset: int) -> list[FileRecord]:
         rows = self._query(
-            "SELECT * FROM files WHERE namespace=? ORDER BY created_at DESC, uuid"
-            " LIMIT ? OFFSET ?",
+            "SELECT * FROM files WHERE namespace=? ORDER BY created_at DESC, uuid LIMIT ? OFFSET ?",
             (namespace, limit, offset),
         )
         return [_file_from_row(r) for r in rows]
