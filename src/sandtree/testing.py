@@ -53,8 +53,20 @@ def build_busybox_rootfs(dest: Path) -> Path:
     busybox = next((p for p in _BUSYBOX_CANDIDATES if os.path.exists(p)), None)
     if busybox is None:
         raise RuntimeError("busybox is not installed; apt-get install busybox-static")
-    for d in ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "tmp", "root", "proc", "sys", "dev",
-              "home", "var/tmp"):  # fmt: skip
+    for d in (
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "etc",
+        "tmp",
+        "root",
+        "proc",
+        "sys",
+        "dev",
+        "home",
+        "var/tmp",
+    ):
         (dest / d).mkdir(parents=True, exist_ok=True)
     os.chmod(dest / "tmp", 0o1777)
     os.chmod(dest / "root", 0o700)
@@ -65,8 +77,9 @@ def build_busybox_rootfs(dest: Path) -> Path:
             link.symlink_to("busybox")
     (dest / "etc" / "passwd").write_text(
         "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"
-        "user:x:1000:1000:user:/home/user:/bin/sh\n", encoding="utf-8",
-    )  # fmt: skip
+        "user:x:1000:1000:user:/home/user:/bin/sh\n",
+        encoding="utf-8",
+    )
     (dest / "etc" / "group").write_text(
         "root:x:0:\nnogroup:x:65534:\nuser:x:1000:\n", encoding="utf-8"
     )

@@ -62,14 +62,26 @@ def default_runtimes(settings: Settings) -> dict[str, Callable[[], Runtime]]:
         import shutil
 
         if shutil.which(settings.crun_path):
-            return OciRuntime(kind="crun", binary=settings.crun_path, state_dir=state / "crun",
-                              uid_shift=settings.uid_shift)  # fmt: skip
-        return OciRuntime(kind="runc", binary=settings.runc_path, state_dir=state / "runc",
-                          uid_shift=settings.uid_shift)  # fmt: skip
+            return OciRuntime(
+                kind="crun",
+                binary=settings.crun_path,
+                state_dir=state / "crun",
+                uid_shift=settings.uid_shift,
+            )
+        return OciRuntime(
+            kind="runc",
+            binary=settings.runc_path,
+            state_dir=state / "runc",
+            uid_shift=settings.uid_shift,
+        )
 
     def gvisor() -> Runtime:
-        return OciRuntime(kind="runsc", binary=settings.runsc_path, state_dir=state / "runsc",
-                          uid_shift=settings.uid_shift)  # fmt: skip
+        return OciRuntime(
+            kind="runsc",
+            binary=settings.runsc_path,
+            state_dir=state / "runsc",
+            uid_shift=settings.uid_shift,
+        )
 
     return {"container": container, "gvisor": gvisor}
 
@@ -100,9 +112,14 @@ class Engine:
         self.events = EventHub(self.store, cap_bytes=settings.event_log_cap_bytes)
         self._runtimes = dict(runtimes) if runtimes is not None else default_runtimes(settings)
         self._network = network
-        self.runs = RunExecutor(settings=settings, store=self.store, layers=self.layers,
-                                blobs=self.blobs, runtimes=self._runtimes,
-                                network=network)  # fmt: skip
+        self.runs = RunExecutor(
+            settings=settings,
+            store=self.store,
+            layers=self.layers,
+            blobs=self.blobs,
+            runtimes=self._runtimes,
+            network=network,
+        )
         self._queue: OperationQueue | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._compacting: set[str] = set()
@@ -118,8 +135,9 @@ class Engine:
         if self._network is not None:
             await asyncio.to_thread(self._network.cleanup_stale)
             await asyncio.to_thread(self._network.setup)
-        self._queue = OperationQueue(self.store, self.events,
-                                     concurrency=self.settings.max_concurrency)  # fmt: skip
+        self._queue = OperationQueue(
+            self.store, self.events, concurrency=self.settings.max_concurrency
+        )
         self._queue.recover(self._resume)
 
     async def close(self) -> None:
@@ -218,8 +236,14 @@ class Engine:
         """Create a root image from a rootfs directory, a tar, an OCI layout or ``docker save``."""
         if tag is not None and not _TAG_RE.match(tag):
             raise InvalidRequestError(f"{tag!r} is not a valid tag, e.g. 'busybox:latest'")
-        image = await asyncio.to_thread(import_path, self.layers, self.store, path,
-                                        namespace=namespace, tags=(tag,) if tag else ())  # fmt: skip
+        image = await asyncio.to_thread(
+            import_path,
+            self.layers,
+            self.store,
+            path,
+            namespace=namespace,
+            tags=(tag,) if tag else (),
+        )
         return image
 
     def delete_image(self, image: ImageRecord) -> None:
@@ -264,15 +288,15 @@ class Engine:
             staging = self.layers.new_staging_dir()
             await asyncio.to_thread(merge_layers, self.layers.paths(image.layers[1:]), staging)
             layer_id, size = await asyncio.to_thread(self.layers.adopt, staging)
-            self.store.replace_layers(image.uuid, (image.layers[0], layer_id),
-                                      new_layer_size=size)  # fmt: skip
+            self.store.replace_layers(image.uuid, (image.layers[0], layer_id), new_layer_size=size)
         finally:
             self._compacting.discard(image.uuid)
 
     # -- runs and operations ---------------------------------------------------------------------
 
-    async def spawn(self, spec: RunSpec, *, namespace: str = "default",
-                    request: Mapping[str, Any] | None = None) -> OperationRecord:  # fmt: skip
+    async def spawn(
+        self, spec: RunSpec, *, namespace: str = "default", request: Mapping[str, Any] | None = None
+    ) -> OperationRecord:
         """Queue a run; returns its PENDING operation at once."""
         image = self.resolve_image(spec.image, namespaces=(namespace,))
         if spec.timeout > self.settings.max_timeout or spec.timeout < 1:
@@ -292,10 +316,14 @@ class Engine:
                     f"file {placed.uuid} for {placed.path} was not uploaded; upload it first"
                 )
         op = OperationRecord(
-            uuid=str(uuid.uuid4()), kind=OperationKind.INSTANCE, status=OperationStatus.PENDING,
-            created_at=now_iso(), namespace=namespace, image=image.uuid,
+            uuid=str(uuid.uuid4()),
+            kind=OperationKind.INSTANCE,
+            status=OperationStatus.PENDING,
+            created_at=now_iso(),
+            namespace=namespace,
+            image=image.uuid,
             request=dict(request or {}),
-        )  # fmt: skip
+        )
         self.store.add_operation(op)
         self.queue.submit(op, self._run_job(op.uuid, image, spec))
         return op
@@ -356,15 +384,19 @@ class Engine:
         existing = self.store.find_file(namespace, sha)
         if existing is not None:
             return existing
-        record = FileRecord(uuid=str(uuid.uuid4()), sha256=sha, size=size, created_at=now_iso(),
-                            namespace=namespace)  # fmt: skip
+        record = FileRecord(
+            uuid=str(uuid.uuid4()), sha256=sha, size=size, created_at=now_iso(), namespace=namespace
+        )
         self.store.add_file(record)
         return record
 
     def get_file(self, ref: str, *, namespace: str = "default") -> FileRecord:
         """A file by uuid or sha256."""
-        record = (self.store.find_file(namespace, ref.lower()) if len(ref) == 64
-                  else self.store.get_file(ref))  # fmt: skip
+        record = (
+            self.store.find_file(namespace, ref.lower())
+            if len(ref) == 64
+            else self.store.get_file(ref)
+        )
         if record is None or record.namespace != namespace:
             raise FileNotFoundInStoreError(f"file {ref} was not uploaded; upload it first")
         return record

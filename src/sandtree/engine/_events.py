@@ -9,7 +9,6 @@ log passes its size cap; service events always are.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -59,8 +58,9 @@ class EventLog:
         self._append(type, data, spid)
 
     def _append(self, type: str, data: Mapping[str, Any], spid: int | None) -> None:
-        event = OperationEvent(id=self._next_id, ts=now_iso(), type=type, data=dict(data),
-                               spid=spid)  # fmt: skip
+        event = OperationEvent(
+            id=self._next_id, ts=now_iso(), type=type, data=dict(data), spid=spid
+        )
         self._next_id += 1
         self._events.append(event)
         self._pending.append(event)
@@ -141,7 +141,3 @@ class EventHub:
             return
         async for event in log.follow(after=after):
             yield event
-
-
-def event_size(event: OperationEvent) -> int:
-    return len(json.dumps(event.to_json()))

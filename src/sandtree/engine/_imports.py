@@ -61,8 +61,9 @@ def import_path(
                 staging = layers.new_staging_dir()
                 try:
                     with opener as stream:
-                        unpack_layer(stream, staging, uid_shift=layers.uid_shift,
-                                     max_bytes=max_bytes)  # fmt: skip
+                        unpack_layer(
+                            stream, staging, uid_shift=layers.uid_shift, max_bytes=max_bytes
+                        )
                 except BaseException:
                     shutil.rmtree(staging, ignore_errors=True)
                     raise
@@ -74,10 +75,17 @@ def import_path(
         if not adopted:
             raise InvalidRequestError(f"{path} holds no layers to import")
         image = ImageRecord(
-            uuid=str(uuid.uuid4()), created_at=now_iso(), namespace=namespace,
-            command=description, layers=tuple(adopted), env=tuple(env), cwd=cwd, user=user,
-            size=sum(adopted.values()), tags=tuple(tags),
-        )  # fmt: skip
+            uuid=str(uuid.uuid4()),
+            created_at=now_iso(),
+            namespace=namespace,
+            command=description,
+            layers=tuple(adopted),
+            env=tuple(env),
+            cwd=cwd,
+            user=user,
+            size=sum(adopted.values()),
+            tags=tuple(tags),
+        )
         store.add_image(image, layer_sizes=adopted)
         return image
     except BaseException:

@@ -86,14 +86,19 @@ class OperationQueue:
                     status = (
                         OperationStatus.CANCELLED if failed.cancelled else OperationStatus.FAILED
                     )
-                    await self._finish(op, log, status, error=failed.message,
-                                       outcome=failed.outcome)  # fmt: skip
+                    await self._finish(
+                        op, log, status, error=failed.message, outcome=failed.outcome
+                    )
                 except SandtreeError as exc:
                     await self._finish(op, log, OperationStatus.FAILED, error=exc.message)
                 except Exception as exc:
                     logger.exception("operation %s crashed", op.uuid)
-                    await self._finish(op, log, OperationStatus.FAILED,
-                                       error=f"internal error: {type(exc).__name__}: {exc}")  # fmt: skip
+                    await self._finish(
+                        op,
+                        log,
+                        OperationStatus.FAILED,
+                        error=f"internal error: {type(exc).__name__}: {exc}",
+                    )
                 else:
                     await self._finish(op, log, OperationStatus.SUCCESS, outcome=outcome)
         except asyncio.CancelledError:
@@ -139,13 +144,17 @@ class OperationQueue:
                 consumed_cpu=outcome.consumed_cpu,
                 consumed_memory=outcome.consumed_memory,
             )
-        log.emit("completion", {
-            "status": str(status),
-            "result_image_uuid": fields.get("result_image"),
-            "error": error,
-            "duration_ms": int(duration * 1000),
-            "image_size_bytes": (outcome.image_size or 0) if outcome else 0,
-        }, spid=None)  # fmt: skip
+        log.emit(
+            "completion",
+            {
+                "status": str(status),
+                "result_image_uuid": fields.get("result_image"),
+                "error": error,
+                "duration_ms": int(duration * 1000),
+                "image_size_bytes": (outcome.image_size or 0) if outcome else 0,
+            },
+            spid=None,
+        )
         self._store.update_operation(op.uuid, **fields)
         await self._hub.close(op.uuid)
 
@@ -194,10 +203,23 @@ class OperationQueue:
             error = _RESTARTED if op.status != OperationStatus.PENDING else _UNRESUMABLE
             from sandtree.engine.types import OperationEvent
 
-            self._store.append_events(op.uuid, [OperationEvent(
-                id=next_id, ts=now_iso(), type="completion",
-                data={"status": "FAILED", "result_image_uuid": None, "error": error,
-                      "duration_ms": 0, "image_size_bytes": 0})])  # fmt: skip
+            self._store.append_events(
+                op.uuid,
+                [
+                    OperationEvent(
+                        id=next_id,
+                        ts=now_iso(),
+                        type="completion",
+                        data={
+                            "status": "FAILED",
+                            "result_image_uuid": None,
+                            "error": error,
+                            "duration_ms": 0,
+                            "image_size_bytes": 0,
+                        },
+                    )
+                ],
+            )
             self._store.update_operation(
                 op.uuid, status=OperationStatus.FAILED, error=error, finished_at=now_iso()
             )

@@ -17,7 +17,7 @@ def _stream(output: StreamOutput) -> dict[str, Any]:
 
 
 def result_document(result: RunResult) -> dict[str, Any]:
-    """``InstanceResult`` plus our fields: ``result_image``, ``filesystem_changed``, ``limit_hit``."""
+    """``InstanceResult`` plus ``result_image``, ``filesystem_changed`` and ``limit_hit``."""
     r = result.resources
     return {
         "state": {

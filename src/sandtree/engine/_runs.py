@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import dataclasses
 import os
 import platform
@@ -80,13 +79,21 @@ class _Collector:
             if keep:
                 self.data += keep
                 value, encoding = encode_stream(bytes(keep))
-                self.log.emit(self.name, {"value": value, "encoding": encoding,
-                                          "truncated": False}, spid=1)  # fmt: skip
+                self.log.emit(
+                    self.name, {"value": value, "encoding": encoding, "truncated": False}, spid=1
+                )
 
     def finish(self) -> StreamOutput:
         if self.dropped:
-            self.log.emit("truncated", {"stream": self.name, "bytes_emitted": len(self.data),
-                                        "bytes_dropped": self.dropped}, spid=1)  # fmt: skip
+            self.log.emit(
+                "truncated",
+                {
+                    "stream": self.name,
+                    "bytes_emitted": len(self.data),
+                    "bytes_dropped": self.dropped,
+                },
+                spid=1,
+            )
         return StreamOutput(data=bytes(self.data), truncated=self.dropped > 0)
 
 
@@ -179,20 +186,45 @@ class RunExecutor:
                 netns=lease.netns_path if lease is not None else None,
                 nameservers=lease.nameservers if lease is not None else (),
             )
-            log.emit("init", {"started_at": now_iso(), "runtime_path": str(dirs.root),
-                              "verbose": False, "init_pid": 1, "hostname": spec.hostname,
-                              "kernel": f"{platform.release()} {platform.version()}",
-                              "machine": platform.machine(), "boot_id": op_id,
-                              "isolation": tier})  # fmt: skip
+            log.emit(
+                "init",
+                {
+                    "started_at": now_iso(),
+                    "runtime_path": str(dirs.root),
+                    "verbose": False,
+                    "init_pid": 1,
+                    "hostname": spec.hostname,
+                    "kernel": f"{platform.release()} {platform.version()}",
+                    "machine": platform.machine(),
+                    "boot_id": op_id,
+                    "isolation": tier,
+                },
+            )
             sandbox = await runtime.start(sandbox_spec)
-            log.emit("spawn", {"pid": sandbox.pid, "command": args[0], "args": args[1:],
-                               "shell": spec.shell, "cwd": cwd, "uid": spec.uid, "gid": spec.gid,
-                               "timeout": spec.timeout, "truncate_at": spec.truncate_output_at,
-                               "env": _masked(env)}, spid=1)  # fmt: skip
+            log.emit(
+                "spawn",
+                {
+                    "pid": sandbox.pid,
+                    "command": args[0],
+                    "args": args[1:],
+                    "shell": spec.shell,
+                    "cwd": cwd,
+                    "uid": spec.uid,
+                    "gid": spec.gid,
+                    "timeout": spec.timeout,
+                    "truncate_at": spec.truncate_output_at,
+                    "env": _masked(env),
+                },
+                spid=1,
+            )
             if lease is not None:
-                log.emit("network", {"interfaces": lease.counters(),
-                                     "configured": {"ip4": lease.address,
-                                                    "ip4_gw": lease.gateway}})  # fmt: skip
+                log.emit(
+                    "network",
+                    {
+                        "interfaces": lease.counters(),
+                        "configured": {"ip4": lease.address, "ip4_gw": lease.gateway},
+                    },
+                )
             out = _Collector("stdout", spec.truncate_output_at, log)
             err = _Collector("stderr", spec.truncate_output_at, log)
             outcome = await self._supervise(sandbox, spec, dirs, out, err, cancel)
@@ -204,8 +236,19 @@ class RunExecutor:
                 # Tearing a veth down takes ~30 ms of kernel work; nobody needs to wait for it.
                 asyncio.get_running_loop().run_in_executor(None, self._network.release, lease)
         try:
-            return await self._finish(op_id, image, spec, dirs, outcome, out, err, env, cwd,
-                                      log, time.monotonic() - started)  # fmt: skip
+            return await self._finish(
+                op_id,
+                image,
+                spec,
+                dirs,
+                outcome,
+                out,
+                err,
+                env,
+                cwd,
+                log,
+                time.monotonic() - started,
+            )
         finally:
             asyncio.get_running_loop().run_in_executor(None, self._layers.discard_run, dirs)
 
@@ -219,13 +262,20 @@ class RunExecutor:
                     "POST /v1/files first and pass the uuid it returns"
                 )
             with open(self._blobs.path(record.sha256), "rb") as src:
-                write_file_in_root(dirs.merged, placed.path, src, mode=placed.mode,
-                                   uid=placed.uid + shift, gid=placed.gid + shift)  # fmt: skip
+                write_file_in_root(
+                    dirs.merged,
+                    placed.path,
+                    src,
+                    mode=placed.mode,
+                    uid=placed.uid + shift,
+                    gid=placed.gid + shift,
+                )
         if cwd != "/":
             rootfd = open_root(dirs.merged)
             try:
-                parent = make_parents_in_root(rootfd, cwd.rstrip("/") + "/x", uid=spec.uid + shift,
-                                              gid=spec.gid + shift)  # fmt: skip
+                parent = make_parents_in_root(
+                    rootfd, cwd.rstrip("/") + "/x", uid=spec.uid + shift, gid=spec.gid + shift
+                )
                 os.close(parent)
             finally:
                 os.close(rootfd)
@@ -251,9 +301,10 @@ class RunExecutor:
         outcome = _Outcome(exit=SandboxExit(exit_code=-1))
         try:
             done, _ = await asyncio.wait(
-                {waiter, canceller, disk}, timeout=spec.timeout,
+                {waiter, canceller, disk},
+                timeout=spec.timeout,
                 return_when=asyncio.FIRST_COMPLETED,
-            )  # fmt: skip
+            )
             if waiter not in done:
                 outcome.timed_out = not done
                 outcome.cancelled = canceller in done
@@ -295,21 +346,40 @@ class RunExecutor:
     ) -> tuple[RunResult, ImageRecord | None]:
         exit = outcome.exit
         stdout, stderr = out.finish(), err.finish()
-        log.emit("exit", {"pid": 1, "code": exit.exit_code if not exit.signal else -1,
-                          "signal": exit.signal or -1, "timed_out": outcome.timed_out,
-                          "duration_ms": int(elapsed * 1000),
-                          "resources": _event_resources(exit)}, spid=1)  # fmt: skip
-        reason = "timeout" if outcome.timed_out else (
-            "signal" if outcome.cancelled else "job_complete")  # fmt: skip
+        log.emit(
+            "exit",
+            {
+                "pid": 1,
+                "code": exit.exit_code if not exit.signal else -1,
+                "signal": exit.signal or -1,
+                "timed_out": outcome.timed_out,
+                "duration_ms": int(elapsed * 1000),
+                "resources": _event_resources(exit),
+            },
+            spid=1,
+        )
+        reason = (
+            "timeout" if outcome.timed_out else ("signal" if outcome.cancelled else "job_complete")
+        )
         log.emit("shutdown", {"stopped_at": now_iso(), "reason": reason})
-        resources = ResourceUsage(user_cpu_time=exit.user_cpu_time,
-                                  system_cpu_time=exit.system_cpu_time,
-                                  max_rss_kb=exit.max_rss_kb, elapsed_time=elapsed)  # fmt: skip
-        state = ProcessState(exit_code=exit.exit_code, signal=exit.signal,
-                             timed_out=outcome.timed_out, pid=1)  # fmt: skip
-        result = RunResult(state=state, stdout=stdout, stderr=stderr, resources=resources,
-                           result_image=None, filesystem_changed=False,
-                           limit_hit=exit.limit_hit)  # fmt: skip
+        resources = ResourceUsage(
+            user_cpu_time=exit.user_cpu_time,
+            system_cpu_time=exit.system_cpu_time,
+            max_rss_kb=exit.max_rss_kb,
+            elapsed_time=elapsed,
+        )
+        state = ProcessState(
+            exit_code=exit.exit_code, signal=exit.signal, timed_out=outcome.timed_out, pid=1
+        )
+        result = RunResult(
+            state=state,
+            stdout=stdout,
+            stderr=stderr,
+            resources=resources,
+            result_image=None,
+            filesystem_changed=False,
+            limit_hit=exit.limit_hit,
+        )
         failure = self._failure(spec, outcome, exit)
         if failure is not None:
             message, cancelled = failure
@@ -329,13 +399,23 @@ class RunExecutor:
             layers = (*image.layers, layer_id)
             layer_sizes[layer_id] = size
         child = ImageRecord(
-            uuid=str(uuid.uuid4()), created_at=now_iso(), namespace=image.namespace,
-            parent=image.uuid, operation=op_id, command=_describe(spec), depth=image.depth + 1,
-            layers=layers, env=new_env, cwd=new_cwd, user=image.user, size=size,
-        )  # fmt: skip
+            uuid=str(uuid.uuid4()),
+            created_at=now_iso(),
+            namespace=image.namespace,
+            parent=image.uuid,
+            operation=op_id,
+            command=_describe(spec),
+            depth=image.depth + 1,
+            layers=layers,
+            env=new_env,
+            cwd=new_cwd,
+            user=image.user,
+            size=size,
+        )
         self._store.add_image(child, layer_sizes=layer_sizes)
-        return dataclasses.replace(result, result_image=child.uuid, filesystem_changed=changed,
-                                   image_size=size), child  # fmt: skip
+        return dataclasses.replace(
+            result, result_image=child.uuid, filesystem_changed=changed, image_size=size
+        ), child
 
     def _failure(
         self, spec: RunSpec, outcome: _Outcome, exit: SandboxExit
@@ -343,20 +423,28 @@ class RunExecutor:
         if outcome.cancelled:
             return "the operation was cancelled; its sandbox was stopped", True
         if outcome.timed_out:
-            return (f"the command ran past its timeout of {spec.timeout} s and was killed; "
-                    "pass a larger timeout or make the command finish sooner"), False  # fmt: skip
+            return (
+                f"the command ran past its timeout of {spec.timeout} s and was killed; "
+                "pass a larger timeout or make the command finish sooner"
+            ), False
         if outcome.disk_exceeded is not None:
             cap = spec.max_layer_bytes or self._settings.max_layer_bytes
-            return (f"the run wrote {outcome.disk_exceeded} bytes, past its writable-layer limit"
-                    f" max_layer_bytes={cap}; write less or raise"
-                    " resources_limits.max_layer_bytes"), False  # fmt: skip
+            return (
+                f"the run wrote {outcome.disk_exceeded} bytes, past its writable-layer limit"
+                f" max_layer_bytes={cap}; write less or raise"
+                " resources_limits.max_layer_bytes"
+            ), False
         if exit.limit_hit == "memory":
-            return (f"the sandbox ran out of memory (limit {self._settings.memory_limit_bytes}"
-                    " bytes) and was killed; use less memory"), False  # fmt: skip
+            return (
+                f"the sandbox ran out of memory (limit {self._settings.memory_limit_bytes}"
+                " bytes) and was killed; use less memory"
+            ), False
         if exit.limit_hit == "pids":
-            return (f"the sandbox hit its process limit ({self._settings.pids_limit} processes);"
-                    " start fewer processes"), False  # fmt: skip
-        if exit.runtime_error and exit.exit_code != 0 and not out_of_command(exit):
+            return (
+                f"the sandbox hit its process limit ({self._settings.pids_limit} processes);"
+                " start fewer processes"
+            ), False
+        if exit.runtime_error and exit.exit_code != 0:
             return f"the sandbox could not start the command: {exit.runtime_error}", False
         return None
 
@@ -371,11 +459,6 @@ class RunExecutor:
         return tuple(f"{k}={v}" for k, v in merged.items())
 
 
-def out_of_command(exit: SandboxExit) -> bool:
-    """True when the runtime's log only reports the command's own exit, not a failure."""
-    return exit.runtime_error is None
-
-
 def _describe(spec: RunSpec) -> str:
     if spec.shell:
         return spec.command
@@ -384,15 +467,25 @@ def _describe(spec: RunSpec) -> str:
 
 def _event_resources(exit: SandboxExit) -> dict[str, int]:
     zero = dict.fromkeys(
-        ("shared_memory", "unshared_memory", "swaps", "minor_faults", "major_faults",
-         "voluntary_ctx_switches", "involuntary_ctx_switches", "block_input_ops",
-         "block_output_ops", "ipc_msgs_sent", "ipc_msgs_received", "signals_received"), 0,
-    )  # fmt: skip
-    return {"user_time_us": int(exit.user_cpu_time * 1e6),
-            "sys_time_us": int(exit.system_cpu_time * 1e6),
-            "max_rss_kb": exit.max_rss_kb, **zero}  # fmt: skip
-
-
-@contextlib.contextmanager
-def _noop() -> Any:
-    yield
+        (
+            "shared_memory",
+            "unshared_memory",
+            "swaps",
+            "minor_faults",
+            "major_faults",
+            "voluntary_ctx_switches",
+            "involuntary_ctx_switches",
+            "block_input_ops",
+            "block_output_ops",
+            "ipc_msgs_sent",
+            "ipc_msgs_received",
+            "signals_received",
+        ),
+        0,
+    )
+    return {
+        "user_time_us": int(exit.user_cpu_time * 1e6),
+        "sys_time_us": int(exit.system_cpu_time * 1e6),
+        "max_rss_kb": exit.max_rss_kb,
+        **zero,
+    }

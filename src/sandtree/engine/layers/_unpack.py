@@ -326,8 +326,17 @@ class LayerWriter:
             raise
         return fd
 
+    def _charge(self, size: int) -> None:
+        # Every entry costs at least a tar header, so a flood of empty files stops too.
+        if self._max is not None and self.stats.bytes + size + 512 * self.stats.files > self._max:
+            raise LimitExceededError(
+                f"layer expands past {self._max} bytes; raise the import size limit or use a "
+                "smaller image"
+            )
+
     def _parent(self, parts: tuple[str, ...]) -> int | None:
         """A cached fd of the parent of ``parts`` (owned by the writer, do not close)."""
+        self._charge(0)
         key = parts[:-1]
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
@@ -411,14 +420,10 @@ class LayerWriter:
         Raises:
             LimitExceededError: the layer grows past ``max_bytes``.
         """
+        self._charge(size)
         parent = self._parent(parts)
         if parent is None:
             return
-        if self._max is not None and self.stats.bytes + size > self._max:
-            raise LimitExceededError(
-                f"layer expands past {self._max} bytes; raise the import size limit or use a "
-                "smaller image"
-            )
         self._clear(parent, parts[-1], keep_dir=False)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(parts[-1], flags, 0o600, dir_fd=parent)
@@ -441,59 +446,60 @@ class LayerWriter:
 
     def symlink(self, parts: tuple[str, ...], target: str, meta: FileMeta) -> None:
         """Create a symlink; the target is kept verbatim (it resolves inside the rootfs)."""
-        parent = self._parent(parts)
-        if parent is None:
-            return
-        self._clear(parent, parts[-1], keep_dir=False)
-        os.symlink(target, parts[-1], dir_fd=parent)
-        uid, gid, _ = self._owner(meta)
-        os.chown(parts[-1], uid, gid, dir_fd=parent, follow_symlinks=False)
-        os.utime(parts[-1], ns=(meta.mtime_ns, meta.mtime_ns), dir_fd=parent, follow_symlinks=False)
-        self._created(parts)
+        self._node(parts, meta, lambda parent, name: os.symlink(target, name, dir_fd=parent), False)
 
     def fifo(self, parts: tuple[str, ...], meta: FileMeta) -> None:
         """Create a named pipe."""
+        self._node(parts, meta, lambda parent, name: os.mkfifo(name, 0o600, dir_fd=parent), True)
+
+    def _node(
+        self,
+        parts: tuple[str, ...],
+        meta: FileMeta,
+        make: Callable[[int, str], None],
+        chmod: bool,
+    ) -> None:
         parent = self._parent(parts)
         if parent is None:
             return
-        self._clear(parent, parts[-1], keep_dir=False)
+        name = parts[-1]
+        self._clear(parent, name, keep_dir=False)
+        make(parent, name)
         uid, gid, mode = self._owner(meta)
-        os.mkfifo(parts[-1], 0o600, dir_fd=parent)
-        os.chown(parts[-1], uid, gid, dir_fd=parent, follow_symlinks=False)
-        os.chmod(parts[-1], mode, dir_fd=parent)  # just created by us: cannot be a symlink
-        os.utime(parts[-1], ns=(meta.mtime_ns, meta.mtime_ns), dir_fd=parent, follow_symlinks=False)
+        os.chown(name, uid, gid, dir_fd=parent, follow_symlinks=False)
+        if chmod:  # symlinks have no mode; this fifo was just created by us
+            os.chmod(name, mode, dir_fd=parent)
+        os.utime(name, ns=(meta.mtime_ns, meta.mtime_ns), dir_fd=parent, follow_symlinks=False)
         self._created(parts)
 
     def hardlink(self, parts: tuple[str, ...], target: tuple[str, ...]) -> None:
-        """Link to an entry this writer created earlier; anything else is skipped."""
+        """Link to a file, symlink or fifo this writer created earlier; skip anything else."""
         if target == parts:
             return
-        if target not in self._linkable:
-            self.warn(
-                f"{'/'.join(parts)}: hardlink to {'/'.join(target)!r}, which is not an "
-                "earlier file of this layer; skipped"
-            )
-            return
-        src_dir = self._open_dir(target[:-1], create=False)
+        skipped = f"{'/'.join(parts)}: hardlink to {'/'.join(target)!r}, which is not an "
+        skipped += "earlier file of this layer; skipped"
+        src_dir = self._open_dir(target[:-1], create=False) if target in self._linkable else None
         if src_dir is None:
-            self.warn(f"{'/'.join(parts)}: hardlink target {'/'.join(target)!r} is gone; skipped")
+            self.warn(skipped)
             return
         try:
             parent = self._parent(parts)
-            if parent is None:
-                return
-            self._clear(parent, parts[-1], keep_dir=False)
-            os.link(
-                target[-1], parts[-1], src_dir_fd=src_dir, dst_dir_fd=parent, follow_symlinks=False
-            )
-        except FileNotFoundError:
-            self.warn(f"{'/'.join(parts)}: hardlink target {'/'.join(target)!r} is gone; skipped")
-            return
+            if parent is not None:
+                self._clear(parent, parts[-1], keep_dir=False)
+                os.link(
+                    target[-1],
+                    parts[-1],
+                    src_dir_fd=src_dir,
+                    dst_dir_fd=parent,
+                    follow_symlinks=False,
+                )
+                self._created(parts)
+        except FileNotFoundError:  # the target was replaced by a directory meanwhile
+            self.warn(skipped)
         finally:
             os.close(src_dir)
-        self._created(parts)
 
-    def whiteout(self, parts: tuple[str, ...]) -> None:
+    def whiteout(self, parts: tuple[str, ...], mtime_ns: int | None = None) -> None:
         """Hide ``parts`` of lower layers; what this layer already has there stays."""
         parent = self._parent(parts)
         if parent is None:
@@ -503,6 +509,9 @@ class LayerWriter:
         except FileNotFoundError:
             os.mknod(parts[-1], stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=parent)
             os.chown(parts[-1], self._shift, self._shift, dir_fd=parent, follow_symlinks=False)
+            if mtime_ns is not None:  # invisible through overlay, but keeps exports stable
+                times = (mtime_ns, mtime_ns)
+                os.utime(parts[-1], ns=times, dir_fd=parent, follow_symlinks=False)
             self.stats.files += 1
             self._linkable.discard(parts)
             return
@@ -566,7 +575,7 @@ def _apply_member(writer: LayerWriter, tar: tarfile.TarFile, member: tarfile.Tar
         if hidden in ("", ".", "..") or hidden.startswith(WHITEOUT_PREFIX):
             writer.warn(f"{member.name!r}: reserved whiteout name; skipped")
         else:
-            writer.whiteout((*parts[:-1], hidden))
+            writer.whiteout((*parts[:-1], hidden), _mtime_ns(member))
     elif member.isdir():
         writer.directory(parts, _meta(member))
     elif not parts:
@@ -584,7 +593,7 @@ def _apply_member(writer: LayerWriter, tar: tarfile.TarFile, member: tarfile.Tar
     elif member.isfifo():
         writer.fifo(parts, _meta(member))
     elif member.ischr() and member.devmajor == 0 and member.devminor == 0:
-        writer.whiteout(parts)
+        writer.whiteout(parts, _mtime_ns(member))
     elif member.isdev():
         writer.warn(f"{member.name!r}: device node skipped (sandboxes get their own /dev)")
     else:

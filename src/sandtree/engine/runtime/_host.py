@@ -69,9 +69,15 @@ def runtime_prefix() -> list[str]:
     if _private_ns_done or not _hybrid_unified_mounted():
         return []
     return [
-        "unshare", "-m", "--propagation", "private", "sh", "-c",
-        "umount /sys/fs/cgroup/unified 2>/dev/null; exec \"$@\"", "sh",
-    ]  # fmt: skip
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        'umount /sys/fs/cgroup/unified 2>/dev/null; exec "$@"',
+        "sh",
+    ]
 
 
 def _hybrid_unified_mounted() -> bool:

@@ -182,9 +182,12 @@ class OciRuntime:
             config["linux"]["resources"] = {
                 "memory": {"limit": spec.limits.memory_bytes},
                 "pids": {"limit": spec.limits.pids},
-                **({"cpu": {"quota": int(spec.limits.cpus * 100000), "period": 100000}}
-                   if spec.limits.cpus > 0 else {}),
-            }  # fmt: skip
+                **(
+                    {"cpu": {"quota": int(spec.limits.cpus * 100000), "period": 100000}}
+                    if spec.limits.cpus > 0
+                    else {}
+                ),
+            }
         (spec.workdir / "config.json").write_text(json.dumps(config), encoding="utf-8")
         if spec.nameservers:
             self._write_resolv_conf(spec)

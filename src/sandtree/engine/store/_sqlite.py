@@ -97,10 +97,23 @@ CREATE INDEX IF NOT EXISTS files_sha ON files(namespace, sha256);
 """
 
 _OP_COLUMNS = (
-    "uuid", "namespace", "kind", "status", "created_at", "started_at", "finished_at", "error",
-    "image", "result_image", "request", "result", "duration", "image_size", "consumed_cpu",
+    "uuid",
+    "namespace",
+    "kind",
+    "status",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "error",
+    "image",
+    "result_image",
+    "request",
+    "result",
+    "duration",
+    "image_size",
+    "consumed_cpu",
     "consumed_memory",
-)  # fmt: skip
+)
 _JSON_OP_FIELDS = frozenset({"request", "result"})
 
 
@@ -153,11 +166,20 @@ class SqliteStore:
                 "INSERT INTO images(uuid, namespace, parent, operation, command, depth, env, cwd,"
                 " user, size, public, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
-                    image.uuid, image.namespace, image.parent, image.operation, image.command,
-                    image.depth, json.dumps(list(image.env)), image.cwd, image.user, image.size,
-                    int(image.public), image.created_at,
+                    image.uuid,
+                    image.namespace,
+                    image.parent,
+                    image.operation,
+                    image.command,
+                    image.depth,
+                    json.dumps(list(image.env)),
+                    image.cwd,
+                    image.user,
+                    image.size,
+                    int(image.public),
+                    image.created_at,
                 ),
-            )  # fmt: skip
+            )
             db.executemany(
                 "INSERT INTO image_layers(image, position, layer) VALUES (?, ?, ?)",
                 [(image.uuid, i, layer) for i, layer in enumerate(image.layers)],
@@ -207,8 +229,9 @@ class SqliteStore:
         elif query.tagged is False:
             clauses.append("NOT EXISTS (SELECT 1 FROM tags t WHERE t.image=i.uuid)")
         if query.tag_prefix:
-            clauses.append("EXISTS (SELECT 1 FROM tags t WHERE t.image=i.uuid AND t.tag LIKE ?"
-                           " ESCAPE '\\')")  # fmt: skip
+            clauses.append(
+                "EXISTS (SELECT 1 FROM tags t WHERE t.image=i.uuid AND t.tag LIKE ? ESCAPE '\\')"
+            )
             params.append(_like_prefix(query.tag_prefix))
         if query.since:
             clauses.append("i.created_at >= ?")
@@ -230,8 +253,9 @@ class SqliteStore:
     def replace_layers(self, uuid: str, layers: Sequence[str], *, new_layer_size: int) -> None:
         """Swap an image's physical stack for an equivalent one (after compaction)."""
         with self._tx() as db:
-            db.execute("INSERT OR IGNORE INTO layers(id, size) VALUES (?, ?)",
-                       (layers[-1], new_layer_size))  # fmt: skip
+            db.execute(
+                "INSERT OR IGNORE INTO layers(id, size) VALUES (?, ?)", (layers[-1], new_layer_size)
+            )
             db.execute("DELETE FROM image_layers WHERE image=?", (uuid,))
             db.executemany(
                 "INSERT INTO image_layers(image, position, layer) VALUES (?, ?, ?)",
@@ -319,10 +343,11 @@ class SqliteStore:
                 raise TypeError(f"unknown operation fields: {sorted(unknown)}")
             cols = list(fields)
             vals = [
-                json.dumps(fields[c]) if c in _JSON_OP_FIELDS and fields[c] is not None
+                json.dumps(fields[c])
+                if c in _JSON_OP_FIELDS and fields[c] is not None
                 else (str(fields[c]) if isinstance(fields[c], OperationStatus) else fields[c])
                 for c in cols
-            ]  # fmt: skip
+            ]
             with self._tx() as db:
                 db.execute(
                     f"UPDATE operations SET {', '.join(f'{c}=?' for c in cols)} WHERE uuid=?",

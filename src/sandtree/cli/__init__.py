@@ -1,0 +1,29 @@
+"""The ``sandtree`` command line."""
+
+from __future__ import annotations
+
+import click
+
+from sandtree import __version__
+from sandtree.cli._demo import demo
+
+__all__ = ["cli", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sandtree")
+def cli() -> None:
+    """Sandboxes for AI agents whose images branch like git.
+
+    \b
+    Example:
+      sandtree demo            # import a tiny image, run, branch and show the lineage
+    """
+
+
+cli.add_command(demo)
+
+
+def main() -> None:
+    """Entry point of the ``sandtree`` script."""
+    cli()
