@@ -30,7 +30,8 @@ class EventLog:
         self._store = store
         self._events: list[OperationEvent] = []
         self._pending: list[OperationEvent] = []
-        self._cond = asyncio.Condition()
+        # Followers park on this future; any new event (or close) resolves it.
+        self._wakeup: asyncio.Future[None] | None = None
         self._closed = False
         self._next_id = 1
         self._bytes = 0
@@ -69,11 +70,9 @@ class EventLog:
             self._flusher = asyncio.get_running_loop().create_task(self._flush_soon())
 
     def _notify(self) -> None:
-        async def wake() -> None:
-            async with self._cond:
-                self._cond.notify_all()
-
-        asyncio.get_running_loop().create_task(wake())
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+        self._wakeup = None
 
     async def _flush_soon(self) -> None:
         await asyncio.sleep(_FLUSH_EVERY)  # batching window, not a wait for state
@@ -89,8 +88,7 @@ class EventLog:
         if self._flusher is not None and not self._flusher.done():
             self._flusher.cancel()
         self.flush()
-        async with self._cond:
-            self._cond.notify_all()
+        self._notify()
 
     async def follow(self, *, after: int = 0) -> AsyncIterator[OperationEvent]:
         index = 0
@@ -102,9 +100,9 @@ class EventLog:
                     yield event
             if self._closed:
                 return
-            async with self._cond:
-                if index >= len(self._events) and not self._closed:
-                    await self._cond.wait()
+            if self._wakeup is None:
+                self._wakeup = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._wakeup)
 
 
 class EventHub:
@@ -124,6 +122,10 @@ class EventHub:
         log = self._live.pop(operation, None)
         if log is not None:
             await log.close()
+
+    def live(self, operation: str) -> EventLog | None:
+        """The open log of a running operation, or None once it has ended."""
+        return self._live.get(operation)
 
     def is_live(self, operation: str) -> bool:
         return operation in self._live

@@ -199,7 +199,8 @@ def write_docker_save(root: Path, layers: list[bytes], config: dict[str, Any]) -
     config_bytes = json.dumps(config).encode()
     config_name = sha256(config_bytes).split(":")[1] + ".json"
     (root / config_name).write_bytes(config_bytes)
-    names, seen = [], {}
+    names: list[str] = []
+    seen: dict[bytes, str] = {}
     for i, layer in enumerate(layers):
         layer_id = hashlib.sha256(f"v1-{i}".encode()).hexdigest()
         (root / layer_id).mkdir()
