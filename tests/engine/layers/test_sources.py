@@ -90,6 +90,14 @@ def test_rootfs_directory_is_detected_and_copied_with_shifted_owners(tmp_path: P
         next(source.layers())
 
 
+def test_rootfs_directory_with_a_manifest_json_is_still_a_rootfs(tmp_path: Path) -> None:
+    src = tmp_path / "rootfs"
+    (src / "etc").mkdir(parents=True)
+    (src / "manifest.json").write_text("{}", encoding="utf-8")
+
+    assert open_source(src).is_directory
+
+
 @pytest.mark.parametrize("compression", [None, "gzip", "zstd"], ids=["plain", "gzip", "zstd"])
 def test_plain_rootfs_tar_is_one_layer_with_default_config(
     tmp_path: Path, compression: str | None
@@ -265,6 +273,32 @@ def test_docker_save_with_blob_paths_is_read(tmp_path: Path) -> None:
     assert (base / "etc" / "os-release").exists()
 
 
+def test_skopeo_docker_archive_with_top_level_layer_tars_is_read(tmp_path: Path) -> None:
+    # skopeo copy ... docker-archive: writes <diff_id hex>.tar blobs at the top level.
+    root = tmp_path / "save"
+    root.mkdir()
+    config = image_config(env=["S=1"])
+    config["rootfs"]["diff_ids"] = [sha256(BASE), sha256(TOP)]
+    config_bytes = json.dumps(config).encode()
+    config_name = sha256(config_bytes).split(":")[1] + ".json"
+    (root / config_name).write_bytes(config_bytes)
+    names = []
+    for layer in (BASE, TOP):
+        names.append(sha256(layer).split(":")[1] + ".tar")
+        (root / names[-1]).write_bytes(layer)
+    manifest = [{"Config": config_name, "RepoTags": ["demo:latest"], "Layers": names}]
+    (root / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    archive = tmp_path / "save.tar"
+    archive.write_bytes(tar_directory(root))
+
+    source = open_source(archive)
+    _base, top = _unpack_all(source, tmp_path / "out")
+
+    assert source.description == f"docker-save:{archive}"
+    assert source.config.env == ["S=1"]
+    assert (top / "etc" / "new").read_bytes() == b"2"
+
+
 def test_layer_digest_mismatch_raises_when_the_layer_is_closed(tmp_path: Path) -> None:
     root = tmp_path / "oci"
     write_oci_layout(root, [add_oci_image(root, [BASE], image_config())])
@@ -330,6 +364,33 @@ def test_missing_path_and_non_tar_file_raise_invalid_request(tmp_path: Path) -> 
         open_source(tmp_path / "nope")
     with pytest.raises(InvalidRequestError, match="neither a directory nor a tar"):
         open_source(junk)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("index.json", "{not json", "not valid JSON"),
+        ("index.json", '{"manifests": {"a": 1}}', "not a JSON list"),
+        ("index.json", '{"manifests": [{"digest": "md5:abc"}]}', "unsupported digest"),
+        ("index.json", '{"manifests": []}', "no linux/amd64 image"),
+    ],
+)
+def test_malformed_oci_metadata_is_reported_as_invalid(
+    tmp_path: Path, name: str, content: str, message: str
+) -> None:
+    root = write_oci_layout(tmp_path / "oci", [])
+    (root / name).write_text(content, encoding="utf-8")
+
+    with pytest.raises(InvalidRequestError, match=message):
+        open_source(root)
+
+
+def test_malformed_docker_manifest_is_reported_as_invalid(tmp_path: Path) -> None:
+    tree = write_docker_save(tmp_path / "save", [BASE], image_config())
+    (tree / "manifest.json").write_text('{"Config": "x"}', encoding="utf-8")
+
+    with pytest.raises(InvalidRequestError, match="not a JSON list"):
+        open_source(tree)
 
 
 def test_zstd_compressed_image_archive_is_refused_with_a_hint(tmp_path: Path) -> None:

@@ -181,6 +181,12 @@ def test_file_through_an_extracted_symlink_is_skipped_and_the_host_is_untouched(
         opaque("evil"),
         hardlink("evil/linked", "ok"),
         file("ok", b"ok"),
+        hardlink("evil/linked2", "ok"),
+        directory("d"),
+        file("d/f", b"f"),
+        symlink("d", str(host)),
+        hardlink("x", "d/f"),
+        file("d/f", b"through the replaced dir"),
     )
 
     stats = unpack(data, dest)
@@ -190,7 +196,8 @@ def test_file_through_an_extracted_symlink_is_skipped_and_the_host_is_untouched(
     assert os.readlink(dest / "evil") == str(host)
     assert os.readlink(dest / "rel") == "../../../host"
     assert _opaque(host) is None
-    assert sum("not a directory" in w for w in stats.warnings) >= 5
+    assert not (dest / "x").exists()
+    assert sum("not a directory" in w for w in stats.warnings) >= 7
 
 
 def test_symlink_targets_are_stored_verbatim(dest: Path) -> None:
@@ -263,6 +270,15 @@ def test_many_small_files_past_max_bytes_also_stop(dest: Path) -> None:
         unpack(data, dest, max_bytes=10_000)
 
     assert sum(p.stat().st_size for p in dest.rglob("*")) <= 10_000
+
+
+def test_flood_of_empty_entries_also_counts_against_max_bytes(dest: Path) -> None:
+    data = build_tar(*(directory(f"d{i}") for i in range(100)), compression="gzip")
+
+    with pytest.raises(LimitExceededError):
+        unpack(data, dest, max_bytes=10_000)
+
+    assert len(os.listdir(dest)) <= 10_000 // 512 + 1
 
 
 def test_owners_are_shifted_and_unmapped_ids_become_nobody(dest: Path) -> None:
@@ -384,6 +400,23 @@ def test_truncated_gzip_raises_invalid_request(dest: Path) -> None:
 
     with pytest.raises(InvalidRequestError):
         unpack(data[: len(data) // 2], dest)
+
+
+def test_layer_ending_right_after_the_last_file_data_is_accepted(dest: Path) -> None:
+    # umoci 0.4 writes layers without the final padding and end-of-archive blocks.
+    data = build_tar(directory("etc"), file("etc/hello", b"hi\n"))[: 3 * 512 - 509]
+
+    stats = unpack(gzip.compress(data), dest)
+
+    assert (dest / "etc" / "hello").read_bytes() == b"hi\n"
+    assert stats.warnings == []
+
+
+def test_layer_cut_inside_a_file_is_rejected(dest: Path) -> None:
+    data = build_tar(directory("etc"), file("etc/hello", b"hi\n"))[: 3 * 512 - 510]
+
+    with pytest.raises(InvalidRequestError, match="truncated in 'etc/hello'"):
+        unpack(data, dest)
 
 
 def test_stream_need_not_be_seekable(dest: Path) -> None:

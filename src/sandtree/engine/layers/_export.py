@@ -56,6 +56,8 @@ def _xattr_records(path: str, uid_shift: int) -> dict[str, str]:
             continue  # written as a .wh..wh..opq entry
         raw = os.getxattr(path, name, follow_symlinks=False)
         value = remap_xattr(name, raw, lambda i: unshift_id(i, uid_shift))
+        if name == "security.capability" and raw[3:4] == b"\x02":
+            value = raw  # v2 is valid in every namespace already: keep it as images carry it
         if value is not None:
             # tarfile writes surrogate-escaped values back as the original bytes
             records[f"SCHILY.xattr.{name}"] = value.decode("utf-8", "surrogateescape")

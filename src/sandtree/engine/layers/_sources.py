@@ -37,8 +37,9 @@ __all__ = ["ImageConfig", "ImageSource", "copy_rootfs_dir", "open_source"]
 
 _JSON_LIMIT = 16 << 20  # index, manifests and configs are small; refuse to slurp a huge one
 _DIGEST = re.compile(r"(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})")
+# Top-level names of OCI layouts and docker-save archives (skopeo writes <hex>.tar blobs).
 _ARCHIVE_TOP = re.compile(
-    r"oci-layout|index\.json|manifest\.json|repositories|blobs|[0-9a-f]{64}(\.json)?"
+    r"oci-layout|index\.json|manifest\.json|repositories|blobs|[0-9a-f]{64}(\.json|\.tar)?"
 )
 _INDEX_TYPES = (
     "application/vnd.oci.image.index.v1+json",
@@ -261,15 +262,26 @@ def _pick(candidates: list[tuple[str, str, Any]], platform: str, where: str) -> 
     raise InvalidRequestError(f"{where} has no {platform} image (found: {found})")
 
 
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise InvalidRequestError(f"{what} is not a JSON list")
+    return value
+
+
 def _oci_layout(archive: _Archive, where: str, platform: str) -> tuple[ImageConfig, list[Any]]:
     index = _read_json(archive, "index.json", what=f"{where}: index.json")
-    manifests: dict[str, Any] = {}
+    manifests: dict[str, dict[str, Any]] = {}
     pending, depth = [index], 0
     while pending and depth < 4:  # nested indexes (e.g. buildx attestations), bounded
         nested = []
         for idx in pending:
-            descriptors = idx.get("manifests") if isinstance(idx, dict) else None
-            for desc in descriptors if isinstance(descriptors, list) else []:
+            for desc in _list(_dict(idx).get("manifests"), f"{where}: index manifests"):
                 name, digest, _ = _blob_name(desc, f"{where}: index entry")
                 if desc.get("mediaType") in _INDEX_TYPES:
                     nested.append(_read_json(archive, name, digest=digest, what=f"{where}: index"))
@@ -278,42 +290,49 @@ def _oci_layout(archive: _Archive, where: str, platform: str) -> tuple[ImageConf
         pending, depth = nested, depth + 1
     candidates: list[tuple[str, str, Any]] = []
     for digest, desc in manifests.items():
-        plat = desc.get("platform") or {}
+        plat = _dict(desc.get("platform"))
         os_arch = f"{plat.get('os', '')}/{plat.get('architecture', '')}"
         if os_arch not in ("/", platform) and len(manifests) > 1:
             candidates.append((digest[:19], os_arch, None))  # skip loading foreign platforms
             continue
-        name, digest, _ = _blob_name(desc, f"{where}: manifest")
-        manifest = _read_json(archive, name, digest=digest, what=f"{where}: manifest {digest}")
-        cname, cdigest, _ = _blob_name(manifest.get("config"), f"{where}: manifest config")
+        what = f"{where}: manifest {digest}"
+        manifest = _dict(
+            _read_json(archive, f"blobs/{digest.replace(':', '/')}", digest=digest, what=what)
+        )
+        cname, cdigest, _ = _blob_name(manifest.get("config"), f"{what}: config")
         raw = _read_json(archive, cname, digest=cdigest, what=f"{where}: config {cdigest}")
         config, os_arch = _config_of(raw)
-        ref = (desc.get("annotations") or {}).get("org.opencontainers.image.ref.name")
-        candidates.append((ref or digest[:19], os_arch, (config, manifest.get("layers") or [])))
+        ref = _dict(desc.get("annotations")).get("org.opencontainers.image.ref.name")
+        layers = [_blob_name(x, f"{what}: layer") for x in _list(manifest.get("layers"), what)]
+        candidates.append((str(ref or digest[:19]), os_arch, (config, layers)))
     config, layers = _pick(candidates, platform, where)
-    return config, [_blob_name(layer, f"{where}: layer") for layer in layers]
+    return config, layers
 
 
 def _docker_save(archive: _Archive, where: str, platform: str) -> tuple[ImageConfig, list[Any]]:
     entries = _read_json(archive, "manifest.json", what=f"{where}: manifest.json")
     candidates: list[tuple[str, str, Any]] = []
-    for entry in entries if isinstance(entries, list) else []:
+    for entry in map(_dict, _list(entries, f"{where}: manifest.json")):
         cname = str(entry.get("Config", ""))
         hexname = re.search(r"([0-9a-f]{64})(\.json)?$", cname)
         cdigest = f"sha256:{hexname.group(1)}" if hexname else None
         raw = _read_json(archive, cname, digest=cdigest, what=f"{where}: config {cname}")
         config, os_arch = _config_of(raw)
-        diff_ids = (raw.get("rootfs") or {}).get("diff_ids") or []
+        diff_ids = _list(_dict(raw.get("rootfs")).get("diff_ids"), f"{where}: diff_ids")
+        names = [str(n) for n in _list(entry.get("Layers"), f"{where}: Layers")]
         layers = []
-        for i, lname in enumerate(entry.get("Layers") or []):
-            # blobs/sha256/<hex> names the blob; the old <id>/layer.tar is the
-            # uncompressed layer, whose digest is the config's diff_id.
-            m = re.fullmatch(r"blobs/(sha256|sha512)/([0-9a-f]+)", str(lname))
+        for i, lname in enumerate(names):
+            # blobs/<alg>/<hex> names the blob; the older <id>/layer.tar and skopeo's
+            # <hex>.tar are the uncompressed layer, whose digest is the config's diff_id.
+            m = re.fullmatch(r"blobs/(sha256|sha512)/([0-9a-f]+)", lname)
             digest = f"{m.group(1)}:{m.group(2)}" if m else None
-            if digest is None and len(diff_ids) == len(entry["Layers"]):
+            if digest is None and len(diff_ids) == len(names):
                 digest = str(diff_ids[i])
-            layers.append((str(lname), digest, None))
-        label = ",".join(entry.get("RepoTags") or []) or cname[:19]
+            if digest is not None and not _DIGEST.fullmatch(digest):
+                raise InvalidRequestError(f"{where}: unsupported layer digest {digest!r}")
+            layers.append((lname, digest, None))
+        tags = entry.get("RepoTags")
+        label = ",".join(map(str, tags)) if isinstance(tags, list) and tags else cname[:19]
         candidates.append((label, os_arch, (config, layers)))
     if not candidates:
         raise InvalidRequestError(f"{where}: manifest.json lists no images")
@@ -373,7 +392,10 @@ def open_source(path: Path, *, platform: str = "linux/amd64") -> ImageSource:
     archive: _Archive
     if path.is_dir():
         archive = _DirArchive(path)
-        if not (archive.has("manifest.json") or archive.has("oci-layout")):
+        names = os.listdir(path)
+        # A rootfs may well hold a manifest.json, but never only image-archive names.
+        saved = archive.has("manifest.json") and all(_ARCHIVE_TOP.fullmatch(n) for n in names)
+        if not (saved or (archive.has("oci-layout") and archive.has("index.json"))):
             return ImageSource(kind="rootfs-dir", path=path, config=ImageConfig(), openers=[])
     else:
         compression = _sniff(path)
@@ -400,7 +422,7 @@ def open_source(path: Path, *, platform: str = "linux/amd64") -> ImageSource:
         kind = "docker-save"
         config, layers = _docker_save(archive, where, platform)
     else:
-        raise InvalidRequestError(f"{where}: has oci-layout but no index.json")
+        raise InvalidRequestError(f"{where}: has oci-layout but no index.json")  # tars only
     openers: list[LayerOpener] = []
     for i, (name, digest, size) in enumerate(layers):
         what = f"{where}: layer {i} ({name})"

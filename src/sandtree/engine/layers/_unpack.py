@@ -155,6 +155,37 @@ class _Prefixed(io.RawIOBase):
         return len(data)
 
 
+class _PaddedTail(io.RawIOBase):
+    """Ends a tar stream that stops right after a member's data with the padding and
+    end-of-archive blocks it lacks (umoci 0.4 writes such layers; Go's archive/tar, as used
+    by containerd, accepts them). ``end`` is where the real data stopped, so a member cut
+    short is still caught by the caller."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._pos = 0
+        self._pad = 0
+        self.end: int | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if self.end is None:
+            data = self._stream.read(len(view))
+            if data:
+                view[: len(data)] = data
+                self._pos += len(data)
+                return len(data)
+            self.end = self._pos
+            self._pad = (-self._pos) % 512 + 1024
+        n = min(len(view), self._pad)
+        view[:n] = bytes(n)
+        self._pad -= n
+        return n
+
+
 def _read_upto(stream: BinaryIO, size: int) -> bytes:
     data = b""
     while len(data) < size and (chunk := stream.read(size - len(data))):
@@ -279,6 +310,7 @@ class LayerWriter:
         return self.stats
 
     def warn(self, message: str) -> None:
+        """Record a skipped entry; past a hundred, only count them."""
         if len(self.stats.warnings) < _MAX_WARNINGS:
             self.stats.warnings.append(message)
         else:
@@ -289,8 +321,12 @@ class LayerWriter:
             os.close(self._cache[1])
             self._cache = None
 
-    def _open_dir(self, parts: tuple[str, ...], *, create: bool) -> int | None:
-        """Open the directory at ``parts`` (a new fd), creating missing ones if asked."""
+    def _open_dir(self, parts: tuple[str, ...], *, create: bool, entry: str = "") -> int | None:
+        """Open the directory at ``parts`` (a new fd), creating missing ones if asked.
+
+        ``entry`` names the tar entry being placed, for the warning when a component is a
+        symlink or a file (only given when creating: a lookup may fail quietly).
+        """
         fd = os.dup(self._root)
         try:
             for i, part in enumerate(parts):
@@ -306,9 +342,9 @@ class LayerWriter:
                         raise
                     st = os.stat(part, dir_fd=fd, follow_symlinks=False)
                     if not (create and _is_whiteout(st)):
-                        if create:
+                        if entry:
                             where = "/".join(parts[: i + 1])
-                            self.warn(f"{where}: not a directory (a symlink?); entry skipped")
+                            self.warn(f"{entry}: {where} is not a directory (a symlink?); skipped")
                         os.close(fd)
                         return None
                     # Later entries of this layer beat its own whiteout (OCI spec): the dir
@@ -341,7 +377,7 @@ class LayerWriter:
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
         self._drop_cache()
-        fd = self._open_dir(key, create=True)
+        fd = self._open_dir(key, create=True, entry="/".join(parts))
         if fd is not None:
             self._cache = (key, fd)
         return fd
@@ -522,7 +558,8 @@ class LayerWriter:
 
     def opaque(self, parts: tuple[str, ...]) -> None:
         """Mark a directory opaque; entries this layer already put in it are kept."""
-        fd = self._open_dir(parts, create=True) if parts else None
+        marker = "/".join((*parts, OPAQUE_MARKER))
+        fd = self._open_dir(parts, create=True, entry=marker) if parts else None
         if fd is None:
             if not parts:
                 self.warn("opaque marker at the layer root ignored")
@@ -638,9 +675,12 @@ def unpack_layer(
     try:
         with open_decompressed(tar_stream, compression) as raw:
             try:
-                with tarfile.open(fileobj=raw, mode="r|") as tar:
+                tail = _PaddedTail(raw)
+                with tarfile.open(fileobj=tail, mode="r|") as tar:
                     for member in tar:
                         _apply_member(writer, tar, member)
+                        if tail.end is not None and member.offset_data + member.size > tail.end:
+                            raise InvalidRequestError(f"layer is truncated in {member.name!r}")
             except _STREAM_ERRORS as exc:
                 raise InvalidRequestError(f"layer is not a valid tar archive: {exc}") from exc
     except BaseException:

@@ -1,0 +1,198 @@
+"""Helpers shared by the benchmarks in ``bench/``: root check, statistics, tables, results.
+
+Nothing here times anything; each bench script owns its measurements. Every bench writes a
+timestamped JSON document and a stable ``<name>-latest.json`` under ``bench/results/``
+(gitignored), and prints a table (rich when installed, aligned text otherwise).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "BENCH_DIR",
+    "REPO",
+    "RESULTS_DIR",
+    "Row",
+    "Stats",
+    "ensure_importable",
+    "host_info",
+    "percentile",
+    "print_table",
+    "require_root",
+    "write_results",
+]
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+RESULTS_DIR = BENCH_DIR / "results"
+
+
+def ensure_importable() -> None:
+    """Make ``import sandtree`` work from a checkout that was not ``pip install``-ed."""
+    try:
+        import sandtree  # noqa: F401
+    except ImportError:
+        sys.path.insert(0, str(REPO / "src"))
+
+
+def require_root(what: str) -> None:
+    """Exit with a clear message unless running as root."""
+    if os.geteuid() != 0:
+        sys.stderr.write(
+            f"{what} needs root: it mounts overlays, creates cgroups and starts OCI runtimes "
+            f"with user namespaces. Run it as root, e.g. `sudo {sys.executable} "
+            f"{' '.join(sys.argv)}`.\n"
+        )
+        raise SystemExit(2)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) with linear interpolation between closest ranks."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stats:
+    """Summary of one series of samples (milliseconds unless stated otherwise)."""
+
+    n: int
+    p50: float
+    p90: float
+    mean: float
+    min: float
+    max: float
+    stdev: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Stats:
+        if not values:
+            return cls(0, math.nan, math.nan, math.nan, math.nan, math.nan, math.nan)
+        return cls(
+            n=len(values),
+            p50=percentile(values, 50),
+            p90=percentile(values, 90),
+            mean=statistics.fmean(values),
+            min=min(values),
+            max=max(values),
+            stdev=statistics.stdev(values) if len(values) > 1 else 0.0,
+        )
+
+    def to_json(self) -> dict[str, float | int]:
+        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in vars(self).items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One line of a result table."""
+
+    metric: str
+    tier: str
+    engine: str
+    baseline: str
+    diff: str
+    goal: str = "—"
+    #: True/False when the row has a goal, None for information only.
+    met: bool | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_HEADERS = ("metric", "tier", "engine", "baseline", "diff/ratio", "goal", "met?")
+
+
+def _cells(row: Row) -> tuple[str, ...]:
+    met = "—" if row.met is None else ("yes" if row.met else "NO")
+    return (row.metric, row.tier, row.engine, row.baseline, row.diff, row.goal, met)
+
+
+def print_table(rows: Sequence[Row], *, title: str) -> None:
+    """Print ``rows`` with rich when it is installed, else as aligned plain text."""
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        cells = [_HEADERS, *(_cells(r) for r in rows)]
+        widths = [max(len(c[i]) for c in cells) for i in range(len(_HEADERS))]
+        print(title)
+        for i, line in enumerate(cells):
+            print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+            if i == 0:
+                print("  ".join("-" * w for w in widths))
+        return
+    table = Table(title=title, title_justify="left")
+    for header in _HEADERS:
+        justify = "right" if header in ("engine", "baseline", "diff/ratio") else "left"
+        table.add_column(header, justify=justify)  # type: ignore[arg-type]
+    for row in rows:
+        cols = list(_cells(row))
+        if row.met is False:
+            cols[-1] = "[bold red]NO[/]"
+        elif row.met is True:
+            cols[-1] = "[green]yes[/]"
+        table.add_row(*cols)
+    Console(width=max(shutil.get_terminal_size((160, 40)).columns, 140)).print(table)
+
+
+def _command_output(argv: Sequence[str]) -> str | None:
+    try:
+        done = subprocess.run(list(argv), capture_output=True, text=True, check=False, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    text = (done.stdout or done.stderr).strip()
+    return text.splitlines()[0] if text else None
+
+
+def host_info() -> dict[str, Any]:
+    """What the numbers depend on: kernel, CPUs, load, runtime versions, source revision."""
+    commit = _command_output(["git", "-C", str(REPO), "rev-parse", "HEAD"])
+    dirty = subprocess.run(
+        ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return {
+        "hostname": platform.node(),
+        "kernel": platform.release(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "loadavg": os.getloadavg(),
+        "python": platform.python_version(),
+        "crun": _command_output(["crun", "--version"]),
+        "runsc": _command_output(["runsc", "--version"]),
+        "git_commit": commit,
+        "git_dirty": bool(dirty),
+    }
+
+
+def write_results(name: str, doc: dict[str, Any]) -> tuple[Path, Path]:
+    """Write ``doc`` to ``results/<name>-<timestamp>.json`` and ``results/<name>-latest.json``."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    text = json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n"
+    path = RESULTS_DIR / f"{name}-{stamp}.json"
+    path.write_text(text, encoding="utf-8")
+    latest = RESULTS_DIR / f"{name}-latest.json"
+    tmp = latest.with_suffix(".json.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, latest)
+    return path, latest

@@ -1,0 +1,975 @@
+"""Run latency of the sandtree engine against the bare OCI runtime on the same bundle.
+
+For each isolation tier (``container`` = crun, ``gvisor`` = runsc) this measures:
+
+1. a disposable ``/bin/true`` run, spawn → wait through the engine, against ``<runtime> run``
+   of the same ``config.json`` over an overlay of the same layers (the overhead goal is
+   ≤ 15 ms at p50);
+2. the extra cost of a non-disposable run that writes one small file over the same run made
+   disposable (goal: ≤ 10 ms plus one flush, i.e. fsync of a small file and its directory);
+3. a disposable ``/bin/true`` from a depth-1 image against one from the end of a chain of
+   ``--depth`` non-disposable runs (goal: within 1.2x), after background compaction settled;
+4. 32 concurrent disposable ``/bin/true`` runs: wall time and runs/s, engine against 32
+   concurrent runtime processes;
+5. a fork/exec-heavy shell loop and a file walk (``find / -xdev -type f``; on the Debian
+   minbase rootfs when ``/var/cache/sandtree-test/debian-minbase`` exists), engine vs bare.
+
+Engine and bare samples alternate (A/B, B/A, …) in one process because the machine is noisy.
+The bare baseline times only the runtime process; the mount, cgroup and bundle work it needs
+is timed separately (``bare_setup``/``bare_teardown``) so the engine's overhead can be split
+into unavoidable host work and engine bookkeeping. Nothing is asserted: this is a report.
+
+Usage (as root)::
+
+    python bench/run_latency.py [--samples N] [--tiers container,gvisor] [--depth 1000] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import _common
+from _common import Row, Stats
+
+_common.ensure_importable()
+
+from sandtree.config import Settings  # noqa: E402
+from sandtree.engine import (  # noqa: E402
+    Engine,
+    ImageRecord,
+    OperationRecord,
+    OperationStatus,
+    RunSpec,
+    default_runtimes,
+)
+from sandtree.engine.layers._overlay import mount_overlay, unmount  # noqa: E402
+from sandtree.engine.runtime import (  # noqa: E402
+    Limits,
+    OciRuntime,
+    SandboxSpec,
+    enter_private_mount_namespace,
+)
+from sandtree.engine.runtime._host import CgroupSet  # noqa: E402
+from sandtree.testing import build_busybox_rootfs  # noqa: E402
+
+DEBIAN_MINBASE = Path("/var/cache/sandtree-test/debian-minbase")
+TRUE = "/bin/true"
+WRITE_ONE = "echo x > /tmp/f"
+FORK_LOOP = "for i in $(seq 300); do cat /etc/passwd >/dev/null; done"
+WALK = "find / -xdev -type f | wc -l"
+CONCURRENT = 32
+OVERHEAD_GOAL_MS = 15.0
+COMMIT_GOAL_MS = 10.0
+DEPTH_GOAL_RATIO = 1.2
+#: Pause between samples so a run's background cleanup does not land in the next sample.
+_SETTLE_S = 0.01
+_CGROUP_ROOT = Path("/sys/fs/cgroup")
+_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")
+
+
+class BenchError(RuntimeError):
+    """A run did not do what the bench needs (failed, wrong exit code, wrong output)."""
+
+
+def log(message: str) -> None:
+    stamp = time.strftime("%H:%M:%S")
+    print(f"[{stamp}] {message}", file=sys.stderr, flush=True)
+
+
+def _ms(seconds: float) -> float:
+    return seconds * 1000.0
+
+
+def _parse_ts(value: str) -> float:
+    return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+# -- engine side ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class EngineSample:
+    ms: float
+    op: OperationRecord
+    #: Wall-clock (epoch) times of the spawn call and of wait_operation returning.
+    t_spawn: float
+    t_done: float
+
+
+class EngineDriver:
+    """Spawns runs and waits for them, checking that each one did what it was asked."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.op_ids: list[str] = []
+
+    def spec(
+        self, image: ImageRecord, tier: str, command: str, *, disposable: bool = True
+    ) -> RunSpec:
+        shell = command != TRUE
+        return RunSpec(
+            image=image.uuid,
+            command=command,
+            shell=shell,
+            disposable=disposable,
+            isolation=tier,
+            timeout=600,
+        )
+
+    async def run(self, spec: RunSpec, *, expect_stdout: str | None = None) -> EngineSample:
+        wall0 = time.time()
+        t0 = time.perf_counter()
+        op = await self.engine.spawn(spec)
+        self.op_ids.append(op.uuid)
+        op = await self.engine.wait_operation(op, timeout=900)
+        elapsed = time.perf_counter() - t0
+        self.check(op, expect_stdout)
+        return EngineSample(ms=_ms(elapsed), op=op, t_spawn=wall0, t_done=wall0 + elapsed)
+
+    @staticmethod
+    def check(op: OperationRecord, expect_stdout: str | None = None) -> None:
+        result = op.result or {}
+        code = result.get("state", {}).get("exit_code")
+        if op.status != OperationStatus.SUCCESS or code != 0:
+            stderr = result.get("stderr", {}).get("value", "")
+            raise BenchError(
+                f"engine run {op.uuid} ended {op.status} (exit {code}): {op.error or ''} "
+                f"{stderr.strip()[:300]}"
+            )
+        if expect_stdout is not None:
+            out = str(result.get("stdout", {}).get("value", "")).strip()
+            if out != expect_stdout:
+                raise BenchError(f"engine run printed {out!r}, the bare runtime {expect_stdout!r}")
+
+    def phases(self, sample: EngineSample) -> dict[str, float]:
+        """Where one run's time went, from the operation record and its event timestamps.
+
+        spawn: ``Engine.spawn`` until the op row exists; queue: until EXECUTING was written;
+        mount: overlay + run dirs (until the ``init`` event); start: cgroups, bundle and the
+        runtime's fork/exec (until ``spawn``); sandbox: the runtime process plus cgroup stats
+        and removal (until ``exit``); finish: unmount, commit, child image (until
+        ``completion``); record: final op update, log flush and the waiter waking up.
+        """
+        op = sample.op
+        ts = {e.type: _parse_ts(e.ts) for e in self.engine.store.events(op.uuid)}
+        created = _parse_ts(op.created_at)
+        started = _parse_ts(op.started_at) if op.started_at else created
+        marks = [
+            ("spawn", sample.t_spawn, created),
+            ("queue", created, started),
+            ("mount", started, ts.get("init", started)),
+            ("start", ts.get("init", started), ts.get("spawn", started)),
+            ("sandbox", ts.get("spawn", started), ts.get("exit", started)),
+            ("finish", ts.get("exit", started), ts.get("completion", started)),
+            ("record", ts.get("completion", started), sample.t_done),
+        ]
+        return {name: _ms(b - a) for name, a, b in marks}
+
+    async def drain_background(self) -> float:
+        """Wait for the engine's background tasks (compactions); returns seconds waited."""
+        t0 = time.perf_counter()
+        while self.engine._background:
+            await asyncio.gather(*list(self.engine._background), return_exceptions=True)
+        return time.perf_counter() - t0
+
+
+# -- bare runtime side ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class BareSandbox:
+    spec: SandboxSpec
+    cgroups: CgroupSet
+    runtime: OciRuntime
+    root: Path
+    mounted: bool = False
+
+
+@dataclasses.dataclass
+class BareSample:
+    run_ms: float
+    setup_ms: float
+    teardown_ms: float
+    stdout: str
+
+
+class BareRunner:
+    """The same job minus the engine: our overlay, cgroups and bundle, then ``<runtime> run``.
+
+    The bundle comes from ``OciRuntime.write_bundle`` and the argv from
+    ``OciRuntime.command``, exactly as the engine's runtime produces them, and the runtime
+    process joins the sandbox cgroups between fork and exec as in ``OciRuntime.start``.
+    """
+
+    def __init__(self, engine: Engine, work: Path) -> None:
+        self.engine = engine
+        self.work = work
+        self.token = secrets.token_hex(3)
+        self.mounts = Path("/run/sandtree") / f"bench-{os.getpid()}-{self.token}"
+        self._runtimes: dict[str, OciRuntime] = {}
+        self._live: dict[str, BareSandbox] = {}
+        self._lock = threading.Lock()
+        self._count = 0
+        for d in (self.mounts.parent, self.mounts):
+            d.mkdir(parents=True, exist_ok=True)
+            os.chmod(d, 0o711)
+
+    def runtime(self, tier: str) -> OciRuntime:
+        if tier not in self._runtimes:
+            ours = self.engine.runs.runtime(tier)
+            if not isinstance(ours, OciRuntime):
+                raise BenchError(f"tier {tier} does not run on an OCI runtime")
+            self._runtimes[tier] = OciRuntime(
+                kind=ours.kind,
+                binary=ours.binary,
+                state_dir=self.work / "state" / ours.kind,
+                uid_shift=ours.uid_shift,
+            )
+        return self._runtimes[tier]
+
+    def prepare(self, tier: str, image: ImageRecord, spec: RunSpec) -> BareSandbox:
+        """Mount the image's layers and write the bundle, as ``RunExecutor.execute`` would."""
+        settings = self.engine.settings
+        runtime = self.runtime(tier)
+        with self._lock:
+            self._count += 1
+            sid = f"bb-{self.token}-{self._count}"
+        root = self.work / "runs" / sid
+        merged = self.mounts / sid
+        for d in (root / "upper", root / "work", root / "bundle", merged):
+            d.mkdir(parents=True)
+        os.chown(root / "upper", settings.uid_shift, settings.uid_shift)
+        args = ["/bin/sh", "-c", spec.command] if spec.shell else [spec.command, *spec.args]
+        sandbox_spec = SandboxSpec(
+            id=sid,
+            rootfs=merged,
+            workdir=root / "bundle",
+            args=args,
+            env=self.engine.runs.environment(image, spec),
+            cwd=spec.cwd or image.cwd or "/",
+            uid=spec.uid,
+            gid=spec.gid,
+            hostname=spec.hostname,
+            limits=Limits(
+                memory_bytes=settings.memory_limit_bytes,
+                pids=settings.pids_limit,
+                cpus=settings.cpu_limit,
+            ),
+        )
+        sandbox = BareSandbox(sandbox_spec, CgroupSet(sid), runtime, root)
+        with self._lock:
+            self._live[sid] = sandbox
+        mount_overlay(
+            self.engine.layers.paths(image.layers),
+            merged,
+            upper=root / "upper",
+            work=root / "work",
+            volatile=True,
+        )
+        sandbox.mounted = True
+        sandbox.cgroups.create(
+            memory_bytes=settings.memory_limit_bytes,
+            pids=settings.pids_limit,
+            cpus=settings.cpu_limit,
+        )
+        runtime.write_bundle(sandbox_spec, sandbox.cgroups)
+        return sandbox
+
+    @staticmethod
+    def run(sandbox: BareSandbox) -> tuple[float, str]:
+        """Run the runtime on the prepared bundle; returns (seconds, stdout)."""
+        argv = list(sandbox.runtime.command(sandbox.spec))
+        t0 = time.perf_counter()
+        done = subprocess.run(
+            argv,
+            input=b"",
+            capture_output=True,
+            start_new_session=True,
+            preexec_fn=sandbox.cgroups.join,
+            check=False,
+        )
+        elapsed = time.perf_counter() - t0
+        if done.returncode != 0:
+            runtime_log = sandbox.spec.workdir / "runtime.log"
+            detail = runtime_log.read_text(errors="replace")[-300:] if runtime_log.exists() else ""
+            raise BenchError(
+                f"bare {sandbox.runtime.kind} run exited {done.returncode}: "
+                f"{done.stderr.decode(errors='replace')[-300:]} {detail}"
+            )
+        return elapsed, done.stdout.decode(errors="replace").strip()
+
+    def teardown(self, sandbox: BareSandbox) -> None:
+        with self._lock:
+            self._live.pop(sandbox.spec.id, None)
+        sandbox.cgroups.remove()
+        if sandbox.mounted:
+            unmount(sandbox.spec.rootfs)
+            sandbox.mounted = False
+        with contextlib.suppress(OSError):
+            sandbox.spec.rootfs.rmdir()
+        shutil.rmtree(sandbox.root, ignore_errors=True)
+
+    def sample(self, tier: str, image: ImageRecord, spec: RunSpec) -> BareSample:
+        t0 = time.perf_counter()
+        sandbox = self.prepare(tier, image, spec)
+        t1 = time.perf_counter()
+        try:
+            run_s, stdout = self.run(sandbox)
+        finally:
+            t2 = time.perf_counter()
+            self.teardown(sandbox)
+            t3 = time.perf_counter()
+        return BareSample(_ms(run_s), _ms(t1 - t0), _ms(t3 - t2), stdout)
+
+    def burst(self, tier: str, image: ImageRecord, spec: RunSpec, n: int) -> float:
+        """Start ``n`` prepared sandboxes at once (one thread each); returns the wall seconds."""
+        sandboxes = [self.prepare(tier, image, spec) for _ in range(n)]
+        errors: list[BaseException] = []
+        start = threading.Barrier(n + 1)
+
+        def worker(sandbox: BareSandbox) -> None:
+            start.wait()
+            try:
+                self.run(sandbox)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(s,), daemon=True) for s in sandboxes]
+        try:
+            for thread in threads:
+                thread.start()
+            start.wait()
+            t0 = time.perf_counter()
+            for thread in threads:
+                thread.join()
+            wall = time.perf_counter() - t0
+        finally:
+            start.abort()
+            for thread in threads:
+                if thread.is_alive():
+                    thread.join()
+            for sandbox in sandboxes:
+                self.teardown(sandbox)
+        if errors:
+            raise errors[0]
+        return wall
+
+    def close(self) -> None:
+        """Tear down whatever is still prepared, then the mount root and runtime state."""
+        for sandbox in list(self._live.values()):
+            with contextlib.suppress(Exception):
+                self.teardown(sandbox)
+        for runtime in self._runtimes.values():
+            # Our state dir, and cgroups under our private parent (see _private_cgroup_parent).
+            with contextlib.suppress(Exception):
+                runtime.cleanup_stale()
+        if self.mounts.is_dir():
+            for leftover in self.mounts.iterdir():
+                with contextlib.suppress(OSError):
+                    unmount(leftover, lazy=True)
+            shutil.rmtree(self.mounts, ignore_errors=True)
+
+
+# -- measurements ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Config:
+    tiers: list[str]
+    samples: dict[str, int]
+    heavy_samples: dict[str, int]
+    bursts: dict[str, int]
+    depth: int
+    warmup: int
+    quick: bool
+
+
+class Bench:
+    """All measurements for one engine; ``rows`` is the table, ``doc`` the JSON details."""
+
+    def __init__(self, engine: Engine, bare: BareRunner, config: Config) -> None:
+        self.engine = engine
+        self.driver = EngineDriver(engine)
+        self.bare = bare
+        self.config = config
+        self.rows: list[Row] = []
+        self.doc: dict[str, Any] = {"tiers": {t: {} for t in config.tiers}}
+
+    # A/B interleaving ---------------------------------------------------------------------------
+
+    async def ab(
+        self,
+        n: int,
+        first: Callable[[], Any],
+        second: Callable[[], Any],
+        *,
+        label: str,
+    ) -> tuple[list[Any], list[Any]]:
+        """``n`` samples of each, alternating A/B then B/A; ``warmup`` pairs are discarded."""
+        a: list[Any] = []
+        b: list[Any] = []
+        total = n + self.config.warmup
+        for i in range(total):
+            order = ((first, a), (second, b)) if i % 2 == 0 else ((second, b), (first, a))
+            for fn, out in order:
+                value = await fn()
+                await asyncio.sleep(_SETTLE_S)
+                if i >= self.config.warmup:
+                    out.append(value)
+            if (i + 1) % 10 == 0 or i + 1 == total:
+                log(f"  {label}: {i + 1}/{total}")
+        return a, b
+
+    async def engine_vs_bare(
+        self, tier: str, image: ImageRecord, command: str, n: int, *, label: str
+    ) -> tuple[list[EngineSample], list[BareSample]]:
+        spec = self.driver.spec(image, tier, command)
+        expected: list[str] = []
+
+        async def eng() -> EngineSample:
+            return await self.driver.run(spec, expect_stdout=expected[0] if expected else None)
+
+        async def bare() -> BareSample:
+            sample = self.bare.sample(tier, image, spec)
+            if not expected:
+                expected.append(sample.stdout)
+            return sample
+
+        bares, engines = await self.ab(n, bare, eng, label=f"{tier} {label}")
+        return engines, bares
+
+    # 1. /bin/true ----------------------------------------------------------------------------
+
+    async def true_overhead(self, tier: str, image: ImageRecord) -> None:
+        n = self.config.samples[tier]
+        log(f"[{tier}] 1. disposable {TRUE}: engine vs bare runtime, {n} samples each")
+        eng, bare = await self.engine_vs_bare(tier, image, TRUE, n, label="true")
+        e = Stats.of([s.ms for s in eng])
+        b = Stats.of([s.run_ms for s in bare])
+        setup = Stats.of([s.setup_ms for s in bare])
+        teardown = Stats.of([s.teardown_ms for s in bare])
+        full = Stats.of([s.setup_ms + s.run_ms + s.teardown_ms for s in bare])
+        phases = [self.driver.phases(s) for s in eng]
+        breakdown = {k: Stats.of([p[k] for p in phases]).to_json() for k in phases[0]}
+        self.doc["tiers"][tier]["true"] = {
+            "engine_ms": e.to_json(),
+            "bare_run_ms": b.to_json(),
+            "bare_setup_ms": setup.to_json(),
+            "bare_teardown_ms": teardown.to_json(),
+            "bare_full_ms": full.to_json(),
+            "engine_phases_ms": breakdown,
+            "samples": {
+                "engine_ms": [round(s.ms, 3) for s in eng],
+                "bare_run_ms": [round(s.run_ms, 3) for s in bare],
+            },
+        }
+        for q in ("p50", "p90"):
+            ev, bv = getattr(e, q), getattr(b, q)
+            self.rows.append(
+                Row(
+                    f"true {q} (spawn→wait)",
+                    tier,
+                    f"{ev:.1f} ms",
+                    f"{bv:.1f} ms",
+                    f"+{ev - bv:.1f} ms",
+                    f"≤ +{OVERHEAD_GOAL_MS:.0f} ms",
+                    ev - bv <= OVERHEAD_GOAL_MS,
+                )
+            )
+        self.rows.append(
+            Row(
+                "  ↳ bare incl. mount+cgroup+bundle",
+                tier,
+                f"{e.p50:.1f} ms",
+                f"{full.p50:.1f} ms",
+                f"+{e.p50 - full.p50:.1f} ms",
+            )
+        )
+
+    # 2. commit ---------------------------------------------------------------------------------
+
+    async def commit_cost(self, tier: str, image: ImageRecord, flush: Stats) -> None:
+        n = self.config.samples[tier]
+        log(f"[{tier}] 2. `{WRITE_ONE}` kept vs disposable, {n} samples each")
+        keep = self.driver.spec(image, tier, WRITE_ONE, disposable=False)
+        drop = self.driver.spec(image, tier, WRITE_ONE, disposable=True)
+        made: list[str] = []
+
+        async def kept() -> EngineSample:
+            sample = await self.driver.run(keep)
+            if not sample.op.result_image or sample.op.result_image == image.uuid:
+                raise BenchError("a non-disposable run that wrote a file made no new image")
+            made.append(sample.op.result_image)
+            return sample
+
+        async def dropped() -> EngineSample:
+            return await self.driver.run(drop)
+
+        k, d = await self.ab(n, kept, dropped, label=f"{tier} commit")
+        ks, ds = Stats.of([s.ms for s in k]), Stats.of([s.ms for s in d])
+        finish_k = Stats.of([self.driver.phases(s)["finish"] for s in k])
+        finish_d = Stats.of([self.driver.phases(s)["finish"] for s in d])
+        goal = COMMIT_GOAL_MS + flush.p50
+        self.doc["tiers"][tier]["commit"] = {
+            "kept_ms": ks.to_json(),
+            "disposable_ms": ds.to_json(),
+            "finish_phase_kept_ms": finish_k.to_json(),
+            "finish_phase_disposable_ms": finish_d.to_json(),
+            "flush_ms": flush.to_json(),
+            "goal_ms": round(goal, 3),
+            "samples": {"kept_ms": [round(s.ms, 3) for s in k],
+                        "disposable_ms": [round(s.ms, 3) for s in d]},
+        }  # fmt: skip
+        self.rows.append(
+            Row(
+                "write 1 file: kept vs disposable p50",
+                tier,
+                f"{ks.p50:.1f} ms",
+                f"{ds.p50:.1f} ms",
+                f"+{ks.p50 - ds.p50:.1f} ms",
+                f"≤ +{goal:.1f} ms (10 + flush {flush.p50:.1f})",
+                ks.p50 - ds.p50 <= goal,
+            )
+        )
+        self.rows.append(
+            Row(
+                "  ↳ finish phase (unmount+commit) p50",
+                tier,
+                f"{finish_k.p50:.1f} ms",
+                f"{finish_d.p50:.1f} ms",
+                f"+{finish_k.p50 - finish_d.p50:.1f} ms",
+            )
+        )
+
+    # 4. concurrency ------------------------------------------------------------------------------
+
+    async def throughput(self, tier: str, image: ImageRecord) -> None:
+        rounds = self.config.bursts[tier]
+        log(f"[{tier}] 4. {CONCURRENT} concurrent {TRUE}, {rounds} rounds each")
+        spec = self.driver.spec(image, tier, TRUE)
+        latencies: list[float] = []
+
+        async def eng() -> float:
+            t0 = time.perf_counter()
+            ops = [await self.engine.spawn(spec) for _ in range(CONCURRENT)]
+            self.driver.op_ids.extend(op.uuid for op in ops)
+            done = await asyncio.gather(
+                *(self.engine.wait_operation(op, timeout=900) for op in ops)
+            )
+            wall = time.perf_counter() - t0
+            for op in done:
+                self.driver.check(op)
+                if op.finished_at:
+                    latencies.append(_ms(_parse_ts(op.finished_at) - _parse_ts(op.created_at)))
+            return wall
+
+        async def bare() -> float:
+            return self.bare.burst(tier, image, spec, CONCURRENT)
+
+        saved = self.config.warmup
+        self.config.warmup = min(saved, 1)
+        try:
+            e, b = await self.ab(rounds, eng, bare, label=f"{tier} x{CONCURRENT}")
+        finally:
+            self.config.warmup = saved
+        es, bs = Stats.of([_ms(x) for x in e]), Stats.of([_ms(x) for x in b])
+        self.doc["tiers"][tier]["concurrent"] = {
+            "runs": CONCURRENT,
+            "engine_wall_ms": es.to_json(),
+            "bare_wall_ms": bs.to_json(),
+            "engine_runs_per_s": round(CONCURRENT / (es.p50 / 1000), 2),
+            "bare_runs_per_s": round(CONCURRENT / (bs.p50 / 1000), 2),
+            "engine_op_latency_ms": Stats.of(latencies).to_json(),
+        }
+        self.rows.append(
+            Row(
+                f"{CONCURRENT} concurrent: wall p50",
+                tier,
+                f"{es.p50:.0f} ms",
+                f"{bs.p50:.0f} ms",
+                f"x{es.p50 / bs.p50:.2f}",
+            )
+        )
+        self.rows.append(
+            Row(
+                f"{CONCURRENT} concurrent: runs/s",
+                tier,
+                f"{CONCURRENT / (es.p50 / 1000):.1f}",
+                f"{CONCURRENT / (bs.p50 / 1000):.1f}",
+                f"x{bs.p50 / es.p50:.2f}",
+            )
+        )
+
+    # 5. syscall-heavy --------------------------------------------------------------------------
+
+    async def heavy(
+        self, tier: str, image: ImageRecord, walk_image: ImageRecord, walk_name: str
+    ) -> None:
+        n = self.config.heavy_samples[tier]
+        for key, label, img, command in (
+            ("fork_exec", "fork+exec x300 p50", image, FORK_LOOP),
+            ("walk", f"find walk ({walk_name}) p50", walk_image, WALK),
+        ):
+            log(f"[{tier}] 5. {label.removesuffix(' p50')}: {n} samples each")
+            eng, bare = await self.engine_vs_bare(tier, img, command, n, label=key)
+            es, bs = Stats.of([s.ms for s in eng]), Stats.of([s.run_ms for s in bare])
+            self.doc["tiers"][tier][key] = {
+                "command": command,
+                "image": img.uuid,
+                "stdout": bare[0].stdout if bare else None,
+                "engine_ms": es.to_json(),
+                "bare_run_ms": bs.to_json(),
+                "bare_full_ms": Stats.of(
+                    [s.setup_ms + s.run_ms + s.teardown_ms for s in bare]
+                ).to_json(),
+            }
+            self.rows.append(
+                Row(
+                    label,
+                    tier,
+                    f"{es.p50:.0f} ms",
+                    f"{bs.p50:.0f} ms",
+                    f"+{es.p50 - bs.p50:.0f} ms (x{es.p50 / bs.p50:.2f})",
+                )
+            )
+
+    # 3. depth ----------------------------------------------------------------------------------
+
+    async def build_chain(self, base: ImageRecord) -> tuple[ImageRecord, ImageRecord]:
+        depth = self.config.depth
+        log(f"3. building a chain of {depth} non-disposable runs (one file each) on container")
+        image = base
+        first: ImageRecord | None = None
+        step_ms: list[float] = []
+        stack: list[int] = []
+        t0 = time.perf_counter()
+        for i in range(depth):
+            spec = RunSpec(
+                image=image.uuid,
+                command=f"echo {i} > /tmp/chain-{i}",
+                shell=True,
+                disposable=False,
+                isolation="container",
+                timeout=600,
+            )
+            sample = await self.driver.run(spec)
+            step_ms.append(sample.ms)
+            if not sample.op.result_image:
+                raise BenchError(f"chain step {i} made no image")
+            image = self.engine.resolve_image(sample.op.result_image)
+            stack.append(len(image.layers))
+            if first is None:
+                first = image
+            if (i + 1) % 100 == 0 or i + 1 == depth:
+                log(
+                    f"  chain {i + 1}/{depth}: last step {sample.ms:.0f} ms, "
+                    f"stack {len(image.layers)} layers, "
+                    f"{len(self.engine._background)} compactions running"
+                )
+        build_s = time.perf_counter() - t0
+        drain_s = await self.driver.drain_background()
+        assert first is not None
+        first = self.engine.resolve_image(first.uuid)
+        last = self.engine.resolve_image(image.uuid)
+        per_100 = [Stats.of(step_ms[i : i + 100]).p50 for i in range(0, len(step_ms), 100)]
+        self.doc["chain"] = {
+            "depth": depth,
+            "build_s": round(build_s, 3),
+            "compaction_drain_s": round(drain_s, 3),
+            "step_ms": Stats.of(step_ms).to_json(),
+            "step_p50_per_100_ms": [round(x, 2) for x in per_100],
+            "stack_layers_at_spawn_max": max(stack),
+            "stack_layers_per_step": stack,
+            "depth1_layers": len(first.layers),
+            "depthN_layers": len(last.layers),
+            "layer_dirs": sum(1 for _ in self.engine.layers.layers_dir.iterdir()),
+        }
+        log(
+            f"  chain built in {build_s:.1f} s (+{drain_s:.1f} s compaction drain); "
+            f"depth-1 image has {len(first.layers)} layers, depth-{depth} has {len(last.layers)}"
+        )
+        self.rows.append(
+            Row(
+                f"chain step (kept run) p50, {depth} steps",
+                "container",
+                f"{Stats.of(step_ms).p50:.1f} ms",
+                "—",
+                f"p90 {Stats.of(step_ms).p90:.1f} ms, max stack {max(stack)}",
+            )
+        )
+        return first, last
+
+    async def depth_cost(self, tier: str, shallow: ImageRecord, deep: ImageRecord) -> None:
+        n = self.config.samples[tier]
+        depth = self.config.depth
+        log(f"[{tier}] 3. {TRUE} at depth 1 vs depth {depth}, {n} samples each")
+        s_spec = self.driver.spec(shallow, tier, TRUE)
+        d_spec = self.driver.spec(deep, tier, TRUE)
+
+        async def s() -> EngineSample:
+            return await self.driver.run(s_spec)
+
+        async def d() -> EngineSample:
+            return await self.driver.run(d_spec)
+
+        ds, ss = await self.ab(n, d, s, label=f"{tier} depth")
+        dst, sst = Stats.of([x.ms for x in ds]), Stats.of([x.ms for x in ss])
+        ratio = dst.p50 / sst.p50
+        self.doc["tiers"][tier]["depth"] = {
+            "depth": depth,
+            "deep_ms": dst.to_json(),
+            "shallow_ms": sst.to_json(),
+            "ratio_p50": round(ratio, 3),
+            "deep_layers": len(deep.layers),
+            "shallow_layers": len(shallow.layers),
+        }
+        self.rows.append(
+            Row(
+                f"true at depth {depth} vs 1 p50",
+                tier,
+                f"{dst.p50:.1f} ms",
+                f"{sst.p50:.1f} ms",
+                f"x{ratio:.2f}",
+                f"≤ x{DEPTH_GOAL_RATIO}",
+                ratio <= DEPTH_GOAL_RATIO,
+            )
+        )
+
+
+def measure_flush(directory: Path, n: int = 30) -> Stats:
+    """What one flush costs on the layer store's filesystem: write+fsync a file and its dir."""
+    probe = directory / f".flush-probe-{secrets.token_hex(4)}"
+    probe.mkdir()
+    times: list[float] = []
+    try:
+        for i in range(n):
+            t0 = time.perf_counter()
+            fd = os.open(probe / f"f{i}", os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, b"x\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            dfd = os.open(probe, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+            times.append(_ms(time.perf_counter() - t0))
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+    return Stats.of(times)
+
+
+async def bench(config: Config, work: Path) -> tuple[list[Row], dict[str, Any]]:
+    settings = Settings(data_dir=work / "data", max_concurrency=CONCURRENT)
+    engine = Engine(settings, runtimes=default_runtimes(settings))
+    bare: BareRunner | None = None
+    try:
+        await engine.start()
+        bare = BareRunner(engine, work / "bare")
+        b = Bench(engine, bare, config)
+        debian = _debian_minbase()
+        log("importing busybox" + (" and Debian minbase" if debian else ""))
+        busybox = await engine.import_local(build_busybox_rootfs(work / "rootfs"), tag="busybox")
+        walk_image, walk_name = busybox, "busybox"
+        if debian:
+            walk_image = await engine.import_local(DEBIAN_MINBASE, tag="debian-minbase")
+            walk_name = "debian minbase"
+        flush = measure_flush(settings.data_dir)
+        b.doc["flush_ms"] = flush.to_json()
+        for tier in config.tiers:
+            await b.true_overhead(tier, busybox)
+            await b.commit_cost(tier, busybox, flush)
+            await b.throughput(tier, busybox)
+            await b.heavy(tier, busybox, walk_image, walk_name)
+        shallow, deep = await b.build_chain(busybox)
+        for tier in config.tiers:
+            await b.depth_cost(tier, shallow, deep)
+        b.doc["images"] = {"busybox": busybox.uuid, "walk": walk_image.uuid}
+        return b.rows, b.doc
+    finally:
+        try:
+            await engine.close()
+        finally:
+            if bare is not None:
+                bare.close()
+            _remove_tree_with_mounts(engine.layers.mounts_dir)
+
+
+def _debian_minbase() -> bool:
+    return (DEBIAN_MINBASE / "usr" / "bin").is_dir()
+
+
+def _remove_tree_with_mounts(path: Path) -> None:
+    """Lazily unmount whatever is mounted below ``path``, then delete it."""
+    if not path.exists():
+        return
+    with contextlib.suppress(OSError):
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+        targets = [line.split()[1] for line in mounts if len(line.split()) > 1]
+        prefix = str(path).rstrip("/") + "/"
+        for target in sorted(targets, key=len, reverse=True):
+            if target.startswith(prefix) or target == str(path):
+                with contextlib.suppress(OSError):
+                    unmount(Path(target), lazy=True)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _private_cgroup_parent() -> str:
+    """Put this process's sandbox cgroups under a parent of their own.
+
+    ``Engine.start`` (via ``OciRuntime.cleanup_stale``) removes every cgroup below
+    ``/sandtree`` on the host, killing what runs in them; any other sandtree process starting
+    up (a test run, a server) would kill our samples. The parent's name changes nothing the
+    bench measures: the path depth and the limits written are the same.
+    """
+    CgroupSet.PARENT = f"sandtree-bench-{os.getpid()}"
+    return CgroupSet.PARENT
+
+
+def _cleanup_cgroups(parent: str) -> None:
+    """Remove the cgroups this process made (killing anything left in them), then the parent."""
+    names: set[str] = set()
+    for controller in _CONTROLLERS:
+        base = _CGROUP_ROOT / controller / parent
+        if base.is_dir():
+            names.update(p.name for p in base.iterdir() if p.is_dir())
+    for name in names:
+        CgroupSet(name).remove()
+    for controller in _CONTROLLERS:
+        with contextlib.suppress(OSError):
+            (_CGROUP_ROOT / controller / parent).rmdir()
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[Config, argparse.Namespace]:
+    parser = argparse.ArgumentParser(
+        description="Run latency of the sandtree engine vs the bare OCI runtime (needs root).",
+    )
+    parser.add_argument(
+        "--samples", type=int, default=None,
+        help="samples per side for the container tier (default 40, 5 with --quick); "
+        "gVisor and the heavy workloads take fewer",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tiers", default=None,
+        help="comma-separated tiers (default container,gvisor; container with --quick)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--depth", type=int, default=None,
+        help="length of the lineage chain for the depth test (default 1000, 40 with --quick)",
+    )  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="a smoke run that takes < 60 s")
+    parser.add_argument(
+        "--keep-workdir", action="store_true", help="do not delete the data dir (debugging)"
+    )
+    ns = parser.parse_args(argv)
+    tiers = [t.strip() for t in (ns.tiers or ("container" if ns.quick else "container,gvisor"))
+             .split(",") if t.strip()]  # fmt: skip
+    unknown = [t for t in tiers if t not in ("container", "gvisor")]
+    if unknown or not tiers:
+        parser.error(f"unknown tier(s) {unknown}; use container and/or gvisor")
+    samples = ns.samples or (5 if ns.quick else 40)
+    if samples < 2:
+        parser.error("--samples must be at least 2")
+    depth = ns.depth or (40 if ns.quick else 1000)
+    if depth < 2:
+        parser.error("--depth must be at least 2")
+    per_tier = {"container": samples, "gvisor": max(3, samples // 3)}
+    heavy = {t: max(3, n // 4) for t, n in per_tier.items()}
+    bursts = {"container": 2 if ns.quick else 5, "gvisor": 1 if ns.quick else 3}
+    config = Config(
+        tiers=tiers,
+        samples={t: per_tier[t] for t in tiers},
+        heavy_samples={t: heavy[t] for t in tiers},
+        bursts={t: bursts[t] for t in tiers},
+        depth=depth,
+        warmup=1 if ns.quick else 3,
+        quick=ns.quick,
+    )
+    return config, ns
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # First, before anything can start a thread: our mounts die with this process.
+    _common.require_root("bench/run_latency.py")
+    if not enter_private_mount_namespace():
+        sys.stderr.write("could not enter a private mount namespace (threads already running)\n")
+        return 2
+    config, ns = parse_args(argv)
+    if "gvisor" in config.tiers and shutil.which("runsc") is None:
+        sys.stderr.write("runsc is not installed; pass --tiers container or install runsc\n")
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="sandtree-bench-"))
+    cgroup_parent = _private_cgroup_parent()
+    host = _common.host_info()
+    started = time.perf_counter()
+    log(f"work dir {work}; tiers {','.join(config.tiers)}; depth {config.depth}")
+
+    async def runner() -> tuple[list[Row], dict[str, Any]]:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        return await bench(config, work)
+
+    try:
+        rows, details = asyncio.run(runner())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        log("interrupted; cleaned up")
+        return 130
+    except BenchError as exc:
+        log(f"bench failed: {exc}")
+        return 1
+    finally:
+        _cleanup_cgroups(cgroup_parent)
+        if ns.keep_workdir:
+            log(f"kept {work}")
+        else:
+            _remove_tree_with_mounts(work)
+    elapsed = time.perf_counter() - started
+    doc = {
+        "bench": "run_latency",
+        "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "host": host,
+        "loadavg_after": os.getloadavg(),
+        "elapsed_s": round(elapsed, 1),
+        "config": dataclasses.asdict(config),
+        "goals": {
+            "true_overhead_ms": OVERHEAD_GOAL_MS,
+            "commit_extra_ms": f"{COMMIT_GOAL_MS} + flush",
+            "depth_ratio": DEPTH_GOAL_RATIO,
+        },
+        "rows": [r.to_json() for r in rows],
+        **details,
+    }
+    path, latest = _common.write_results("run_latency", doc)
+    _common.print_table(
+        rows,
+        title=(
+            f"sandtree run latency — {host['kernel']}, {host['cpus']} CPUs, "
+            f"{elapsed:.0f} s (p50 unless noted; baseline = bare runtime on the same bundle)"
+        ),
+    )
+    print(f"results: {path}\n         {latest}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

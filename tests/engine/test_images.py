@@ -1,0 +1,335 @@
+"""Images: resolving, tags, listing, deletion and garbage collection of their layers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+
+from sandtree.engine import Engine, ImageQuery, ImageRecord, RunSpec
+from sandtree.errors import ImageNotFoundError, InvalidRequestError
+
+pytestmark = pytest.mark.anyio
+
+
+async def _child(engine: Engine, parent: ImageRecord, command: str) -> ImageRecord:
+    """Run ``command`` on ``parent`` and return the image it made."""
+    op = await engine.spawn(RunSpec(image=parent.uuid, command=command, shell=True))
+    with anyio.fail_after(10):
+        done = await engine.wait_operation(op)
+    assert done.result_image is not None and done.result_image != parent.uuid, done.error
+    return engine.resolve_image(done.result_image)
+
+
+def _uuids(engine: Engine, **query: object) -> list[str]:
+    return [i.uuid for i in engine.list_images(ImageQuery(**query))]  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def base(engine: Engine, busybox_rootfs: Path) -> ImageRecord:
+    return await engine.import_local(busybox_rootfs, tag="base")
+
+
+# -- import and resolve ----------------------------------------------------------------------
+
+
+async def test_imported_rootfs_is_a_root_image_with_one_layer(
+    engine: Engine, base: ImageRecord
+) -> None:
+    assert base.parent is None
+    assert base.depth == 0
+    assert len(base.layers) == 1
+    assert base.tags == ("base",)
+    assert base.size > 0
+    assert engine.layers.path(base.layers[0]).is_dir()
+    assert {i.path for i in engine.list_dir(base, "/")} >= {"bin", "etc", "tmp", "root"}
+
+
+async def test_resolve_by_tag_and_by_uuid_give_the_same_image(
+    engine: Engine, base: ImageRecord
+) -> None:
+    assert engine.resolve_image("tag:base") == base
+    assert engine.resolve_image(base.uuid) == base
+    assert engine.resolve_image(base.uuid.upper()) == base
+    assert engine.resolve_image(base.uuid.replace("-", "")) == base
+
+
+async def test_resolve_of_unknown_or_malformed_references(
+    engine: Engine, base: ImageRecord
+) -> None:
+    with pytest.raises(ImageNotFoundError):
+        engine.resolve_image("tag:missing")
+    with pytest.raises(ImageNotFoundError):
+        engine.resolve_image("00000000-0000-4000-8000-000000000000")
+    with pytest.raises(InvalidRequestError):
+        engine.resolve_image("base")
+
+
+async def test_image_of_another_namespace_is_invisible_unless_public(
+    engine: Engine, busybox_rootfs: Path
+) -> None:
+    theirs = await engine.import_local(busybox_rootfs, tag="shared", namespace="team-b")
+
+    with pytest.raises(ImageNotFoundError):
+        engine.resolve_image(theirs.uuid)
+    with pytest.raises(ImageNotFoundError):
+        engine.resolve_image("tag:shared")
+    assert engine.resolve_image(theirs.uuid, namespaces=("team-b",)) == theirs
+    assert theirs.uuid not in _uuids(engine)
+
+
+async def test_import_with_an_invalid_tag_is_refused(
+    engine: Engine, busybox_rootfs: Path
+) -> None:
+    with pytest.raises(InvalidRequestError):
+        await engine.import_local(busybox_rootfs, tag="not a tag")
+    assert engine.list_images(ImageQuery()) == []
+
+
+async def test_import_of_a_missing_path_is_refused(engine: Engine, tmp_path: Path) -> None:
+    with pytest.raises(InvalidRequestError):
+        await engine.import_local(tmp_path / "nope")
+
+
+# -- tags ------------------------------------------------------------------------------------
+
+
+async def test_tag_moves_to_the_image_it_is_set_on(engine: Engine, base: ImageRecord) -> None:
+    child = await _child(engine, base, "write /v 2")
+
+    engine.tag_image(base, "app:v1")
+    assert engine.resolve_image("tag:app:v1").uuid == base.uuid
+    retagged = engine.tag_image(child, "app:v1")
+
+    assert retagged.tags == ("app:v1",)
+    assert engine.resolve_image("tag:app:v1").uuid == child.uuid
+    assert engine.resolve_image(base.uuid).tags == ("base",)
+
+
+async def test_an_image_can_have_several_tags(engine: Engine, base: ImageRecord) -> None:
+    engine.tag_image(base, "team/app:v2")
+    tagged = engine.tag_image(base, "latest")
+
+    assert tagged.tags == ("base", "latest", "team/app:v2")
+    for tag in tagged.tags:
+        assert engine.resolve_image(f"tag:{tag}").uuid == base.uuid
+
+
+async def test_untag_one_tag_keeps_the_others(engine: Engine, base: ImageRecord) -> None:
+    engine.tag_image(base, "one")
+    engine.tag_image(base, "two")
+
+    left = engine.untag_image(engine.resolve_image(base.uuid), "one")
+
+    assert left.tags == ("base", "two")
+    with pytest.raises(ImageNotFoundError):
+        engine.resolve_image("tag:one")
+    assert engine.resolve_image("tag:two").uuid == base.uuid
+
+
+async def test_untag_without_a_tag_removes_all_of_them(engine: Engine, base: ImageRecord) -> None:
+    engine.tag_image(base, "one")
+    engine.tag_image(base, "two")
+
+    left = engine.untag_image(engine.resolve_image(base.uuid))
+
+    assert left.tags == ()
+    for tag in ("base", "one", "two"):
+        with pytest.raises(ImageNotFoundError):
+            engine.resolve_image(f"tag:{tag}")
+    assert engine.resolve_image(base.uuid).uuid == base.uuid  # the image itself stays
+
+
+async def test_untag_of_a_tag_the_image_does_not_have_is_invalid(
+    engine: Engine, base: ImageRecord
+) -> None:
+    with pytest.raises(InvalidRequestError, match="not tagged"):
+        engine.untag_image(base, "other")
+    assert engine.resolve_image("tag:base").uuid == base.uuid
+
+
+async def test_untag_through_a_stale_record_does_not_remove_the_moved_tag(
+    engine: Engine, base: ImageRecord
+) -> None:
+    child = await _child(engine, base, "write /x 1")
+    stale = engine.resolve_image(base.uuid)  # still says it has "base"
+    engine.tag_image(child, "base")  # the tag moves to the child
+
+    with pytest.raises(InvalidRequestError):
+        engine.untag_image(stale, "base")
+    assert engine.resolve_image("tag:base").uuid == child.uuid
+
+
+@pytest.mark.parametrize(
+    "tag",
+    ["", "has space", "-leading-dash", "trailing:", "a//b", "../up", "x:", "ütf", "tag\n", "a:b:"],
+)
+async def test_invalid_tag_text_is_refused(engine: Engine, base: ImageRecord, tag: str) -> None:
+    with pytest.raises(InvalidRequestError):
+        engine.tag_image(base, tag)
+    assert engine.resolve_image(base.uuid).tags == ("base",)
+
+
+@pytest.mark.parametrize("tag", ["a", "python:3.11", "team/app:v2", "A_b-c.d", "x/y/z:1.2.3"])
+async def test_valid_tag_text_is_accepted(engine: Engine, base: ImageRecord, tag: str) -> None:
+    engine.tag_image(base, tag)
+
+    assert engine.resolve_image(f"tag:{tag}").uuid == base.uuid
+
+
+# -- listing ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def family(engine: Engine, base: ImageRecord) -> list[ImageRecord]:
+    """base (tagged) and three children made one after another: a (tagged), b, c."""
+    a = await _child(engine, base, "write /a 1")
+    b = await _child(engine, a, "write /b 1")
+    c = await _child(engine, b, "write /c 1")
+    a = engine.tag_image(a, "team/a:v1")
+    return [base, a, b, c]
+
+
+async def test_list_images_is_newest_first(engine: Engine, family: list[ImageRecord]) -> None:
+    assert _uuids(engine) == [i.uuid for i in reversed(family)]
+
+
+async def test_list_images_filters_tagged_and_untagged(
+    engine: Engine, family: list[ImageRecord]
+) -> None:
+    base, a, b, c = family
+
+    assert set(_uuids(engine, tagged=True)) == {base.uuid, a.uuid}
+    assert set(_uuids(engine, tagged=False)) == {b.uuid, c.uuid}
+
+
+async def test_list_images_filters_by_tag_prefix(
+    engine: Engine, family: list[ImageRecord]
+) -> None:
+    base, a, _, _ = family
+    engine.tag_image(base, "team_x")
+
+    assert _uuids(engine, tag_prefix="team/") == [a.uuid]
+    assert _uuids(engine, tag_prefix="ba") == [base.uuid]
+    assert _uuids(engine, tag_prefix="team_") == [base.uuid]  # "_" is not a wildcard
+    assert _uuids(engine, tag_prefix="%") == []
+    assert _uuids(engine, tag_prefix="zzz") == []
+
+
+async def test_list_images_tag_prefix_is_case_sensitive_like_tags(
+    engine: Engine, family: list[ImageRecord]
+) -> None:
+    base, _, b, _ = family
+    engine.tag_image(b, "Base-upper")
+
+    # Tags resolve case-sensitively, so a prefix filter must not mix cases either.
+    with pytest.raises(ImageNotFoundError):
+        engine.resolve_image("tag:BASE")
+    assert _uuids(engine, tag_prefix="base") == [base.uuid]
+    assert _uuids(engine, tag_prefix="Base") == [b.uuid]
+
+
+async def test_list_images_filters_by_creation_time(
+    engine: Engine, family: list[ImageRecord]
+) -> None:
+    base, a, b, c = family
+
+    assert _uuids(engine, since=a.created_at) == [c.uuid, b.uuid, a.uuid]
+    assert _uuids(engine, until=a.created_at) == [a.uuid, base.uuid]
+    assert _uuids(engine, since=a.created_at, until=b.created_at) == [b.uuid, a.uuid]
+
+
+async def test_list_images_pages_with_limit_and_offset(
+    engine: Engine, family: list[ImageRecord]
+) -> None:
+    newest_first = [i.uuid for i in reversed(family)]
+
+    assert _uuids(engine, limit=2) == newest_first[:2]
+    assert _uuids(engine, limit=2, offset=2) == newest_first[2:]
+    assert _uuids(engine, limit=2, offset=4) == []
+    assert _uuids(engine, limit=1, offset=1, tagged=False) == [family[2].uuid]
+
+
+async def test_list_images_by_uuid(engine: Engine, family: list[ImageRecord]) -> None:
+    assert _uuids(engine, uuid=family[2].uuid) == [family[2].uuid]
+
+
+# -- deletion and garbage collection ---------------------------------------------------------
+
+
+async def test_deleted_image_is_gone_with_its_tags(engine: Engine, base: ImageRecord) -> None:
+    child = await _child(engine, base, "write /x 1")
+    child = engine.tag_image(child, "doomed")
+
+    engine.delete_image(child)
+
+    with pytest.raises(ImageNotFoundError):
+        engine.resolve_image(child.uuid)
+    with pytest.raises(ImageNotFoundError):
+        engine.resolve_image("tag:doomed")
+    assert child.uuid not in _uuids(engine)
+
+
+async def test_delete_of_an_unknown_image_is_not_found(engine: Engine, base: ImageRecord) -> None:
+    engine.delete_image(base)
+
+    with pytest.raises(ImageNotFoundError):
+        engine.delete_image(base)
+
+
+async def test_collect_garbage_removes_only_layers_no_image_uses(
+    engine: Engine, base: ImageRecord
+) -> None:
+    middle = await _child(engine, base, "write /m middle")
+    leaf = await _child(engine, middle, "write /l leaf")
+    sibling = await _child(engine, base, "write /s sibling")
+    middle_layer, leaf_layer, sibling_layer = middle.layers[-1], leaf.layers[-1], sibling.layers[-1]
+
+    engine.delete_image(middle)
+    removed = await engine.collect_garbage()
+
+    # The leaf still stacks on the middle image's layer: nothing may go yet.
+    assert removed == []
+    assert engine.layers.path(middle_layer).is_dir()
+    with engine.open_file(leaf, "/m") as f:
+        assert f.read() == b"middle"
+
+    engine.delete_image(leaf)
+    removed = await engine.collect_garbage()
+
+    assert sorted(removed) == sorted([middle_layer, leaf_layer])
+    assert not engine.layers.path(middle_layer).exists()
+    assert not engine.layers.path(leaf_layer).exists()
+    assert engine.layers.path(base.layers[0]).is_dir()
+    assert engine.layers.path(sibling_layer).is_dir()
+    with engine.open_file(sibling, "/s") as f:
+        assert f.read() == b"sibling"
+    assert await engine.collect_garbage() == []
+
+
+async def test_deleting_a_parent_keeps_the_child_usable(
+    engine: Engine, base: ImageRecord
+) -> None:
+    parent = await _child(engine, base, "write /p parent")
+    child = await _child(engine, parent, "write /c child")
+
+    engine.delete_image(parent)
+    await engine.collect_garbage()
+
+    assert engine.resolve_image(child.uuid).parent == parent.uuid
+    grandchild = await _child(engine, child, "write /g grand")
+    assert {i.path for i in engine.list_dir(grandchild, "/")} >= {"p", "c", "g"}
+
+
+async def test_collect_garbage_after_deleting_a_root_image_removes_its_layer(
+    engine: Engine, busybox_rootfs: Path
+) -> None:
+    image = await engine.import_local(busybox_rootfs)
+    layer = image.layers[0]
+
+    engine.delete_image(image)
+    removed = await engine.collect_garbage()
+
+    assert removed == [layer]
+    assert not engine.layers.path(layer).exists()
