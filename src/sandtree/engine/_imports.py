@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sandtree.engine._clock import now_iso
-from sandtree.engine.layers._sources import copy_rootfs_dir, open_source
+from sandtree.engine.layers._copy import copy_rootfs_dir
+from sandtree.engine.layers._sources import open_source
 from sandtree.engine.layers._store import LayerStore
 from sandtree.engine.layers._unpack import unpack_layer
 from sandtree.engine.store import MetadataStore

@@ -18,7 +18,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from sandtree.engine.layers._unpack import UnpackStats, unpack_layer
+from sandtree.engine.layers._unpack import unpack_layer
+from sandtree.engine.layers._writer import UnpackStats
 
 UID_SHIFT = 100000
 MTIME = 1_700_000_000

@@ -26,12 +26,8 @@ from layer_testkit import (
     zstd_compress,
 )
 
-from sandtree.engine.layers._sources import (
-    ImageConfig,
-    ImageSource,
-    copy_rootfs_dir,
-    open_source,
-)
+from sandtree.engine.layers._copy import copy_rootfs_dir
+from sandtree.engine.layers._sources import ImageConfig, ImageSource, open_source
 from sandtree.errors import InvalidRequestError
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: chown, mknod, trusted.*")

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from ._unpack import OPAQUE_MARKER, OPAQUE_XATTR, WHITEOUT_PREFIX, remap_xattr, unshift_id
+from ._writer import OPAQUE_MARKER, OPAQUE_XATTR, WHITEOUT_PREFIX, remap_xattr, unshift_id
 
 __all__ = ["write_layer_tar"]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sandtree.errors import InvalidRequestError
 
-from ._unpack import OPAQUE_XATTR
+from ._writer import OPAQUE_XATTR
 
 __all__ = ["layer_size", "merge_layers"]
 

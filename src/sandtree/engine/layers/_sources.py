@@ -15,7 +15,6 @@ import io
 import json
 import os
 import re
-import stat
 import tarfile
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -24,16 +23,10 @@ from typing import Any, BinaryIO, Protocol, cast
 
 from sandtree.errors import InvalidRequestError
 
-from ._unpack import (
-    CHUNK,
-    FileMeta,
-    LayerWriter,
-    UnpackStats,
-    open_decompressed,
-    split_path,
-)
+from ._compression import CHUNK, open_decompressed, sniff_compression
+from ._unpack import split_path
 
-__all__ = ["ImageConfig", "ImageSource", "copy_rootfs_dir", "open_source"]
+__all__ = ["ImageConfig", "ImageSource", "open_source"]
 
 _JSON_LIMIT = 16 << 20  # index, manifests and configs are small; refuse to slurp a huge one
 _DIGEST = re.compile(r"(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})")
@@ -62,7 +55,7 @@ class ImageSource:
     """An image found at a local path: its config and its layers, bottom first.
 
     A root filesystem directory has no layer tarballs: check ``is_directory`` and use
-    :func:`copy_rootfs_dir` instead of :meth:`layers`.
+    :func:`~sandtree.engine.layers._copy.copy_rootfs_dir` instead of :meth:`layers`.
     """
 
     def __init__(
@@ -343,7 +336,7 @@ def _docker_save(archive: _Archive, where: str, platform: str) -> tuple[ImageCon
 def _sniff(path: Path) -> str:
     with path.open("rb") as f:
         head = f.read(4)
-    return "gzip" if head[:2] == b"\x1f\x8b" else "zstd" if head == b"\x28\xb5\x2f\xfd" else ""
+    return sniff_compression(head)
 
 
 def _scan_tar(path: Path, compression: str) -> list[tarfile.TarInfo] | None:
@@ -430,63 +423,3 @@ def open_source(path: Path, *, platform: str = "linux/amd64") -> ImageSource:
             functools.partial(_open_blob, archive, name, digest=digest, size=size, what=what)
         )
     return ImageSource(kind=kind, path=path, config=config, openers=openers)
-
-
-def _stat_meta(path: str, st: os.stat_result) -> FileMeta:
-    xattrs: dict[str, bytes] = {}
-    if not stat.S_ISLNK(st.st_mode):
-        with contextlib.suppress(OSError):
-            for name in os.listxattr(path, follow_symlinks=False):
-                xattrs[name] = os.getxattr(path, name, follow_symlinks=False)
-    return FileMeta(
-        uid=st.st_uid, gid=st.st_gid, mode=st.st_mode, mtime_ns=st.st_mtime_ns, xattrs=xattrs
-    )
-
-
-def copy_rootfs_dir(
-    src: Path, dest: Path, *, uid_shift: int, max_bytes: int | None = None
-) -> UnpackStats:
-    """Copy a root filesystem directory into the empty layer directory ``dest``.
-
-    Symlinks are copied, never followed; modes, mtimes and allowed xattrs are kept and owners
-    are shifted (a file owned by 0 becomes ``uid_shift``). Hardlinks inside ``src`` stay
-    hardlinks; device nodes and sockets are skipped with a warning.
-
-    Raises:
-        LimitExceededError: the copy grows past ``max_bytes``.
-    """
-    writer = LayerWriter(dest, uid_shift=uid_shift, max_bytes=max_bytes)
-    try:
-        writer.directory((), _stat_meta(str(src), os.stat(src)))
-        inodes: dict[tuple[int, int], tuple[str, ...]] = {}
-        stack: list[tuple[str, tuple[str, ...]]] = [(str(src), ())]
-        while stack:
-            dirpath, parts = stack.pop()
-            with os.scandir(dirpath) as it:
-                entries = sorted(it, key=lambda e: e.name)
-            for entry in entries:
-                st = entry.stat(follow_symlinks=False)
-                here, meta = (*parts, entry.name), _stat_meta(entry.path, st)
-                if stat.S_ISDIR(st.st_mode):
-                    writer.directory(here, meta)
-                    stack.append((entry.path, here))
-                elif stat.S_ISREG(st.st_mode):
-                    key = (st.st_dev, st.st_ino)
-                    if key in inodes:
-                        writer.hardlink(here, inodes[key])
-                        continue
-                    fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                    with open(fd, "rb") as f:
-                        writer.regular(here, meta, f, st.st_size)
-                    if st.st_nlink > 1:
-                        inodes[key] = here
-                elif stat.S_ISLNK(st.st_mode):
-                    writer.symlink(here, os.readlink(entry.path), meta)
-                elif stat.S_ISFIFO(st.st_mode):
-                    writer.fifo(here, meta)
-                else:
-                    writer.warn(f"{'/'.join(here)}: device node or socket skipped")
-    except BaseException:
-        writer.close()
-        raise
-    return writer.finish()
