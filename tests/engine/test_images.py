@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import anyio
@@ -13,12 +14,35 @@ from sandtree.errors import ImageNotFoundError, InvalidRequestError
 pytestmark = pytest.mark.anyio
 
 
+def _mini_rootfs(dest: Path) -> Path:
+    """A tiny root filesystem (the fake runtime needs no binaries): fast to import."""
+    for d in ("bin", "etc", "tmp", "root", "home/user", "var/tmp"):
+        (dest / d).mkdir(parents=True, exist_ok=True)
+    os.chmod(dest / "tmp", 0o1777)
+    os.chmod(dest / "root", 0o700)
+    (dest / "bin" / "busybox").write_bytes(b"\x7fELF not really\n")
+    (dest / "bin" / "sh").symlink_to("busybox")
+    (dest / "etc" / "passwd").write_text(
+        "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n",
+        encoding="utf-8",
+    )
+    (dest / "etc" / "group").write_text("root:x:0:\nuser:x:1000:\n", encoding="utf-8")
+    (dest / "etc" / "hostname").write_text("sandbox\n", encoding="utf-8")
+    return dest
+
+
+@pytest.fixture(scope="module")
+def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _mini_rootfs(tmp_path_factory.mktemp("mini") / "rootfs")
+
+
 async def _child(engine: Engine, parent: ImageRecord, command: str) -> ImageRecord:
     """Run ``command`` on ``parent`` and return the image it made."""
     op = await engine.spawn(RunSpec(image=parent.uuid, command=command, shell=True))
     with anyio.fail_after(10):
         done = await engine.wait_operation(op)
-    assert done.result_image is not None and done.result_image != parent.uuid, done.error
+    assert done.result_image is not None, done.error
+    assert done.result_image != parent.uuid, "the run changed nothing"
     return engine.resolve_image(done.result_image)
 
 
@@ -27,8 +51,8 @@ def _uuids(engine: Engine, **query: object) -> list[str]:
 
 
 @pytest.fixture
-async def base(engine: Engine, busybox_rootfs: Path) -> ImageRecord:
-    return await engine.import_local(busybox_rootfs, tag="base")
+async def base(engine: Engine, rootfs: Path) -> ImageRecord:
+    return await engine.import_local(rootfs, tag="base")
 
 
 # -- import and resolve ----------------------------------------------------------------------
@@ -66,10 +90,18 @@ async def test_resolve_of_unknown_or_malformed_references(
         engine.resolve_image("base")
 
 
-async def test_image_of_another_namespace_is_invisible_unless_public(
-    engine: Engine, busybox_rootfs: Path
+async def test_uuid_with_trailing_newline_is_refused_as_a_request_error(
+    engine: Engine, base: ImageRecord
 ) -> None:
-    theirs = await engine.import_local(busybox_rootfs, tag="shared", namespace="team-b")
+    # Not a bare ValueError from uuid.UUID, which the API would turn into a 500.
+    with pytest.raises((InvalidRequestError, ImageNotFoundError)):
+        engine.resolve_image(base.uuid + "\n")
+
+
+async def test_image_of_another_namespace_is_invisible_unless_public(
+    engine: Engine, rootfs: Path
+) -> None:
+    theirs = await engine.import_local(rootfs, tag="shared", namespace="team-b")
 
     with pytest.raises(ImageNotFoundError):
         engine.resolve_image(theirs.uuid)
@@ -79,11 +111,9 @@ async def test_image_of_another_namespace_is_invisible_unless_public(
     assert theirs.uuid not in _uuids(engine)
 
 
-async def test_import_with_an_invalid_tag_is_refused(
-    engine: Engine, busybox_rootfs: Path
-) -> None:
+async def test_import_with_an_invalid_tag_is_refused(engine: Engine, rootfs: Path) -> None:
     with pytest.raises(InvalidRequestError):
-        await engine.import_local(busybox_rootfs, tag="not a tag")
+        await engine.import_local(rootfs, tag="not a tag")
     assert engine.list_images(ImageQuery()) == []
 
 
@@ -161,6 +191,17 @@ async def test_untag_through_a_stale_record_does_not_remove_the_moved_tag(
     assert engine.resolve_image("tag:base").uuid == child.uuid
 
 
+async def test_tag_of_a_deleted_image_is_image_not_found(engine: Engine, base: ImageRecord) -> None:
+    child = await _child(engine, base, "write /x 1")
+    engine.delete_image(child)
+
+    # A clear not-found error, not a database integrity error.
+    with pytest.raises(ImageNotFoundError):
+        engine.tag_image(child, "ghost")
+    with pytest.raises(ImageNotFoundError):
+        engine.resolve_image("tag:ghost")
+
+
 @pytest.mark.parametrize(
     "tag",
     ["", "has space", "-leading-dash", "trailing:", "a//b", "../up", "x:", "ütf", "tag\n", "a:b:"],
@@ -204,9 +245,7 @@ async def test_list_images_filters_tagged_and_untagged(
     assert set(_uuids(engine, tagged=False)) == {b.uuid, c.uuid}
 
 
-async def test_list_images_filters_by_tag_prefix(
-    engine: Engine, family: list[ImageRecord]
-) -> None:
+async def test_list_images_filters_by_tag_prefix(engine: Engine, family: list[ImageRecord]) -> None:
     base, a, _, _ = family
     engine.tag_image(base, "team_x")
 
@@ -308,9 +347,7 @@ async def test_collect_garbage_removes_only_layers_no_image_uses(
     assert await engine.collect_garbage() == []
 
 
-async def test_deleting_a_parent_keeps_the_child_usable(
-    engine: Engine, base: ImageRecord
-) -> None:
+async def test_deleting_a_parent_keeps_the_child_usable(engine: Engine, base: ImageRecord) -> None:
     parent = await _child(engine, base, "write /p parent")
     child = await _child(engine, parent, "write /c child")
 
@@ -323,9 +360,9 @@ async def test_deleting_a_parent_keeps_the_child_usable(
 
 
 async def test_collect_garbage_after_deleting_a_root_image_removes_its_layer(
-    engine: Engine, busybox_rootfs: Path
+    engine: Engine, rootfs: Path
 ) -> None:
-    image = await engine.import_local(busybox_rootfs)
+    image = await engine.import_local(rootfs)
     layer = image.layers[0]
 
     engine.delete_image(image)

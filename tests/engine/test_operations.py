@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import dataclasses
+import os
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -27,6 +29,28 @@ from sandtree.errors import ConflictError, OperationNotFoundError
 from sandtree.testing import make_engine
 
 pytestmark = pytest.mark.anyio
+
+
+def _mini_rootfs(dest: Path) -> Path:
+    """A tiny root filesystem (the fake runtime needs no binaries): fast to import."""
+    for d in ("bin", "etc", "tmp", "root", "home/user", "var/tmp"):
+        (dest / d).mkdir(parents=True, exist_ok=True)
+    os.chmod(dest / "tmp", 0o1777)
+    os.chmod(dest / "root", 0o700)
+    (dest / "bin" / "busybox").write_bytes(b"\x7fELF not really\n")
+    (dest / "bin" / "sh").symlink_to("busybox")
+    (dest / "etc" / "passwd").write_text(
+        "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n",
+        encoding="utf-8",
+    )
+    (dest / "etc" / "group").write_text("root:x:0:\nuser:x:1000:\n", encoding="utf-8")
+    (dest / "etc" / "hostname").write_text("sandbox\n", encoding="utf-8")
+    return dest
+
+
+@pytest.fixture(scope="module")
+def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _mini_rootfs(tmp_path_factory.mktemp("mini") / "rootfs")
 
 
 class KillRecordingRuntime(FakeRuntime):
@@ -58,7 +82,8 @@ async def _wait(engine: Engine, op: OperationRecord) -> OperationRecord:
 async def _until_event(engine: Engine, op: OperationRecord, kind: str) -> OperationEvent:
     """Follow ``op`` live until an event of type ``kind`` arrives."""
     with anyio.fail_after(10):
-        async with aclosing(engine.follow_events(op)) as events:
+        follow = cast(AsyncGenerator[OperationEvent, None], engine.follow_events(op))
+        async with aclosing(follow) as events:
             async for event in events:
                 if event.type == kind:
                     return event
@@ -88,13 +113,13 @@ async def serial(tmp_path: Path, runtime: KillRecordingRuntime) -> AsyncIterator
 
 
 @pytest.fixture
-async def base(engine: Engine, busybox_rootfs: Path) -> ImageRecord:
-    return await engine.import_local(busybox_rootfs, tag="base")
+async def base(engine: Engine, rootfs: Path) -> ImageRecord:
+    return await engine.import_local(rootfs, tag="base")
 
 
 @pytest.fixture
-async def serial_base(serial: Engine, busybox_rootfs: Path) -> ImageRecord:
-    return await serial.import_local(busybox_rootfs, tag="base")
+async def serial_base(serial: Engine, rootfs: Path) -> ImageRecord:
+    return await serial.import_local(rootfs, tag="base")
 
 
 # -- life cycle ------------------------------------------------------------------------------
@@ -118,7 +143,8 @@ async def test_spawn_returns_a_pending_operation_that_ends_in_success(
     assert op.status == OperationStatus.PENDING
     assert op.kind == OperationKind.INSTANCE
     assert op.image == base.uuid
-    assert op.started_at is None and op.finished_at is None
+    assert op.started_at is None
+    assert op.finished_at is None
     done = await _wait(engine, op)
     assert transitions == [
         OperationStatus.ASSIGNED,
@@ -128,9 +154,11 @@ async def test_spawn_returns_a_pending_operation_that_ends_in_success(
     assert done.status == OperationStatus.SUCCESS
     assert done.error is None
     assert done.request == {"command": "echo hi"}
-    assert done.started_at is not None and done.finished_at is not None
+    assert done.started_at is not None
+    assert done.finished_at is not None
     assert done.created_at <= done.started_at <= done.finished_at
-    assert done.duration is not None and done.duration >= 0
+    assert done.duration is not None
+    assert done.duration >= 0
     assert engine.get_operation(op.uuid) == done
 
 
@@ -178,7 +206,37 @@ async def test_with_one_slot_the_next_operation_waits_pending(
     assert cancelled.status == OperationStatus.CANCELLED
     done = await _wait(serial, queued)
     assert done.status == OperationStatus.SUCCESS
-    assert done.result is not None and done.result["stdout"]["value"] == "queued\n"
+    assert done.result is not None
+    assert done.result["stdout"]["value"] == "queued\n"
+
+
+async def test_no_more_operations_execute_at_once_than_max_concurrency(
+    tmp_path: Path, rootfs: Path
+) -> None:
+    async with make_engine(tmp_path / "pair", max_concurrency=2) as engine:
+        await engine.import_local(rootfs, tag="base")
+        ops = [await engine.spawn(_spec("block")) for _ in range(3)]
+        await _until_event(engine, ops[0], "spawn")
+        await _until_event(engine, ops[1], "spawn")
+
+        def statuses() -> list[OperationStatus]:
+            return [engine.get_operation(op.uuid).status for op in ops]
+
+        assert statuses() == [
+            OperationStatus.EXECUTING,
+            OperationStatus.EXECUTING,
+            OperationStatus.PENDING,
+        ]
+        await engine.cancel_operation(ops[0])
+        await _until_event(engine, ops[2], "spawn")
+        assert statuses() == [
+            OperationStatus.CANCELLED,
+            OperationStatus.EXECUTING,
+            OperationStatus.EXECUTING,
+        ]
+        for op in ops[1:]:
+            await engine.cancel_operation(op)
+        assert statuses() == [OperationStatus.CANCELLED] * 3
 
 
 async def test_cancel_of_a_pending_operation_cancels_it_without_running_it(
@@ -193,7 +251,8 @@ async def test_cancel_of_a_pending_operation_cancels_it_without_running_it(
         cancelled = await serial.cancel_operation(queued)
 
     assert cancelled.status == OperationStatus.CANCELLED
-    assert cancelled.error is not None and "cancelled" in cancelled.error
+    assert cancelled.error is not None
+    assert "cancelled" in cancelled.error
     assert cancelled.started_at is None
     assert serial.get_operation(blocker.uuid).status == OperationStatus.EXECUTING
     await serial.cancel_operation(blocker)
@@ -213,7 +272,8 @@ async def test_cancel_of_a_running_operation_kills_its_sandbox(
         cancelled = await engine.cancel_operation(op)
 
     assert cancelled.status == OperationStatus.CANCELLED
-    assert cancelled.error is not None and "cancelled" in cancelled.error
+    assert cancelled.error is not None
+    assert "cancelled" in cancelled.error
     assert cancelled.result_image is None
     assert runtime.killed == [spawn.data["pid"]]
     assert cancelled.result is not None
@@ -358,6 +418,40 @@ async def test_two_live_followers_see_the_same_events(engine: Engine, base: Imag
     assert got["a"][-1].type == "completion"
 
 
+async def test_event_log_past_its_cap_drops_stream_events_but_keeps_service_events(
+    tmp_path: Path, rootfs: Path
+) -> None:
+    async with make_engine(tmp_path / "capped", event_log_cap_bytes=10) as engine:
+        await engine.import_local(rootfs, tag="base")
+        op = await engine.spawn(_spec("echo 12345; echo 67890; echo dropped; echoerr also"))
+        done = await _wait(engine, op)
+        events = [e async for e in engine.follow_events(op, follow=False)]
+
+    types = [e.type for e in events]
+    assert [e.data["value"] for e in events if e.type == "stdout"] == ["12345\n"]
+    assert types.count("size_cap") == 1
+    assert "stderr" not in types
+    assert types[-3:] == ["exit", "shutdown", "completion"]
+    cap = next(e for e in events if e.type == "size_cap")
+    assert cap.data == {"limit_bytes": 10, "file_size": 6}
+    # The result document is not capped by the event log.
+    assert done.result is not None
+    assert done.result["stdout"]["value"] == "12345\n67890\ndropped\n"
+
+
+async def test_wait_or_cancel_of_an_unknown_operation_is_not_found(
+    engine: Engine, base: ImageRecord
+) -> None:
+    ghost = dataclasses.replace(
+        await engine.spawn(_spec("echo hi")), uuid="33333333-3333-4333-8333-333333333333"
+    )
+
+    with pytest.raises(OperationNotFoundError):
+        await engine.wait_operation(ghost, timeout=1)
+    with pytest.raises(OperationNotFoundError):
+        await engine.cancel_operation(ghost)
+
+
 # -- listing ---------------------------------------------------------------------------------
 
 
@@ -403,9 +497,7 @@ async def test_list_operations_pages_newest_first(engine: Engine, base: ImageRec
     assert page(100, 0) == newest_first
 
 
-async def test_list_operations_filters_by_creation_time(
-    engine: Engine, base: ImageRecord
-) -> None:
+async def test_list_operations_filters_by_creation_time(engine: Engine, base: ImageRecord) -> None:
     ops = []
     for i in range(3):
         ops.append(await _wait(engine, await engine.spawn(_spec(f"echo {i}"))))

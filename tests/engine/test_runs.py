@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,17 +21,45 @@ from sandtree.engine import (
     RunSpec,
 )
 from sandtree.engine._runs import DEFAULT_PATH
+from sandtree.engine.runtime import FakeRuntime
+from sandtree.engine.runtime._base import SandboxExit, SandboxSpec
+from sandtree.engine.runtime._fake import FakeSandbox
 from sandtree.errors import (
     FileNotFoundInStoreError,
     ImageNotFoundError,
     InvalidRequestError,
     PathNotFoundError,
 )
+from sandtree.testing import make_engine
 
 pytestmark = pytest.mark.anyio
 
 
-async def _run(engine: Engine, command: str, image: ImageRecord | str, **spec: object) -> OperationRecord:
+def _mini_rootfs(dest: Path) -> Path:
+    """A tiny root filesystem (the fake runtime needs no binaries): fast to import."""
+    for d in ("bin", "etc", "tmp", "root", "home/user", "var/tmp"):
+        (dest / d).mkdir(parents=True, exist_ok=True)
+    os.chmod(dest / "tmp", 0o1777)
+    os.chmod(dest / "root", 0o700)
+    (dest / "bin" / "busybox").write_bytes(b"\x7fELF not really\n")
+    (dest / "bin" / "sh").symlink_to("busybox")
+    (dest / "etc" / "passwd").write_text(
+        "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n",
+        encoding="utf-8",
+    )
+    (dest / "etc" / "group").write_text("root:x:0:\nuser:x:1000:\n", encoding="utf-8")
+    (dest / "etc" / "hostname").write_text("sandbox\n", encoding="utf-8")
+    return dest
+
+
+@pytest.fixture(scope="module")
+def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _mini_rootfs(tmp_path_factory.mktemp("mini") / "rootfs")
+
+
+async def _run(
+    engine: Engine, command: str, image: ImageRecord | str, **spec: object
+) -> OperationRecord:
     """Spawn ``command`` (through the shell unless told otherwise) and wait for its end."""
     ref = image if isinstance(image, str) else image.uuid
     spec.setdefault("shell", True)
@@ -53,6 +83,10 @@ def _env_lines(op: OperationRecord) -> dict[str, str]:
     return dict(line.split("=", 1) for line in _stdout(op).splitlines())
 
 
+def _host_path_exists(path: str) -> bool:
+    return os.path.lexists(path)
+
+
 def _image_count(engine: Engine) -> int:
     return len(engine.list_images(ImageQuery(limit=1000)))
 
@@ -63,8 +97,8 @@ async def _chunks(*parts: bytes) -> AsyncIterator[bytes]:
 
 
 @pytest.fixture
-async def base(engine: Engine, busybox_rootfs: Path) -> ImageRecord:
-    return await engine.import_local(busybox_rootfs, tag="base")
+async def base(engine: Engine, rootfs: Path) -> ImageRecord:
+    return await engine.import_local(rootfs, tag="base")
 
 
 # -- images made by runs ---------------------------------------------------------------------
@@ -77,7 +111,8 @@ async def test_disposable_run_makes_no_image(engine: Engine, base: ImageRecord) 
 
     assert op.status == OperationStatus.SUCCESS
     assert op.result_image is None
-    assert op.result is not None and op.result["result_image"] is None
+    assert op.result is not None
+    assert op.result["result_image"] is None
     assert _stdout(op) == "done\n"
     assert _image_count(engine) == before
 
@@ -132,7 +167,8 @@ async def test_file_deleted_in_child_is_gone_there_and_below_but_not_in_parent(
     assert third.result_image is not None
     grandchild = engine.resolve_image(third.result_image)
 
-    assert second.result is not None and second.result["filesystem_changed"] is True
+    assert second.result is not None
+    assert second.result["filesystem_changed"] is True
     assert _read(engine, parent, "/srv/doomed.txt") == b"bye"
     for image in (child, grandchild):
         with pytest.raises(PathNotFoundError):
@@ -140,6 +176,36 @@ async def test_file_deleted_in_child_is_gone_there_and_below_but_not_in_parent(
         assert "doomed.txt" not in {item.path for item in engine.list_dir(image, "/srv")}
         assert _read(engine, image, "/srv/kept.txt") == b"hi"
     assert [i.path for i in engine.list_dir(grandchild, "/srv")] == ["kept.txt", "later.txt"]
+
+
+class ChmodRuntime(FakeRuntime):
+    """The fake runtime plus ``chmod MODE PATH`` as the whole command (run before the rest)."""
+
+    async def start(self, spec: SandboxSpec) -> FakeSandbox:
+        verb, *args = spec.args[-1].split()
+        if verb == "chmod":
+            mode, path = args
+            os.chmod(spec.rootfs / path.lstrip("/"), int(mode, 8))
+            spec = dataclasses.replace(spec, args=[*spec.args[:-1], "echo changed"])
+        return await super().start(spec)
+
+
+async def test_run_that_only_changes_a_directory_mode_makes_a_child(
+    tmp_path: Path, rootfs: Path
+) -> None:
+    async with make_engine(tmp_path / "data", runtime=ChmodRuntime()) as engine:
+        base = await engine.import_local(rootfs)
+        assert engine.stat_path(base, "/tmp").mode & 0o7777 == 0o1777
+
+        op = await _run(engine, "chmod 0700 /tmp", base)
+
+        assert op.status == OperationStatus.SUCCESS, op.error
+        assert op.result is not None
+        assert op.result["filesystem_changed"] is True
+        assert op.result_image is not None
+        assert op.result_image != base.uuid
+        child = engine.resolve_image(op.result_image)
+        assert engine.stat_path(child, "/tmp").mode & 0o7777 == 0o700
 
 
 async def test_run_without_shell_uses_the_command_and_makes_a_child(
@@ -247,7 +313,8 @@ async def test_preserve_env_makes_a_child_without_filesystem_changes(
 
     assert op.result is not None
     assert op.result["filesystem_changed"] is False
-    assert op.result_image is not None and op.result_image != base.uuid
+    assert op.result_image is not None
+    assert op.result_image != base.uuid
     child = engine.resolve_image(op.result_image)
     assert child.parent == base.uuid
     assert child.layers == base.layers
@@ -267,16 +334,17 @@ async def test_preserve_env_with_none_removes_the_variable_from_the_child(
     assert child.env_map == {"KEEP": "kept", "PATH": "/opt/bin:/bin"}
 
 
-async def test_preserve_env_keeps_a_variable_set_to_the_empty_string(
+async def test_preserve_env_removes_a_variable_set_to_the_empty_string(
     engine: Engine, image_with_env: ImageRecord
 ) -> None:
-    # The run sees FOO="" (only None removes); the saved config should say the same.
+    # The API contract: "Setting a variable to an empty string or null removes it from the
+    # preserved environment", while the run itself still sees FOO="".
     op = await _run(engine, "env", image_with_env, env={"FOO": ""}, preserve_env=True)
 
     assert _env_lines(op)["FOO"] == ""
     assert op.result_image is not None
     child = engine.resolve_image(op.result_image)
-    assert child.env_map.get("FOO") == ""
+    assert "FOO" not in child.env_map
 
 
 async def test_preserve_env_with_the_same_env_makes_no_child(
@@ -295,7 +363,8 @@ async def test_preserve_cwd_makes_a_child_with_the_new_cwd(
 
     assert op.result is not None
     assert op.result["filesystem_changed"] is False
-    assert op.result_image is not None and op.result_image != base.uuid
+    assert op.result_image is not None
+    assert op.result_image != base.uuid
     child = engine.resolve_image(op.result_image)
     assert child.cwd == "/tmp"
     assert child.layers == base.layers
@@ -304,12 +373,23 @@ async def test_preserve_cwd_makes_a_child_with_the_new_cwd(
     assert _stdout(again) == "/tmp\n"
 
 
+async def test_preserve_cwd_with_a_missing_cwd_creates_it_in_the_child(
+    engine: Engine, base: ImageRecord
+) -> None:
+    op = await _run(engine, "pwd", base, cwd="/home/user/project", preserve_cwd=True)
+
+    assert op.result is not None
+    assert op.result["filesystem_changed"] is True
+    assert op.result_image is not None
+    child = engine.resolve_image(op.result_image)
+    assert child.cwd == "/home/user/project"
+    assert engine.stat_path(child, "/home/user/project").is_dir
+
+
 # -- streams ---------------------------------------------------------------------------------
 
 
-async def test_stdout_and_stderr_are_captured_separately(
-    engine: Engine, base: ImageRecord
-) -> None:
+async def test_stdout_and_stderr_are_captured_separately(engine: Engine, base: ImageRecord) -> None:
     op = await _run(engine, "echo out; echoerr err; echo more", base)
 
     assert op.result is not None
@@ -397,9 +477,7 @@ async def test_out_of_memory_fails_naming_the_memory_limit(
     assert engine.lineage(base).children == []
 
 
-async def test_fork_bomb_fails_naming_the_process_limit(
-    engine: Engine, base: ImageRecord
-) -> None:
+async def test_fork_bomb_fails_naming_the_process_limit(engine: Engine, base: ImageRecord) -> None:
     op = await _run(engine, "forkbomb", base)
 
     assert op.status == OperationStatus.FAILED
@@ -410,9 +488,7 @@ async def test_fork_bomb_fails_naming_the_process_limit(
     assert op.result["limit_hit"] == "pids"
 
 
-async def test_run_past_its_timeout_fails_with_timed_out(
-    engine: Engine, base: ImageRecord
-) -> None:
+async def test_run_past_its_timeout_fails_with_timed_out(engine: Engine, base: ImageRecord) -> None:
     op = await _run(engine, "echo started; block", base, timeout=1)
 
     assert op.status == OperationStatus.FAILED
@@ -436,15 +512,56 @@ async def test_timeout_is_reported_as_the_limit_hit(engine: Engine, base: ImageR
     assert op.result["limit_hit"] == "timeout"
 
 
+@pytest.mark.parametrize("code", [0, 1])
 async def test_writing_past_max_layer_bytes_fails_naming_the_limit(
-    engine: Engine, base: ImageRecord
+    engine: Engine, base: ImageRecord, code: int
 ) -> None:
-    op = await _run(engine, "write /big 0123456789abcdef; exit 1", base, max_layer_bytes=8)
+    op = await _run(engine, f"write /big 0123456789abcdef; exit {code}", base, max_layer_bytes=8)
 
     assert op.status == OperationStatus.FAILED
     assert op.error is not None
     assert "max_layer_bytes=8" in op.error
     assert op.result_image is None
+
+
+class _ExecFailureSandbox(FakeSandbox):
+    async def _run(self) -> SandboxExit:
+        return SandboxExit(exit_code=1, runtime_error="exec: /bin/nope: no such file")
+
+
+class _BrokenRuntime(FakeRuntime):
+    """Fails every run: ``start`` raises for ``explode``, else the command cannot exec."""
+
+    async def start(self, spec: SandboxSpec) -> FakeSandbox:
+        if spec.args[-1] == "explode":
+            raise OSError("runtime binary vanished")
+        self.started.append(spec)
+        return _ExecFailureSandbox(spec, 4242)
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [("explode", "runtime binary vanished"), ("anything", "could not start the command")],
+)
+async def test_run_whose_sandbox_cannot_start_fails_and_leaves_nothing_behind(
+    tmp_path: Path, rootfs: Path, command: str, message: str
+) -> None:
+    async with make_engine(tmp_path / "data", runtime=_BrokenRuntime()) as engine:
+        base = await engine.import_local(rootfs)
+        op = await _run(engine, command, base)
+        events = [e async for e in engine.follow_events(op, follow=False)]
+        runs_left = list(engine.layers.runs_dir.iterdir())
+        children = engine.lineage(base).children
+
+    assert op.status == OperationStatus.FAILED
+    assert op.error is not None
+    assert message in op.error
+    assert op.result_image is None
+    assert events[-1].type == "completion"
+    assert events[-1].data["status"] == "FAILED"
+    assert children == []
+    if command == "explode":  # the failed start is cleaned up before the op ends
+        assert runs_left == []
 
 
 # -- requests refused at spawn ---------------------------------------------------------------
@@ -500,13 +617,34 @@ async def test_file_of_another_namespace_cannot_be_placed(
         await engine.spawn(RunSpec(image="tag:base", command="echo", files=(placed,)))
 
 
-async def test_image_of_another_namespace_is_not_found(
-    engine: Engine, busybox_rootfs: Path
-) -> None:
-    other = await engine.import_local(busybox_rootfs, namespace="other")
+async def test_image_of_another_namespace_is_not_found(engine: Engine, rootfs: Path) -> None:
+    other = await engine.import_local(rootfs, namespace="other")
 
     with pytest.raises(ImageNotFoundError):
         await engine.spawn(RunSpec(image=other.uuid, command="echo"))
+
+
+async def test_child_of_a_public_image_belongs_to_the_namespace_that_ran_it(
+    engine: Engine, rootfs: Path
+) -> None:
+    library = await engine.import_local(rootfs, namespace="library")
+    public = dataclasses.replace(library, uuid=str(uuid.uuid4()), public=True, tags=())
+    engine.store.add_image(public, layer_sizes={})
+    op = await engine.spawn(
+        RunSpec(image=public.uuid, command="write /mine 1", shell=True), namespace="team"
+    )
+    with anyio.fail_after(10):
+        done = await engine.wait_operation(op)
+
+    assert done.status == OperationStatus.SUCCESS, done.error
+    assert done.namespace == "team"
+    assert done.result_image is not None
+    # The team made it, so the team must see it, and the library's owner must not.
+    child = engine.resolve_image(done.result_image, namespaces=("team",))
+    assert child.namespace == "team"
+    assert child.parent == public.uuid
+    with pytest.raises(ImageNotFoundError):
+        engine.resolve_image(done.result_image, namespaces=("library",))
 
 
 # -- placed files ----------------------------------------------------------------------------
@@ -521,7 +659,8 @@ async def test_placed_file_has_its_content_mode_and_owner(
     op = await _run(engine, "cat", base, files=(placed,))
 
     assert op.status == OperationStatus.SUCCESS, op.error
-    assert op.result is not None and op.result["filesystem_changed"] is True
+    assert op.result is not None
+    assert op.result["filesystem_changed"] is True
     assert op.result_image is not None
     child = engine.resolve_image(op.result_image)
     assert _read(engine, child, "/root/key") == b"secret key\n"
@@ -557,7 +696,8 @@ async def test_placed_file_is_visible_to_the_command(engine: Engine, base: Image
 
     # ``rm`` would fail (and so the run) if the file had not been placed before it started.
     assert op.status == OperationStatus.SUCCESS, op.error
-    assert op.result is not None and op.result["state"]["exit_code"] == 0
+    assert op.result is not None
+    assert op.result["state"]["exit_code"] == 0
 
 
 def _hostile_rootfs(dest: Path, host_dir: Path, host_file: Path) -> Path:
@@ -622,7 +762,8 @@ async def test_placed_file_over_a_symlink_to_a_host_file_replaces_the_link(
     assert op.result_image is not None
     child = engine.resolve_image(op.result_image)
     item = engine.stat_path(child, "/etc/evilfile")
-    assert item.is_regular and not item.is_symlink
+    assert item.is_regular
+    assert not item.is_symlink
     assert _read(engine, child, "/etc/evilfile") == b"overwritten?"
 
 
@@ -636,7 +777,8 @@ async def test_placed_file_through_a_dangling_symlink_fails_without_touching_the
     op = await _run(engine, "echo", image, files=(placed,))
 
     assert op.status == OperationStatus.FAILED
-    assert op.error is not None and "symlink" in op.error
+    assert op.error is not None
+    assert "symlink" in op.error
     assert list(host_dir.iterdir()) == []
 
 
@@ -651,6 +793,6 @@ async def test_placed_file_with_dotdot_stays_inside_the_root(
 
     assert op.status == OperationStatus.SUCCESS, op.error
     assert not (tmp_path / "escaped.txt").exists()
-    assert not Path("/escaped.txt").exists()
+    assert not _host_path_exists("/escaped.txt")
     assert op.result_image is not None
     assert _read(engine, engine.resolve_image(op.result_image), "/escaped.txt") == b"climb"

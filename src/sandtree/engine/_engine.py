@@ -182,7 +182,7 @@ class Engine:
                     "that exist, or import the image and tag it"
                 )
             ref = image_id
-        if not _UUID_RE.match(ref):
+        if not _UUID_RE.fullmatch(ref):
             raise InvalidRequestError(
                 f"{ref!r} is neither an image UUID nor 'tag:NAME'; pass a UUID from "
                 "list_images or a tag such as 'tag:busybox:latest'"
@@ -201,11 +201,12 @@ class Engine:
         self, image: ImageRecord, tag: str, *, namespace: str | None = None
     ) -> ImageRecord:
         """Point ``tag`` at ``image`` (moving it if it pointed elsewhere)."""
-        if not _TAG_RE.match(tag):
+        if not _TAG_RE.fullmatch(tag):
             raise InvalidRequestError(
                 f"{tag!r} is not a valid tag; use letters, digits, '_' and '-', with ':', '/' "
                 "or '.' between parts, e.g. 'python:3.11' or 'team/app:v2'"
             )
+        self._reload(image)  # a deleted image is not found, not a foreign-key failure
         self.store.set_tag(namespace or image.namespace, tag, image.uuid)
         return self._reload(image)
 
@@ -216,6 +217,7 @@ class Engine:
         if tag is None:
             self.store.remove_tags_of(image.uuid)
         else:
+            image = self._reload(image)  # the tag may have moved since the caller looked
             if tag not in image.tags:
                 raise InvalidRequestError(
                     f"image {image.uuid} is not tagged {tag!r}; its tags are "
@@ -234,7 +236,7 @@ class Engine:
         self, path: Path, *, tag: str | None = None, namespace: str = "default"
     ) -> ImageRecord:
         """Create a root image from a rootfs directory, a tar, an OCI layout or ``docker save``."""
-        if tag is not None and not _TAG_RE.match(tag):
+        if tag is not None and not _TAG_RE.fullmatch(tag):
             raise InvalidRequestError(f"{tag!r} is not a valid tag, e.g. 'busybox:latest'")
         image = await asyncio.to_thread(
             import_path,
@@ -311,7 +313,8 @@ class Engine:
                 "networking is not available on this server; run with networking disabled"
             )
         for placed in spec.files:
-            if self.store.get_file(placed.uuid) is None:
+            record = self.store.get_file(placed.uuid)
+            if record is None or record.namespace != namespace:
                 raise FileNotFoundInStoreError(
                     f"file {placed.uuid} for {placed.path} was not uploaded; upload it first"
                 )
@@ -325,17 +328,19 @@ class Engine:
             request=dict(request or {}),
         )
         self.store.add_operation(op)
-        self.queue.submit(op, self._run_job(op.uuid, image, spec))
+        self.queue.submit(op, self._run_job(op.uuid, image, spec, namespace))
         return op
 
-    def _run_job(self, op_id: str, image: ImageRecord, spec: RunSpec) -> Any:
+    def _run_job(self, op_id: str, image: ImageRecord, spec: RunSpec, namespace: str) -> Any:
         async def job(log: EventLog, cancel: asyncio.Event) -> JobOutcome:
             current = image
             if len(current.layers) > _HARD_STACK:
                 await self._compact(current)
                 current = self._reload(current)
             try:
-                result, child = await self.runs.execute(op_id, current, spec, log, cancel)
+                result, child = await self.runs.execute(
+                    op_id, current, spec, log, cancel, namespace=namespace
+                )
             except RunFailure as failure:
                 outcome = run_outcome(failure.result) if failure.result else None
                 raise JobFailed(failure.message, outcome, cancelled=failure.cancelled) from None
@@ -351,7 +356,7 @@ class Engine:
     def get_operation(
         self, op_id: str, *, namespaces: Sequence[str] = ("default",)
     ) -> OperationRecord:
-        op = self.store.get_operation(op_id) if _UUID_RE.match(op_id) else None
+        op = self.store.get_operation(op_id) if _UUID_RE.fullmatch(op_id) else None
         if op is None or op.namespace not in namespaces:
             raise OperationNotFoundError(
                 f"operation {op_id} does not exist; list_operations shows the ones you can see"

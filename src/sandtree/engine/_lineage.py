@@ -103,7 +103,7 @@ def diff_layer(layer: Path, parent_view: Path) -> Diff:
         path = "/" + rel
         try:
             below = os.lstat(parent_view / rel)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # a parent below is a file
             below = None
         if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
             if below is not None:
@@ -112,8 +112,16 @@ def diff_layer(layer: Path, parent_view: Path) -> Diff:
         if below is None:
             added.append(path)
         elif stat.S_ISDIR(st.st_mode) and stat.S_ISDIR(below.st_mode):
-            if _opaque(layer / rel) or _meta_differs(st, below):
+            opaque = _opaque(layer / rel)
+            if opaque or _meta_differs(st, below):
                 changed.append(path)
+            if opaque:
+                # A replaced directory hides everything beneath it that the layer lacks.
+                deleted.extend(
+                    f"{path}/{sub}"
+                    for sub, _ in _walk(parent_view / rel)
+                    if not os.path.lexists(layer / rel / sub)
+                )
         else:
             changed.append(path)
     return Diff(added=sorted(added), changed=sorted(changed), deleted=sorted(deleted))

@@ -60,6 +60,7 @@ class OperationQueue:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancels: dict[str, asyncio.Event] = {}
         self._done: dict[str, asyncio.Event] = {}
+        self._closing = False
 
     def submit(self, op: OperationRecord, job: Job) -> None:
         """Start ``job`` for an operation already stored as PENDING."""
@@ -72,10 +73,13 @@ class OperationQueue:
         cancel = self._cancels[op.uuid]
         log = self._hub_log(op.uuid)
         try:
-            async with self._slots:
-                if cancel.is_set():
+            if not await self._acquire_slot(cancel):
+                if self._closing:
+                    await self._finish(op, log, OperationStatus.FAILED, error=_SHUTDOWN)
+                else:
                     await self._finish(op, log, OperationStatus.CANCELLED, error=_CANCELLED)
-                    return
+                return
+            try:
                 self._store.update_operation(op.uuid, status=OperationStatus.ASSIGNED)
                 self._store.update_operation(
                     op.uuid, status=OperationStatus.EXECUTING, started_at=now_iso()
@@ -86,6 +90,8 @@ class OperationQueue:
                     status = (
                         OperationStatus.CANCELLED if failed.cancelled else OperationStatus.FAILED
                     )
+                    if failed.cancelled and self._closing:
+                        status, failed.message = OperationStatus.FAILED, _SHUTDOWN
                     await self._finish(
                         op, log, status, error=failed.message, outcome=failed.outcome
                     )
@@ -101,6 +107,8 @@ class OperationQueue:
                     )
                 else:
                     await self._finish(op, log, OperationStatus.SUCCESS, outcome=outcome)
+            finally:
+                self._slots.release()
         except asyncio.CancelledError:
             # The server is shutting down: record it so nothing stays EXECUTING.
             await self._finish(op, log, OperationStatus.FAILED, error=_SHUTDOWN)
@@ -224,8 +232,23 @@ class OperationQueue:
                 op.uuid, status=OperationStatus.FAILED, error=error, finished_at=now_iso()
             )
 
+    async def _acquire_slot(self, cancel: asyncio.Event) -> bool:
+        """Wait for a worker slot; False (and no slot held) if cancelled first."""
+        acquire = asyncio.ensure_future(self._slots.acquire())
+        cancelled = asyncio.ensure_future(cancel.wait())
+        await asyncio.wait({acquire, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+        cancelled.cancel()
+        if acquire.done() and not cancel.is_set():
+            return True
+        if acquire.done():
+            self._slots.release()
+        else:
+            acquire.cancel()
+        return False
+
     async def close(self) -> None:
         """Stop every running operation (their sandboxes are killed) and wait for them."""
+        self._closing = True
         for event in self._cancels.values():
             event.set()
         tasks = list(self._tasks.values())

@@ -149,7 +149,14 @@ class RunExecutor:
         return env
 
     async def execute(
-        self, op_id: str, image: ImageRecord, spec: RunSpec, log: EventLog, cancel: asyncio.Event
+        self,
+        op_id: str,
+        image: ImageRecord,
+        spec: RunSpec,
+        log: EventLog,
+        cancel: asyncio.Event,
+        *,
+        namespace: str,
     ) -> tuple[RunResult, ImageRecord | None]:
         """Run ``spec`` on ``image``; returns the result and the new image, if one was made.
 
@@ -248,6 +255,7 @@ class RunExecutor:
                 cwd,
                 log,
                 time.monotonic() - started,
+                namespace,
             )
         finally:
             asyncio.get_running_loop().run_in_executor(None, self._layers.discard_run, dirs)
@@ -316,8 +324,8 @@ class RunExecutor:
         finally:
             for task in (canceller, disk, waiter, *pumps):
                 task.cancel()
-        if outcome.disk_exceeded is None and outcome.exit.exit_code != 0:
-            # A write that failed with ENOSPC/EDQUOT ends the process before our next look.
+        if outcome.disk_exceeded is None:
+            # A run can write past the cap and exit (even with 0) before our next look.
             usage = await asyncio.to_thread(self._layers.upper_usage, dirs)
             if usage > max_layer:
                 outcome.disk_exceeded = usage
@@ -343,6 +351,7 @@ class RunExecutor:
         cwd: str,
         log: EventLog,
         elapsed: float,
+        namespace: str,
     ) -> tuple[RunResult, ImageRecord | None]:
         exit = outcome.exit
         stdout, stderr = out.finish(), err.finish()
@@ -378,7 +387,11 @@ class RunExecutor:
             resources=resources,
             result_image=None,
             filesystem_changed=False,
-            limit_hit=exit.limit_hit,
+            limit_hit="timeout"
+            if outcome.timed_out
+            else "disk"
+            if outcome.disk_exceeded is not None
+            else exit.limit_hit,
         )
         failure = self._failure(spec, outcome, exit)
         if failure is not None:
@@ -401,7 +414,7 @@ class RunExecutor:
         child = ImageRecord(
             uuid=str(uuid.uuid4()),
             created_at=now_iso(),
-            namespace=image.namespace,
+            namespace=namespace,
             parent=image.uuid,
             operation=op_id,
             command=_describe(spec),

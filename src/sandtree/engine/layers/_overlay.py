@@ -14,7 +14,14 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["MAX_LOWER_LAYERS", "OverlayError", "mount_overlay", "syncfs", "unmount"]
+__all__ = [
+    "MAX_LOWER_LAYERS",
+    "OverlayError",
+    "bind_readonly",
+    "mount_overlay",
+    "syncfs",
+    "unmount",
+]
 
 #: OVL_MAX_STACK: the kernel refuses more lower layers than this.
 MAX_LOWER_LAYERS = 500
@@ -162,6 +169,18 @@ def mount_overlay(
                 raise
             _new_api = False
     _mount_legacy(lowers, up, wk, str(target), readonly=readonly, volatile=volatile)
+
+
+def bind_readonly(source: Path, target: Path) -> None:
+    """Bind ``source`` at ``target`` read-only (a one-layer image's view: overlayfs wants two
+    lower layers for a mount without an upper)."""
+    ms_bind, ms_rdonly, ms_remount = 0x1000, 0x1, 0x20
+    _check(_libc.mount(str(source).encode(), str(target).encode(), None, ms_bind, None), "bind")
+    flags = ms_bind | ms_remount | ms_rdonly
+    if _libc.mount(None, str(target).encode(), None, flags, None) != 0:
+        err = ctypes.get_errno()
+        _libc.umount2(str(target).encode(), _MNT_DETACH)
+        raise OverlayError(err, f"remount {target} read-only: {os.strerror(err)}")
 
 
 def unmount(target: Path, *, lazy: bool = False) -> None:

@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from sandtree.engine.layers._overlay import mount_overlay, unmount
+from sandtree.engine.layers._overlay import bind_readonly, mount_overlay, unmount
 
 __all__ = ["LayerStore", "RunDirs"]
 
@@ -102,7 +102,7 @@ class LayerStore:
         for entry, rel in _walk(dirs.upper):
             if not stat.S_ISDIR(entry.st_mode):
                 return True
-            if _is_opaque(dirs.upper / rel) or not _dir_in_stack(lowers, rel):
+            if _is_opaque(dirs.upper / rel) or not _same_dir_in_stack(lowers, rel, entry):
                 return True
         return False
 
@@ -166,17 +166,16 @@ class LayerStore:
     def view(self, layer_ids: Sequence[str]) -> Iterator[Path]:
         """A read-only overlay of the stack, mounted once and kept while it is used often."""
         key = tuple(layer_ids)
-        if len(key) == 1:
-            # overlayfs needs two lowers for a read-only mount; one layer is its own view.
-            yield self.path(key[0])
-            return
         with self._views_lock:
             if key in self._views:
                 path, users = self._views.pop(key)
             else:
                 path = self.views_dir / uuid.uuid4().hex
                 path.mkdir()
-                mount_overlay(self.paths(key), path)
+                if len(key) == 1:
+                    bind_readonly(self.path(key[0]), path)
+                else:
+                    mount_overlay(self.paths(key), path)
                 users = 0
             self._views[key] = (path, users + 1)
             self._evict_views()
@@ -248,13 +247,14 @@ def _is_opaque(path: Path) -> bool:
         return False
 
 
-def _dir_in_stack(lowers_top_first: Sequence[Path], rel: str) -> bool:
+def _same_dir_in_stack(lowers_top_first: Sequence[Path], rel: str, upper: os.stat_result) -> bool:
+    """True when the image already has this directory with the same mode and owner."""
     for layer in lowers_top_first:
         try:
             st = os.lstat(layer / rel)
         except FileNotFoundError:
             continue
-        return stat.S_ISDIR(st.st_mode)
+        return (st.st_mode, st.st_uid, st.st_gid) == (upper.st_mode, upper.st_uid, upper.st_gid)
     return False
 
 

@@ -232,9 +232,11 @@ class OciRuntime:
         """Delete every container in our state dir and every sandtree cgroup left over."""
         if self.state_dir.is_dir():
             for entry in self.state_dir.iterdir():
-                if entry.is_dir():
+                # crun/runc keep a directory per container, runsc "<sandbox>_sandbox:<id>.state".
+                name = entry.name.rpartition("_sandbox:")[2].removesuffix(".state")
+                if entry.is_dir() or entry.name.endswith(".state"):
                     subprocess.run(
-                        [*runtime_prefix(), *self._global_args(), "delete", "--force", entry.name],
+                        [*runtime_prefix(), *self._global_args(), "delete", "--force", name],
                         capture_output=True,
                         check=False,
                     )

@@ -230,9 +230,11 @@ class SqliteStore:
             clauses.append("NOT EXISTS (SELECT 1 FROM tags t WHERE t.image=i.uuid)")
         if query.tag_prefix:
             clauses.append(
-                "EXISTS (SELECT 1 FROM tags t WHERE t.image=i.uuid AND t.tag LIKE ? ESCAPE '\\')"
+                # Tags are case-sensitive, and LIKE is not: compare the prefix exactly.
+                "EXISTS (SELECT 1 FROM tags t WHERE t.image=i.uuid"
+                " AND substr(t.tag, 1, length(?)) = ?)"
             )
-            params.append(_like_prefix(query.tag_prefix))
+            params += [query.tag_prefix, query.tag_prefix]
         if query.since:
             clauses.append("i.created_at >= ?")
             params.append(query.since)
@@ -442,11 +444,6 @@ def _namespace_clause(namespaces: Sequence[str], column: str) -> tuple[str, list
     if not namespaces:
         return "0", []
     return f"{column} IN ({', '.join('?' for _ in namespaces)})", list(namespaces)
-
-
-def _like_prefix(prefix: str) -> str:
-    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return escaped + "%"
 
 
 def _op_values(op: OperationRecord) -> dict[str, Any]:

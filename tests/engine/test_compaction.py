@@ -1,0 +1,297 @@
+"""Compaction: deep images get a short physical stack while their logical lineage stays."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from sandtree.engine import Engine, ImageRecord, RunSpec
+from sandtree.errors import PathNotFoundError
+from sandtree.testing import make_engine
+
+pytestmark = pytest.mark.anyio
+
+
+def _mini_rootfs(dest: Path) -> Path:
+    """A tiny root filesystem (the fake runtime needs no binaries): fast to import."""
+    for d in ("bin", "etc", "tmp", "root", "home/user", "var/tmp"):
+        (dest / d).mkdir(parents=True, exist_ok=True)
+    os.chmod(dest / "tmp", 0o1777)
+    os.chmod(dest / "root", 0o700)
+    (dest / "bin" / "busybox").write_bytes(b"\x7fELF not really\n")
+    (dest / "bin" / "sh").symlink_to("busybox")
+    (dest / "etc" / "passwd").write_text(
+        "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n",
+        encoding="utf-8",
+    )
+    (dest / "etc" / "group").write_text("root:x:0:\nuser:x:1000:\n", encoding="utf-8")
+    (dest / "etc" / "hostname").write_text("sandbox\n", encoding="utf-8")
+    return dest
+
+
+@pytest.fixture(scope="module")
+def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _mini_rootfs(tmp_path_factory.mktemp("mini") / "rootfs")
+
+
+_OPAQUE = "trusted.overlay.opaque"
+
+
+async def _child(engine: Engine, parent: ImageRecord, command: str) -> ImageRecord:
+    op = await engine.spawn(RunSpec(image=parent.uuid, command=command, shell=True))
+    with anyio.fail_after(10):
+        done = await engine.wait_operation(op)
+    assert done.result_image is not None, done.error
+    assert done.result_image != parent.uuid, "the run changed nothing"
+    return engine.resolve_image(done.result_image)
+
+
+async def _settle(engine: Engine) -> None:
+    """Wait for the compactions the engine started in the background."""
+    with anyio.fail_after(30):
+        while engine._background:
+            await asyncio.gather(*engine._background)
+
+
+def _read(engine: Engine, image: ImageRecord, path: str) -> bytes:
+    with engine.open_file(image, path) as f:
+        return f.read()
+
+
+def _names(engine: Engine, image: ImageRecord, path: str) -> list[str]:
+    return [item.path for item in engine.list_dir(image, path)]
+
+
+@pytest.fixture
+async def base(engine: Engine, rootfs: Path) -> ImageRecord:
+    return await engine.import_local(rootfs, tag="base")
+
+
+@pytest.fixture
+async def shallow(tmp_path: Path) -> AsyncIterator[Engine]:
+    """An engine that compacts any image stacked on more than three layers."""
+    async with make_engine(tmp_path / "shallow", max_stack_layers=3) as eng:
+        yield eng
+
+
+# -- compaction of one image -----------------------------------------------------------------
+
+
+async def test_compact_keeps_the_base_and_merges_the_rest_into_one_layer(
+    engine: Engine, base: ImageRecord
+) -> None:
+    a = await _child(engine, base, "write /srv/a 1; write /srv/edit v1")
+    b = await _child(engine, a, "write /srv/b 2; write /srv/edit v2")
+    c = await _child(engine, b, "write /srv/c 3; rm /srv/a")
+
+    await engine._compact(c)
+    compacted = engine.resolve_image(c.uuid)
+
+    assert len(compacted.layers) == 2
+    assert compacted.layers[0] == base.layers[0]
+    assert compacted.layers[1] not in c.layers
+    assert (compacted.parent, compacted.depth, compacted.command) == (b.uuid, 3, c.command)
+    assert _names(engine, compacted, "/srv") == ["b", "c", "edit"]
+    assert _read(engine, compacted, "/srv/edit") == b"v2"
+    assert _read(engine, compacted, "/etc/hostname") == b"sandbox\n"
+    # The ancestors keep their own stacks.
+    assert engine.resolve_image(b.uuid).layers == b.layers
+    assert _names(engine, b, "/srv") == ["a", "b", "edit"]
+
+
+async def test_compact_of_a_two_layer_stack_changes_nothing(
+    engine: Engine, base: ImageRecord
+) -> None:
+    a = await _child(engine, base, "write /a 1")
+
+    await engine._compact(a)
+
+    assert engine.resolve_image(a.uuid).layers == a.layers
+
+
+async def test_compaction_keeps_a_base_file_deleted_higher_up_deleted(
+    engine: Engine, base: ImageRecord
+) -> None:
+    a = await _child(engine, base, "rm /etc/hostname")
+    b = await _child(engine, a, "write /b 1")
+    c = await _child(engine, b, "write /c 1")
+
+    await engine._compact(c)
+    compacted = engine.resolve_image(c.uuid)
+
+    with pytest.raises(PathNotFoundError):
+        engine.open_file(compacted, "/etc/hostname")
+    assert "hostname" not in _names(engine, compacted, "/etc")
+    assert "passwd" in _names(engine, compacted, "/etc")
+
+
+@pytest.mark.parametrize("replaced_at", [0, 1], ids=["bottom-merged-layer", "upper-layer"])
+async def test_compaction_of_a_replaced_directory_keeps_only_the_new_content(
+    engine: Engine, base: ImageRecord, replaced_at: int
+) -> None:
+    # /etc comes from the base; rm + recreate makes it an opaque directory in one layer.
+    commands = ["write /x x", "write /y y"]
+    commands.insert(replaced_at, "rm /etc; write /etc/only fresh")
+    commands.append("write /etc/more later")
+    image = base
+    for command in commands:
+        image = await _child(engine, image, command)
+    before = _names(engine, image, "/etc")
+
+    await engine._compact(image)
+    compacted = engine.resolve_image(image.uuid)
+
+    assert before == ["more", "only"]
+    assert len(compacted.layers) == 2
+    assert _names(engine, compacted, "/etc") == ["more", "only"]
+    assert _read(engine, compacted, "/etc/only") == b"fresh"
+    with pytest.raises(PathNotFoundError):
+        engine.open_file(compacted, "/etc/passwd")
+    merged_etc = engine.layers.path(compacted.layers[1]) / "etc"
+    assert os.getxattr(merged_etc, _OPAQUE, follow_symlinks=False) == b"y"
+
+
+async def test_compacted_image_survives_deletion_of_its_ancestors_and_gc(
+    engine: Engine, base: ImageRecord
+) -> None:
+    a = await _child(engine, base, "write /a from-a")
+    b = await _child(engine, a, "write /b from-b")
+    c = await _child(engine, b, "write /c from-c")
+    await engine._compact(c)
+    old_layers = set(c.layers[1:])
+
+    engine.delete_image(a)
+    engine.delete_image(b)
+    removed = await engine.collect_garbage()
+
+    assert set(removed) == old_layers
+    for layer in old_layers:
+        assert not engine.layers.path(layer).exists()
+    compacted = engine.resolve_image(c.uuid)
+    assert [_read(engine, compacted, p) for p in ("/a", "/b", "/c")] == [
+        b"from-a",
+        b"from-b",
+        b"from-c",
+    ]
+    d = await _child(engine, compacted, "write /d from-d")
+    assert {"a", "b", "bin", "c", "d"} <= set(_names(engine, d, "/"))
+
+
+async def test_children_made_before_compaction_keep_their_view(
+    engine: Engine, base: ImageRecord
+) -> None:
+    a = await _child(engine, base, "write /a 1")
+    b = await _child(engine, a, "write /b 1")
+    c = await _child(engine, b, "write /c 1")
+    d = await _child(engine, c, "rm /a; write /d 1")
+
+    await engine._compact(c)
+
+    assert engine.resolve_image(d.uuid).layers == d.layers
+    assert {"b", "c", "d"} <= set(_names(engine, d, "/"))
+    assert "a" not in _names(engine, d, "/")
+    diff = await engine.diff(d)  # parent's stack changed: the diff still compares views
+    assert diff.added == ["/d"]
+    assert diff.deleted == ["/a"]
+
+
+async def test_diff_of_a_compacted_image_against_its_parent(
+    engine: Engine, base: ImageRecord
+) -> None:
+    a = await _child(engine, base, "write /a 1; write /keep k")
+    b = await _child(engine, a, "write /b 1")
+    c = await _child(engine, b, "write /c 1; rm /a")
+    await engine._compact(c)
+
+    diff = await engine.diff(engine.resolve_image(c.uuid))
+
+    assert diff.added == ["/c"]
+    assert diff.deleted == ["/a"]
+    assert diff.changed == []
+
+
+# -- compaction in the background ------------------------------------------------------------
+
+
+async def test_run_past_max_stack_layers_compacts_its_image_in_the_background(
+    shallow: Engine, rootfs: Path
+) -> None:
+    image = await shallow.import_local(rootfs)
+    made = []
+    for i in range(4):
+        image = await _child(shallow, image, f"write /f{i} {i}")
+        made.append(image)
+    await _settle(shallow)
+
+    assert [len(i.layers) for i in made[:3]] == [2, 3, 4]
+    third = shallow.resolve_image(made[2].uuid)
+    assert third.layers[0] == made[2].layers[0]
+    assert len(third.layers) == 2  # 4 > max_stack_layers=3: compacted
+    assert (third.parent, third.depth) == (made[1].uuid, 3)
+    final = shallow.resolve_image(image.uuid)
+    assert len(final.layers) <= 3
+    assert final.depth == 4
+    assert {"bin", "etc", "f0", "f1", "f2", "f3"} <= set(_names(shallow, final, "/"))
+
+
+@pytest.mark.slow
+async def test_three_hundred_runs_deep_keep_every_file_and_a_short_stack(
+    tmp_path: Path, busybox_rootfs: Path
+) -> None:
+    async with make_engine(tmp_path / "deep", max_stack_layers=8) as engine:
+        root = await engine.import_local(busybox_rootfs, tag="root")
+        image = root
+        chain = [root]
+        alive: dict[str, bytes] = {}
+        deleted: list[str] = []
+        for i in range(1, 301):
+            name = f"f{i:03d}"
+            command = f"write /data/{name} content-{i}"
+            alive[name] = f"content-{i}".encode()
+            if i % 50 == 0:
+                # Delete one file from long ago (long compacted) and one from just before.
+                for victim in (f"f{i - 45:03d}", f"f{i - 2:03d}"):
+                    command += f"; rm /data/{victim}"
+                    del alive[victim]
+                    deleted.append(victim)
+            image = await _child(engine, image, command)
+            chain.append(image)
+        await _settle(engine)
+
+        final = engine.resolve_image(image.uuid)
+        assert final.depth == 300
+        assert len(final.layers) <= 9
+        assert max(len(engine.resolve_image(i.uuid).layers) for i in chain) <= 9
+        # Lineage is logical: it walks back through all 300 ancestors.
+        lineage = engine.lineage(final, ancestor_limit=None)
+        assert [i.depth for i in lineage.ancestors] == list(range(299, -1, -1))
+        assert [i.uuid for i in lineage.ancestors] == [i.uuid for i in reversed(chain[:-1])]
+        assert lineage.root.uuid == root.uuid
+        short = engine.lineage(final)
+        assert len(short.ancestors) == 100
+        assert short.root.uuid == root.uuid
+
+        assert _names(engine, final, "/data") == sorted(alive)
+        for name, content in alive.items():
+            assert _read(engine, final, f"/data/{name}") == content
+        for name in deleted:
+            with pytest.raises(PathNotFoundError):
+                engine.open_file(final, f"/data/{name}")
+        # An image in the middle of the chain shows the state after its own run.
+        middle = engine.resolve_image(chain[120].uuid)
+        expected_middle = {f"f{i:03d}" for i in range(1, 121)} - {"f005", "f048", "f055", "f098"}
+        assert set(_names(engine, middle, "/data")) == expected_middle
+
+        after = await _child(engine, final, "write /data/after deep; rm /data/f300")
+        assert after.depth == 301
+        assert after.parent == final.uuid
+        assert _read(engine, after, "/data/after") == b"deep"
+        assert set(_names(engine, after, "/data")) == (set(alive) - {"f300"}) | {"after"}
+        diff = await engine.diff(after)
+        assert diff.added == ["/data/after"]
+        assert diff.deleted == ["/data/f300"]
