@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import math
 import os
@@ -32,6 +33,7 @@ __all__ = [
     "percentile",
     "print_table",
     "require_root",
+    "source_digest",
     "write_results",
 ]
 
@@ -161,6 +163,14 @@ def _command_output(argv: Sequence[str]) -> str | None:
     return text.splitlines()[0] if text else None
 
 
+def source_digest() -> str:
+    """A short hash of ``src/sandtree/**/*.py``: which engine source the numbers are for."""
+    digest = hashlib.sha256()
+    for path in sorted((REPO / "src" / "sandtree").rglob("*.py")):
+        digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def host_info() -> dict[str, Any]:
     """What the numbers depend on: kernel, CPUs, load, runtime versions, source revision."""
     commit = _command_output(["git", "-C", str(REPO), "rev-parse", "HEAD"])
@@ -181,6 +191,7 @@ def host_info() -> dict[str, Any]:
         "runsc": _command_output(["runsc", "--version"]),
         "git_commit": commit,
         "git_dirty": bool(dirty),
+        "src_sha256": source_digest(),
     }
 
 

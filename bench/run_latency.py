@@ -107,6 +107,8 @@ def _parse_ts(value: str) -> float:
 class EngineSample:
     ms: float
     op: OperationRecord
+    #: CPU time of this process (all threads) during the sample: the engine's own cost.
+    cpu_ms: float
     #: Wall-clock (epoch) times of the spawn call and of wait_operation returning.
     t_spawn: float
     t_done: float
@@ -134,13 +136,17 @@ class EngineDriver:
 
     async def run(self, spec: RunSpec, *, expect_stdout: str | None = None) -> EngineSample:
         wall0 = time.time()
+        c0 = time.process_time()
         t0 = time.perf_counter()
         op = await self.engine.spawn(spec)
         self.op_ids.append(op.uuid)
         op = await self.engine.wait_operation(op, timeout=900)
         elapsed = time.perf_counter() - t0
+        cpu = time.process_time() - c0
         self.check(op, expect_stdout)
-        return EngineSample(ms=_ms(elapsed), op=op, t_spawn=wall0, t_done=wall0 + elapsed)
+        return EngineSample(
+            ms=_ms(elapsed), op=op, cpu_ms=_ms(cpu), t_spawn=wall0, t_done=wall0 + elapsed
+        )
 
     @staticmethod
     def check(op: OperationRecord, expect_stdout: str | None = None) -> None:
@@ -207,6 +213,8 @@ class BareSample:
     setup_ms: float
     teardown_ms: float
     stdout: str
+    #: CPU time of this process during setup + run + teardown (the runtime's own is not in it).
+    cpu_ms: float
 
 
 class BareRunner:
@@ -292,8 +300,12 @@ class BareRunner:
         return sandbox
 
     @staticmethod
-    def run(sandbox: BareSandbox) -> tuple[float, str]:
-        """Run the runtime on the prepared bundle; returns (seconds, stdout)."""
+    def run(sandbox: BareSandbox, *, join: bool = True) -> tuple[float, str]:
+        """Run the runtime on the prepared bundle; returns (seconds, stdout).
+
+        ``join=False`` leaves the runtime out of the sandbox cgroups (no limits at all): only
+        for showing what joining them costs.
+        """
         argv = list(sandbox.runtime.command(sandbox.spec))
         t0 = time.perf_counter()
         done = subprocess.run(
@@ -301,7 +313,7 @@ class BareRunner:
             input=b"",
             capture_output=True,
             start_new_session=True,
-            preexec_fn=sandbox.cgroups.join,
+            preexec_fn=sandbox.cgroups.join if join else None,
             check=False,
         )
         elapsed = time.perf_counter() - t0
@@ -325,17 +337,21 @@ class BareRunner:
             sandbox.spec.rootfs.rmdir()
         shutil.rmtree(sandbox.root, ignore_errors=True)
 
-    def sample(self, tier: str, image: ImageRecord, spec: RunSpec) -> BareSample:
+    def sample(
+        self, tier: str, image: ImageRecord, spec: RunSpec, *, join: bool = True
+    ) -> BareSample:
+        c0 = time.process_time()
         t0 = time.perf_counter()
         sandbox = self.prepare(tier, image, spec)
         t1 = time.perf_counter()
         try:
-            run_s, stdout = self.run(sandbox)
+            run_s, stdout = self.run(sandbox, join=join)
         finally:
             t2 = time.perf_counter()
             self.teardown(sandbox)
             t3 = time.perf_counter()
-        return BareSample(_ms(run_s), _ms(t1 - t0), _ms(t3 - t2), stdout)
+        cpu = time.process_time() - c0
+        return BareSample(_ms(run_s), _ms(t1 - t0), _ms(t3 - t2), stdout, _ms(cpu))
 
     def burst(self, tier: str, image: ImageRecord, spec: RunSpec, n: int) -> float:
         """Start ``n`` prepared sandboxes at once (one thread each); returns the wall seconds."""
@@ -396,7 +412,10 @@ class Config:
     heavy_samples: dict[str, int]
     bursts: dict[str, int]
     depth: int
+    #: Discarded rounds before the single-run series, the heavy workloads and the bursts.
     warmup: int
+    heavy_warmup: int
+    burst_warmup: int
     quick: bool
 
 
@@ -413,6 +432,37 @@ class Bench:
 
     # A/B interleaving ---------------------------------------------------------------------------
 
+    def mark(self, section: str) -> None:
+        """Note the load when a section starts: other work on the machine skews samples."""
+        self.doc.setdefault("loadavg_at", {})[section] = [round(x, 2) for x in os.getloadavg()]
+
+    async def interleave(
+        self,
+        n: int,
+        fns: Sequence[Callable[[], Any]],
+        *,
+        label: str,
+        warmup: int | None = None,
+    ) -> list[list[Any]]:
+        """``n`` samples of each function, the order rotating every round (A/B, B/A, …).
+
+        The first ``warmup`` rounds are discarded. Returns one list of results per function.
+        """
+        out: list[list[Any]] = [[] for _ in fns]
+        warmup = self.config.warmup if warmup is None else warmup
+        total = n + warmup
+        for i in range(total):
+            order = list(range(len(fns)))
+            order = order[i % len(fns) :] + order[: i % len(fns)]
+            for k in order:
+                value = await fns[k]()
+                await asyncio.sleep(_SETTLE_S)
+                if i >= warmup:
+                    out[k].append(value)
+            if (i + 1) % 10 == 0 or i + 1 == total:
+                log(f"  {label}: {i + 1}/{total}")
+        return out
+
     async def ab(
         self,
         n: int,
@@ -420,25 +470,24 @@ class Bench:
         second: Callable[[], Any],
         *,
         label: str,
+        warmup: int | None = None,
     ) -> tuple[list[Any], list[Any]]:
-        """``n`` samples of each, alternating A/B then B/A; ``warmup`` pairs are discarded."""
-        a: list[Any] = []
-        b: list[Any] = []
-        total = n + self.config.warmup
-        for i in range(total):
-            order = ((first, a), (second, b)) if i % 2 == 0 else ((second, b), (first, a))
-            for fn, out in order:
-                value = await fn()
-                await asyncio.sleep(_SETTLE_S)
-                if i >= self.config.warmup:
-                    out.append(value)
-            if (i + 1) % 10 == 0 or i + 1 == total:
-                log(f"  {label}: {i + 1}/{total}")
+        a, b = await self.interleave(n, [first, second], label=label, warmup=warmup)
         return a, b
 
     async def engine_vs_bare(
-        self, tier: str, image: ImageRecord, command: str, n: int, *, label: str
-    ) -> tuple[list[EngineSample], list[BareSample]]:
+        self,
+        tier: str,
+        image: ImageRecord,
+        command: str,
+        n: int,
+        *,
+        label: str,
+        unjoined: bool = False,
+        warmup: int | None = None,
+    ) -> tuple[list[EngineSample], list[BareSample], list[BareSample]]:
+        """Engine and bare samples, interleaved; with ``unjoined`` also bare runs that skip
+        the cgroup join (third list, else empty)."""
         spec = self.driver.spec(image, tier, command)
         expected: list[str] = []
 
@@ -451,17 +500,27 @@ class Bench:
                 expected.append(sample.stdout)
             return sample
 
-        bares, engines = await self.ab(n, bare, eng, label=f"{tier} {label}")
-        return engines, bares
+        async def bare_unjoined() -> BareSample:
+            return self.bare.sample(tier, image, spec, join=False)
+
+        fns = [bare, eng, bare_unjoined] if unjoined else [bare, eng]
+        got = await self.interleave(n, fns, label=f"{tier} {label}", warmup=warmup)
+        return got[1], got[0], got[2] if unjoined else []
 
     # 1. /bin/true ----------------------------------------------------------------------------
 
     async def true_overhead(self, tier: str, image: ImageRecord) -> None:
         n = self.config.samples[tier]
+        self.mark(f"{tier} true")
         log(f"[{tier}] 1. disposable {TRUE}: engine vs bare runtime, {n} samples each")
-        eng, bare = await self.engine_vs_bare(tier, image, TRUE, n, label="true")
+        eng, bare, unjoined = await self.engine_vs_bare(
+            tier, image, TRUE, n, label="true", unjoined=True
+        )
         e = Stats.of([s.ms for s in eng])
         b = Stats.of([s.run_ms for s in bare])
+        nojoin = Stats.of([s.run_ms for s in unjoined])
+        e_cpu = Stats.of([s.cpu_ms for s in eng])
+        b_cpu = Stats.of([s.cpu_ms for s in bare])
         setup = Stats.of([s.setup_ms for s in bare])
         teardown = Stats.of([s.teardown_ms for s in bare])
         full = Stats.of([s.setup_ms + s.run_ms + s.teardown_ms for s in bare])
@@ -473,6 +532,9 @@ class Bench:
             "bare_setup_ms": setup.to_json(),
             "bare_teardown_ms": teardown.to_json(),
             "bare_full_ms": full.to_json(),
+            "bare_run_without_cgroup_join_ms": nojoin.to_json(),
+            "engine_process_cpu_ms": e_cpu.to_json(),
+            "bare_process_cpu_ms": b_cpu.to_json(),
             "engine_phases_ms": breakdown,
             "samples": {
                 "engine_ms": [round(s.ms, 3) for s in eng],
@@ -487,18 +549,36 @@ class Bench:
                     tier,
                     f"{ev:.1f} ms",
                     f"{bv:.1f} ms",
-                    f"+{ev - bv:.1f} ms",
+                    f"{ev - bv:+.1f} ms",
                     f"≤ +{OVERHEAD_GOAL_MS:.0f} ms",
                     ev - bv <= OVERHEAD_GOAL_MS,
                 )
             )
         self.rows.append(
             Row(
-                "  ↳ bare incl. mount+cgroup+bundle",
+                "  ↳ vs bare incl. mount+cgroups+bundle",
                 tier,
                 f"{e.p50:.1f} ms",
                 f"{full.p50:.1f} ms",
-                f"+{e.p50 - full.p50:.1f} ms",
+                f"{e.p50 - full.p50:+.1f} ms",
+            )
+        )
+        self.rows.append(
+            Row(
+                "  ↳ bare without the cgroup join",
+                tier,
+                "—",
+                f"{nojoin.p50:.1f} ms",
+                f"join costs {b.p50 - nojoin.p50:+.1f} ms",
+            )
+        )
+        self.rows.append(
+            Row(
+                "  ↳ CPU in this process per run",
+                tier,
+                f"{e_cpu.p50:.1f} ms",
+                f"{b_cpu.p50:.1f} ms",
+                f"{e_cpu.p50 - b_cpu.p50:+.1f} ms",
             )
         )
 
@@ -506,6 +586,7 @@ class Bench:
 
     async def commit_cost(self, tier: str, image: ImageRecord, flush: Stats) -> None:
         n = self.config.samples[tier]
+        self.mark(f"{tier} commit")
         log(f"[{tier}] 2. `{WRITE_ONE}` kept vs disposable, {n} samples each")
         keep = self.driver.spec(image, tier, WRITE_ONE, disposable=False)
         drop = self.driver.spec(image, tier, WRITE_ONE, disposable=True)
@@ -542,7 +623,7 @@ class Bench:
                 tier,
                 f"{ks.p50:.1f} ms",
                 f"{ds.p50:.1f} ms",
-                f"+{ks.p50 - ds.p50:.1f} ms",
+                f"{ks.p50 - ds.p50:+.1f} ms",
                 f"≤ +{goal:.1f} ms (10 + flush {flush.p50:.1f})",
                 ks.p50 - ds.p50 <= goal,
             )
@@ -553,7 +634,7 @@ class Bench:
                 tier,
                 f"{finish_k.p50:.1f} ms",
                 f"{finish_d.p50:.1f} ms",
-                f"+{finish_k.p50 - finish_d.p50:.1f} ms",
+                f"{finish_k.p50 - finish_d.p50:+.1f} ms",
             )
         )
 
@@ -561,6 +642,7 @@ class Bench:
 
     async def throughput(self, tier: str, image: ImageRecord) -> None:
         rounds = self.config.bursts[tier]
+        self.mark(f"{tier} concurrent")
         log(f"[{tier}] 4. {CONCURRENT} concurrent {TRUE}, {rounds} rounds each")
         spec = self.driver.spec(image, tier, TRUE)
         latencies: list[float] = []
@@ -582,12 +664,9 @@ class Bench:
         async def bare() -> float:
             return self.bare.burst(tier, image, spec, CONCURRENT)
 
-        saved = self.config.warmup
-        self.config.warmup = min(saved, 1)
-        try:
-            e, b = await self.ab(rounds, eng, bare, label=f"{tier} x{CONCURRENT}")
-        finally:
-            self.config.warmup = saved
+        e, b = await self.ab(
+            rounds, eng, bare, label=f"{tier} x{CONCURRENT}", warmup=self.config.burst_warmup
+        )
         es, bs = Stats.of([_ms(x) for x in e]), Stats.of([_ms(x) for x in b])
         self.doc["tiers"][tier]["concurrent"] = {
             "runs": CONCURRENT,
@@ -626,8 +705,11 @@ class Bench:
             ("fork_exec", "fork+exec x300 p50", image, FORK_LOOP),
             ("walk", f"find walk ({walk_name}) p50", walk_image, WALK),
         ):
+            self.mark(f"{tier} heavy")
             log(f"[{tier}] 5. {label.removesuffix(' p50')}: {n} samples each")
-            eng, bare = await self.engine_vs_bare(tier, img, command, n, label=key)
+            eng, bare, _ = await self.engine_vs_bare(
+                tier, img, command, n, label=key, warmup=self.config.heavy_warmup
+            )
             es, bs = Stats.of([s.ms for s in eng]), Stats.of([s.run_ms for s in bare])
             self.doc["tiers"][tier][key] = {
                 "command": command,
@@ -645,7 +727,7 @@ class Bench:
                     tier,
                     f"{es.p50:.0f} ms",
                     f"{bs.p50:.0f} ms",
-                    f"+{es.p50 - bs.p50:.0f} ms (x{es.p50 / bs.p50:.2f})",
+                    f"{es.p50 - bs.p50:+.0f} ms (x{es.p50 / bs.p50:.2f})",
                 )
             )
 
@@ -653,11 +735,31 @@ class Bench:
 
     async def build_chain(self, base: ImageRecord) -> tuple[ImageRecord, ImageRecord]:
         depth = self.config.depth
+        self.mark("chain")
         log(f"3. building a chain of {depth} non-disposable runs (one file each) on container")
         image = base
         first: ImageRecord | None = None
+        deepest = base
         step_ms: list[float] = []
+        phases: list[dict[str, float]] = []
         stack: list[int] = []
+        compactions: list[tuple[int, float]] = []
+        skipped: list[int] = []
+        failures: list[dict[str, Any]] = []
+        engine_compact = self.engine._compact
+
+        async def timed_compact(target: ImageRecord) -> None:
+            # Observation only: how many compactions ran, over how many layers, how long, and
+            # how many calls returned at once because one of the same image was in flight.
+            if target.uuid in self.engine._compacting or len(target.layers) <= 2:
+                skipped.append(len(target.layers))
+                await engine_compact(target)
+                return
+            c0 = time.perf_counter()
+            await engine_compact(target)
+            compactions.append((len(target.layers), time.perf_counter() - c0))
+
+        self.engine._compact = timed_compact  # type: ignore[method-assign,assignment]
         t0 = time.perf_counter()
         for i in range(depth):
             spec = RunSpec(
@@ -668,10 +770,28 @@ class Bench:
                 isolation="container",
                 timeout=600,
             )
-            sample = await self.driver.run(spec)
+            try:
+                sample = await self.driver.run(spec)
+            except BenchError as exc:
+                # Seen: "501 layers exceed the kernel's 500": the synchronous compaction at
+                # the hard limit is skipped while a background one of the same image runs.
+                # Record it, let the compactions land, and go on from the compacted image.
+                failures.append(
+                    {"step": i, "stack_layers": len(image.layers), "error": str(exc)[:300]}
+                )
+                log(f"  chain step {i} FAILED on a {len(image.layers)}-layer stack: {exc}")
+                if len(failures) > 5:
+                    raise
+                await self.driver.drain_background()
+                image = self.engine.resolve_image(image.uuid)
+                log(f"  ... compactions drained; retrying from {len(image.layers)} layers")
+                sample = await self.driver.run(dataclasses.replace(spec, image=image.uuid))
             step_ms.append(sample.ms)
+            phases.append(self.driver.phases(sample))
             if not sample.op.result_image:
                 raise BenchError(f"chain step {i} made no image")
+            if len(image.layers) > len(deepest.layers):
+                deepest = image  # the deepest stack a run actually mounted
             image = self.engine.resolve_image(sample.op.result_image)
             stack.append(len(image.layers))
             if first is None:
@@ -683,22 +803,41 @@ class Bench:
                     f"{len(self.engine._background)} compactions running"
                 )
         build_s = time.perf_counter() - t0
-        drain_s = await self.driver.drain_background()
+        try:
+            drain_s = await self.driver.drain_background()
+        finally:
+            self.engine._compact = engine_compact  # type: ignore[method-assign]
         assert first is not None
         first = self.engine.resolve_image(first.uuid)
         last = self.engine.resolve_image(image.uuid)
         per_100 = [Stats.of(step_ms[i : i + 100]).p50 for i in range(0, len(step_ms), 100)]
+        phases_per_100 = {
+            name: [
+                round(Stats.of([p[name] for p in phases[i : i + 100]]).p50, 2)
+                for i in range(0, len(phases), 100)
+            ]
+            for name in phases[0]
+        }
         self.doc["chain"] = {
             "depth": depth,
             "build_s": round(build_s, 3),
             "compaction_drain_s": round(drain_s, 3),
             "step_ms": Stats.of(step_ms).to_json(),
             "step_p50_per_100_ms": [round(x, 2) for x in per_100],
-            "stack_layers_at_spawn_max": max(stack),
-            "stack_layers_per_step": stack,
+            "step_phases_p50_per_100_ms": phases_per_100,
+            "failed_steps": failures,
+            "compactions": len(compactions),
+            "compaction_s_total": round(sum(c[1] for c in compactions), 2),
+            "compaction_ms": Stats.of([_ms(c[1]) for c in compactions]).to_json(),
+            "compaction_input_layers": Stats.of([float(c[0]) for c in compactions]).to_json(),
+            "compaction_calls_skipped": len(skipped),
+            "compaction_skipped_layers": Stats.of([float(x) for x in skipped]).to_json(),
+            "child_stack_layers_max": max(stack),
+            "child_stack_layers_per_step": stack,
             "depth1_layers": len(first.layers),
             "depthN_layers": len(last.layers),
             "layer_dirs": sum(1 for _ in self.engine.layers.layers_dir.iterdir()),
+            "layer_store_links": _count_entries(self.engine.layers.layers_dir),
         }
         log(
             f"  chain built in {build_s:.1f} s (+{drain_s:.1f} s compaction drain); "
@@ -713,11 +852,85 @@ class Bench:
                 f"p90 {Stats.of(step_ms).p90:.1f} ms, max stack {max(stack)}",
             )
         )
+        if failures:
+            first_fail = failures[0]
+            self.rows.append(
+                Row(
+                    f"  ↳ chain steps that FAILED ({len(failures)})",
+                    "container",
+                    f"step {first_fail['step']}",
+                    "—",
+                    f"{first_fail['stack_layers']}-layer stack: "
+                    + ("> 500 layers" if "exceed" in first_fail["error"] else "see JSON"),
+                    "no failures",
+                    False,
+                )
+            )
+        if len(per_100) > 1:
+            self.rows.append(
+                Row(
+                    "  ↳ last vs first 100 steps p50",
+                    "container",
+                    f"{per_100[-1]:.1f} ms",
+                    f"{per_100[0]:.1f} ms",
+                    f"x{per_100[-1] / per_100[0]:.2f}",
+                )
+            )
+        self.rows.append(
+            Row(
+                "  ↳ compactions (thread time)",
+                "container",
+                f"{len(compactions)} runs",
+                "—",
+                f"{sum(c[1] for c in compactions):.0f} s; {len(skipped)} calls skipped",
+            )
+        )
+        await self.uncompacted_stack(first, deepest)
         return first, last
+
+    async def uncompacted_stack(self, shallow: ImageRecord, deepest: ImageRecord) -> None:
+        """The bare runtime over the deepest stack a chain run mounted, as it was then.
+
+        Compaction has replaced that image's stack by now, but the layers are still on disk:
+        this shows what a deep overlay itself costs (mount + lookups), without the engine.
+        """
+        n = self.config.heavy_samples["container"] * 2
+        spec = self.driver.spec(shallow, "container", TRUE)
+        layers = len(deepest.layers)
+        log(f"3. bare {TRUE} over the uncompacted {layers}-layer stack vs 2 layers, {n} each")
+
+        async def deep() -> BareSample:
+            return self.bare.sample("container", deepest, spec)
+
+        async def flat() -> BareSample:
+            return self.bare.sample("container", shallow, spec)
+
+        d, f = await self.ab(n, deep, flat, label="uncompacted")
+        dfull = Stats.of([x.setup_ms + x.run_ms + x.teardown_ms for x in d])
+        ffull = Stats.of([x.setup_ms + x.run_ms + x.teardown_ms for x in f])
+        self.doc["chain"]["bare_uncompacted"] = {
+            "layers": layers,
+            "deep_full_ms": dfull.to_json(),
+            "flat_full_ms": ffull.to_json(),
+            "deep_setup_ms": Stats.of([x.setup_ms for x in d]).to_json(),
+            "flat_setup_ms": Stats.of([x.setup_ms for x in f]).to_json(),
+            "deep_run_ms": Stats.of([x.run_ms for x in d]).to_json(),
+            "flat_run_ms": Stats.of([x.run_ms for x in f]).to_json(),
+        }
+        self.rows.append(
+            Row(
+                f"  ↳ bare true, {layers} layers vs {len(shallow.layers)} (uncompacted)",
+                "container",
+                f"{dfull.p50:.1f} ms",
+                f"{ffull.p50:.1f} ms",
+                f"x{dfull.p50 / ffull.p50:.2f}",
+            )
+        )
 
     async def depth_cost(self, tier: str, shallow: ImageRecord, deep: ImageRecord) -> None:
         n = self.config.samples[tier]
         depth = self.config.depth
+        self.mark(f"{tier} depth")
         log(f"[{tier}] 3. {TRUE} at depth 1 vs depth {depth}, {n} samples each")
         s_spec = self.driver.spec(shallow, tier, TRUE)
         d_spec = self.driver.spec(deep, tier, TRUE)
@@ -813,6 +1026,10 @@ async def bench(config: Config, work: Path) -> tuple[list[Row], dict[str, Any]]:
             _remove_tree_with_mounts(engine.layers.mounts_dir)
 
 
+def _count_entries(top: Path) -> int:
+    return sum(len(dirs) + len(files) for _, dirs, files in os.walk(top))
+
+
 def _debian_minbase() -> bool:
     return (DEBIAN_MINBASE / "usr" / "bin").is_dir()
 
@@ -845,7 +1062,11 @@ def _private_cgroup_parent() -> str:
 
 
 def _cleanup_cgroups(parent: str) -> None:
-    """Remove the cgroups this process made (killing anything left in them), then the parent."""
+    """Remove the cgroups this process made (killing anything left in them), then the parent.
+
+    Every hierarchy, not just the four ``CgroupSet`` manages: runsc creates the sandbox's
+    cgroup in all of them (blkio, cpuset, devices, freezer, name=systemd, …).
+    """
     names: set[str] = set()
     for controller in _CONTROLLERS:
         base = _CGROUP_ROOT / controller / parent
@@ -853,9 +1074,16 @@ def _cleanup_cgroups(parent: str) -> None:
             names.update(p.name for p in base.iterdir() if p.is_dir())
     for name in names:
         CgroupSet(name).remove()
-    for controller in _CONTROLLERS:
+    for hierarchy in _CGROUP_ROOT.iterdir():
+        base = hierarchy / parent
+        if not base.is_dir() or base.is_symlink():
+            continue
+        for child in sorted(base.rglob("*"), key=lambda p: -len(p.parts)):
+            if child.is_dir():
+                with contextlib.suppress(OSError):
+                    child.rmdir()
         with contextlib.suppress(OSError):
-            (_CGROUP_ROOT / controller / parent).rmdir()
+            base.rmdir()
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[Config, argparse.Namespace]:
@@ -869,7 +1097,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Config, argparse.Namespace]:
     )  # fmt: skip
     parser.add_argument(
         "--tiers", default=None,
-        help="comma-separated tiers (default container,gvisor; container with --quick)",
+        help="comma-separated tiers (default container,gvisor)",
     )  # fmt: skip
     parser.add_argument(
         "--depth", type=int, default=None,
@@ -880,8 +1108,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Config, argparse.Namespace]:
         "--keep-workdir", action="store_true", help="do not delete the data dir (debugging)"
     )
     ns = parser.parse_args(argv)
-    tiers = [t.strip() for t in (ns.tiers or ("container" if ns.quick else "container,gvisor"))
-             .split(",") if t.strip()]  # fmt: skip
+    tiers = [t.strip() for t in (ns.tiers or "container,gvisor").split(",") if t.strip()]
     unknown = [t for t in tiers if t not in ("container", "gvisor")]
     if unknown or not tiers:
         parser.error(f"unknown tier(s) {unknown}; use container and/or gvisor")
@@ -893,7 +1120,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Config, argparse.Namespace]:
         parser.error("--depth must be at least 2")
     per_tier = {"container": samples, "gvisor": max(3, samples // 3)}
     heavy = {t: max(3, n // 4) for t, n in per_tier.items()}
-    bursts = {"container": 2 if ns.quick else 5, "gvisor": 1 if ns.quick else 3}
+    bursts = {"container": 5, "gvisor": 3}
+    if ns.quick:
+        # gVisor's fork loop alone takes ~4 s a run under ptrace: one of each is enough here.
+        heavy = {"container": 3, "gvisor": 1}
+        bursts = {"container": 2, "gvisor": 1}
     config = Config(
         tiers=tiers,
         samples={t: per_tier[t] for t in tiers},
@@ -901,6 +1132,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Config, argparse.Namespace]:
         bursts={t: bursts[t] for t in tiers},
         depth=depth,
         warmup=1 if ns.quick else 3,
+        heavy_warmup=0 if ns.quick else 1,
+        burst_warmup=0 if ns.quick else 1,
         quick=ns.quick,
     )
     return config, ns
