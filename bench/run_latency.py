@@ -19,6 +19,11 @@ The bare baseline times only the runtime process; the mount, cgroup and bundle w
 is timed separately (``bare_setup``/``bare_teardown``) so the engine's overhead can be split
 into unavoidable host work and engine bookkeeping. Nothing is asserted: this is a report.
 
+Sandbox cgroups go under a private parent, ``sandtree-bench-<pid>``, because any sandtree
+process that starts sweeps everything under ``/sandtree`` on the host. A chain step that
+fails (the engine lets a chain's stack reach 501 layers) is recorded. The chain then goes
+on once the background compactions have drained.
+
 Usage (as root)::
 
     python bench/run_latency.py [--samples N] [--tiers container,gvisor] [--depth 1000] [--quick]
@@ -1139,13 +1144,20 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Config, argparse.Namespace]:
     return config, ns
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    # First, before anything can start a thread: our mounts die with this process.
+    config, ns = parse_args(argv)
     _common.require_root("bench/run_latency.py")
+    # Before anything can start a thread: our mounts then die with this process.
     if not enter_private_mount_namespace():
         sys.stderr.write("could not enter a private mount namespace (threads already running)\n")
         return 2
-    config, ns = parse_args(argv)
+    # SIGTERM cleans up like Ctrl-C: outside the loop by KeyboardInterrupt, inside it by
+    # cancelling the main task (asyncio.run already does that for SIGINT).
+    signal.signal(signal.SIGTERM, _interrupt)
     if "gvisor" in config.tiers and shutil.which("runsc") is None:
         sys.stderr.write("runsc is not installed; pass --tiers container or install runsc\n")
         return 2
@@ -1171,11 +1183,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"bench failed: {exc}")
         return 1
     finally:
-        _cleanup_cgroups(cgroup_parent)
-        if ns.keep_workdir:
-            log(f"kept {work}")
-        else:
-            _remove_tree_with_mounts(work)
+        # A second Ctrl-C must not cut the clean-up short; it takes well under a second.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            _cleanup_cgroups(cgroup_parent)
+            if ns.keep_workdir:
+                log(f"kept {work}")
+            else:
+                _remove_tree_with_mounts(work)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
     elapsed = time.perf_counter() - started
     doc = {
         "bench": "run_latency",

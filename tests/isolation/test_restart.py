@@ -168,11 +168,6 @@ async def test_a_restart_fails_the_running_operation_and_removes_its_sandbox(
 
 
 @pytest.mark.parametrize("tier", TIERS)
-@pytest.mark.xfail(
-    reason="bug: Engine.start() -> OciRuntime.cleanup_stale() -> CgroupSet.stale() treats every "
-    "/sys/fs/cgroup/memory/sandtree/* as stale and kills it, including the live sandboxes of "
-    "any other engine (another data dir, server or test session) on the host"
-)
 async def test_starting_a_second_engine_leaves_the_first_engine_s_sandboxes_running(
     make_sandboxes: SandboxesFactory, tmp_path: Path, tier: str
 ) -> None:

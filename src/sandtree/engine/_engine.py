@@ -7,6 +7,7 @@ command surface, and each states what it needs and raises from ``sandtree.errors
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import re
@@ -122,7 +123,10 @@ class Engine:
         )
         self._queue: OperationQueue | None = None
         self._background: set[asyncio.Task[Any]] = set()
-        self._compacting: set[str] = set()
+        self._compactions: dict[str, tuple[tuple[str, ...], asyncio.Task[None]]] = {}
+        self._compact_executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="sandtree-compact"
+        )
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -146,6 +150,7 @@ class Engine:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        self._compact_executor.shutdown(wait=True, cancel_futures=True)
         self.layers.unmount_views()
         if self._network is not None:
             await asyncio.to_thread(self._network.teardown)
@@ -283,16 +288,41 @@ class Engine:
             return await asyncio.to_thread(diff_trees, old, new)
 
     async def _compact(self, image: ImageRecord) -> None:
-        if image.uuid in self._compacting or len(image.layers) <= 2:
+        """Merge all but the bottom layer of ``image`` into one; wait if already under way."""
+        if len(image.layers) <= 2:
             return
-        self._compacting.add(image.uuid)
-        try:
-            staging = self.layers.new_staging_dir()
-            await asyncio.to_thread(merge_layers, self.layers.paths(image.layers[1:]), staging)
-            layer_id, size = await asyncio.to_thread(self.layers.adopt, staging)
-            self.store.replace_layers(image.uuid, (image.layers[0], layer_id), new_layer_size=size)
-        finally:
-            self._compacting.discard(image.uuid)
+        entry = self._compactions.get(image.uuid)
+        if entry is None:
+            task = asyncio.get_running_loop().create_task(self._merge_stack(image))
+            self._compactions[image.uuid] = (image.layers, task)
+            task.add_done_callback(lambda _: self._compactions.pop(image.uuid, None))
+        else:
+            task = entry[1]
+        await asyncio.shield(task)
+
+    async def _merge_stack(self, image: ImageRecord) -> None:
+        loop = asyncio.get_running_loop()
+        staging = self.layers.new_staging_dir()
+        old = image.layers
+        # One compaction at a time on its own thread: runs' mounts and commits never queue
+        # behind it in the shared executor.
+        await loop.run_in_executor(
+            self._compact_executor, merge_layers, self.layers.paths(old[1:]), staging
+        )
+        layer_id, size = await loop.run_in_executor(
+            self._compact_executor, self.layers.adopt, staging
+        )
+        new = (old[0], layer_id)
+        self.store.replace_layers(image.uuid, new, new_layer_size=size)
+        # Descendants made while this ran still carry the old stack as their prefix.
+        pending = [c for c in self.store.children(image.uuid)]
+        while pending:
+            child = pending.pop()
+            if child.layers[: len(old)] == old:
+                self.store.replace_layers(
+                    child.uuid, (*new, *child.layers[len(old) :]), new_layer_size=0
+                )
+                pending.extend(self.store.children(child.uuid))
 
     # -- runs and operations ---------------------------------------------------------------------
 

@@ -168,7 +168,13 @@ class CgroupSet:
     def remove(self) -> None:
         """Kill what is left inside and remove the cgroups, children first."""
         self.kill_all()
-        for controller in _V1_CONTROLLERS:
+        # runsc creates the id in every hierarchy, not just the ones we limit.
+        controllers = (
+            {p.name for p in _CGROUP_ROOT.iterdir() if p.is_dir()}
+            if _CGROUP_ROOT.is_dir()
+            else set()
+        )
+        for controller in sorted(controllers | set(_V1_CONTROLLERS)):
             base = self._dir(controller)
             if not base.is_dir():
                 continue
@@ -178,14 +184,6 @@ class CgroupSet:
                         child.rmdir()
             with contextlib.suppress(OSError):
                 base.rmdir()
-
-    @classmethod
-    def stale(cls) -> list[CgroupSet]:
-        """Cgroups of sandboxes that a previous server process left behind."""
-        parent = _CGROUP_ROOT / "memory" / cls.PARENT
-        if not parent.is_dir():
-            return []
-        return [cls(p.name) for p in parent.iterdir() if p.is_dir()]
 
 
 def _write(path: Path, value: str) -> None:

@@ -229,16 +229,22 @@ class OciRuntime:
         return OciSandbox(process, cgroups, spec.workdir / "runtime.log")
 
     def cleanup_stale(self) -> None:
-        """Delete every container in our state dir and every sandtree cgroup left over."""
-        if self.state_dir.is_dir():
-            for entry in self.state_dir.iterdir():
-                # crun/runc keep a directory per container, runsc "<sandbox>_sandbox:<id>.state".
-                name = entry.name.rpartition("_sandbox:")[2].removesuffix(".state")
-                if entry.is_dir() or entry.name.endswith(".state"):
-                    subprocess.run(
-                        [*runtime_prefix(), *self._global_args(), "delete", "--force", name],
-                        capture_output=True,
-                        check=False,
-                    )
-        for cgroups in CgroupSet.stale():
-            cgroups.remove()
+        """Delete the containers a previous process of *this* server left in its state dir,
+        and their cgroups (other servers' sandboxes on the host are left alone)."""
+        if not self.state_dir.is_dir():
+            return
+        ids = set()
+        for entry in self.state_dir.iterdir():
+            if entry.is_dir():
+                ids.add(entry.name)
+            elif entry.name.endswith(".state") and "_sandbox:" in entry.name:
+                # runsc keeps "<id>_sandbox:<id>.state" files rather than directories.
+                ids.add(entry.name.split("_sandbox:", 1)[0])
+        for sandbox_id in ids:
+            CgroupSet(sandbox_id).kill_all()
+            subprocess.run(
+                [*runtime_prefix(), *self._global_args(), "delete", "--force", sandbox_id],
+                capture_output=True,
+                check=False,
+            )
+            CgroupSet(sandbox_id).remove()
