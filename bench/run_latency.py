@@ -19,10 +19,8 @@ The bare baseline times only the runtime process; the mount, cgroup and bundle w
 is timed separately (``bare_setup``/``bare_teardown``) so the engine's overhead can be split
 into unavoidable host work and engine bookkeeping. Nothing is asserted: this is a report.
 
-Sandbox cgroups go under a private parent, ``sandtree-bench-<pid>``, because any sandtree
-process that starts sweeps everything under ``/sandtree`` on the host. A chain step that
-fails (the engine lets a chain's stack reach 501 layers) is recorded. The chain then goes
-on once the background compactions have drained.
+A chain step that fails is recorded, and the chain goes on once the background compactions
+have drained.
 
 Usage (as root)::
 
@@ -40,10 +38,8 @@ import os
 import secrets
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -51,6 +47,18 @@ from typing import Any
 
 import _common
 from _common import Row, Stats
+from _drivers import (
+    SETTLE_S,
+    TRUE,
+    BareRunner,
+    BareSample,
+    BenchError,
+    EngineDriver,
+    EngineSample,
+    log,
+    ms,
+    parse_ts,
+)
 
 _common.ensure_importable()
 
@@ -58,23 +66,17 @@ from sandtree.config import Settings  # noqa: E402
 from sandtree.engine import (  # noqa: E402
     Engine,
     ImageRecord,
-    OperationRecord,
-    OperationStatus,
     RunSpec,
     default_runtimes,
 )
-from sandtree.engine.layers._overlay import mount_overlay, unmount  # noqa: E402
+from sandtree.engine.layers._overlay import unmount  # noqa: E402
 from sandtree.engine.runtime import (  # noqa: E402
-    Limits,
-    OciRuntime,
-    SandboxSpec,
     enter_private_mount_namespace,
 )
-from sandtree.engine.runtime._host import CgroupSet  # noqa: E402
 from sandtree.testing import build_busybox_rootfs  # noqa: E402
 
 DEBIAN_MINBASE = Path("/var/cache/sandtree-test/debian-minbase")
-TRUE = "/bin/true"
+
 WRITE_ONE = "echo x > /tmp/f"
 FORK_LOOP = "for i in $(seq 300); do cat /etc/passwd >/dev/null; done"
 WALK = "find / -xdev -type f | wc -l"
@@ -82,329 +84,6 @@ CONCURRENT = 32
 OVERHEAD_GOAL_MS = 15.0
 COMMIT_GOAL_MS = 10.0
 DEPTH_GOAL_RATIO = 1.2
-#: Pause between samples so a run's background cleanup does not land in the next sample.
-_SETTLE_S = 0.01
-_CGROUP_ROOT = Path("/sys/fs/cgroup")
-_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")
-
-
-class BenchError(RuntimeError):
-    """A run did not do what the bench needs (failed, wrong exit code, wrong output)."""
-
-
-def log(message: str) -> None:
-    stamp = time.strftime("%H:%M:%S")
-    print(f"[{stamp}] {message}", file=sys.stderr, flush=True)
-
-
-def _ms(seconds: float) -> float:
-    return seconds * 1000.0
-
-
-def _parse_ts(value: str) -> float:
-    return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-
-
-# -- engine side ---------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class EngineSample:
-    ms: float
-    op: OperationRecord
-    #: CPU time of this process (all threads) during the sample: the engine's own cost.
-    cpu_ms: float
-    #: Wall-clock (epoch) times of the spawn call and of wait_operation returning.
-    t_spawn: float
-    t_done: float
-
-
-class EngineDriver:
-    """Spawns runs and waits for them, checking that each one did what it was asked."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.op_ids: list[str] = []
-
-    def spec(
-        self, image: ImageRecord, tier: str, command: str, *, disposable: bool = True
-    ) -> RunSpec:
-        shell = command != TRUE
-        return RunSpec(
-            image=image.uuid,
-            command=command,
-            shell=shell,
-            disposable=disposable,
-            isolation=tier,
-            timeout=600,
-        )
-
-    async def run(self, spec: RunSpec, *, expect_stdout: str | None = None) -> EngineSample:
-        wall0 = time.time()
-        c0 = time.process_time()
-        t0 = time.perf_counter()
-        op = await self.engine.spawn(spec)
-        self.op_ids.append(op.uuid)
-        op = await self.engine.wait_operation(op, timeout=900)
-        elapsed = time.perf_counter() - t0
-        cpu = time.process_time() - c0
-        self.check(op, expect_stdout)
-        return EngineSample(
-            ms=_ms(elapsed), op=op, cpu_ms=_ms(cpu), t_spawn=wall0, t_done=wall0 + elapsed
-        )
-
-    @staticmethod
-    def check(op: OperationRecord, expect_stdout: str | None = None) -> None:
-        result = op.result or {}
-        code = result.get("state", {}).get("exit_code")
-        if op.status != OperationStatus.SUCCESS or code != 0:
-            stderr = result.get("stderr", {}).get("value", "")
-            raise BenchError(
-                f"engine run {op.uuid} ended {op.status} (exit {code}): {op.error or ''} "
-                f"{stderr.strip()[:300]}"
-            )
-        if expect_stdout is not None:
-            out = str(result.get("stdout", {}).get("value", "")).strip()
-            if out != expect_stdout:
-                raise BenchError(f"engine run printed {out!r}, the bare runtime {expect_stdout!r}")
-
-    def phases(self, sample: EngineSample) -> dict[str, float]:
-        """Where one run's time went, from the operation record and its event timestamps.
-
-        spawn: ``Engine.spawn`` until the op row exists; queue: until EXECUTING was written;
-        mount: overlay + run dirs (until the ``init`` event); start: cgroups, bundle and the
-        runtime's fork/exec (until ``spawn``); sandbox: the runtime process plus cgroup stats
-        and removal (until ``exit``); finish: unmount, commit, child image (until
-        ``completion``); record: final op update, log flush and the waiter waking up.
-        """
-        op = sample.op
-        ts = {e.type: _parse_ts(e.ts) for e in self.engine.store.events(op.uuid)}
-        created = _parse_ts(op.created_at)
-        started = _parse_ts(op.started_at) if op.started_at else created
-        marks = [
-            ("spawn", sample.t_spawn, created),
-            ("queue", created, started),
-            ("mount", started, ts.get("init", started)),
-            ("start", ts.get("init", started), ts.get("spawn", started)),
-            ("sandbox", ts.get("spawn", started), ts.get("exit", started)),
-            ("finish", ts.get("exit", started), ts.get("completion", started)),
-            ("record", ts.get("completion", started), sample.t_done),
-        ]
-        return {name: _ms(b - a) for name, a, b in marks}
-
-    async def drain_background(self) -> float:
-        """Wait for the engine's background tasks (compactions); returns seconds waited."""
-        t0 = time.perf_counter()
-        while self.engine._background:
-            await asyncio.gather(*list(self.engine._background), return_exceptions=True)
-        return time.perf_counter() - t0
-
-
-# -- bare runtime side ----------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class BareSandbox:
-    spec: SandboxSpec
-    cgroups: CgroupSet
-    runtime: OciRuntime
-    root: Path
-    mounted: bool = False
-
-
-@dataclasses.dataclass
-class BareSample:
-    run_ms: float
-    setup_ms: float
-    teardown_ms: float
-    stdout: str
-    #: CPU time of this process during setup + run + teardown (the runtime's own is not in it).
-    cpu_ms: float
-
-
-class BareRunner:
-    """The same job minus the engine: our overlay, cgroups and bundle, then ``<runtime> run``.
-
-    The bundle comes from ``OciRuntime.write_bundle`` and the argv from
-    ``OciRuntime.command``, exactly as the engine's runtime produces them, and the runtime
-    process joins the sandbox cgroups between fork and exec as in ``OciRuntime.start``.
-    """
-
-    def __init__(self, engine: Engine, work: Path) -> None:
-        self.engine = engine
-        self.work = work
-        self.token = secrets.token_hex(3)
-        self.mounts = Path("/run/sandtree") / f"bench-{os.getpid()}-{self.token}"
-        self._runtimes: dict[str, OciRuntime] = {}
-        self._live: dict[str, BareSandbox] = {}
-        self._lock = threading.Lock()
-        self._count = 0
-        for d in (self.mounts.parent, self.mounts):
-            d.mkdir(parents=True, exist_ok=True)
-            os.chmod(d, 0o711)
-
-    def runtime(self, tier: str) -> OciRuntime:
-        if tier not in self._runtimes:
-            ours = self.engine.runs.runtime(tier)
-            if not isinstance(ours, OciRuntime):
-                raise BenchError(f"tier {tier} does not run on an OCI runtime")
-            self._runtimes[tier] = OciRuntime(
-                kind=ours.kind,
-                binary=ours.binary,
-                state_dir=self.work / "state" / ours.kind,
-                uid_shift=ours.uid_shift,
-            )
-        return self._runtimes[tier]
-
-    def prepare(self, tier: str, image: ImageRecord, spec: RunSpec) -> BareSandbox:
-        """Mount the image's layers and write the bundle, as ``RunExecutor.execute`` would."""
-        settings = self.engine.settings
-        runtime = self.runtime(tier)
-        with self._lock:
-            self._count += 1
-            sid = f"bb-{self.token}-{self._count}"
-        root = self.work / "runs" / sid
-        merged = self.mounts / sid
-        for d in (root / "upper", root / "work", root / "bundle", merged):
-            d.mkdir(parents=True)
-        os.chown(root / "upper", settings.uid_shift, settings.uid_shift)
-        args = ["/bin/sh", "-c", spec.command] if spec.shell else [spec.command, *spec.args]
-        sandbox_spec = SandboxSpec(
-            id=sid,
-            rootfs=merged,
-            workdir=root / "bundle",
-            args=args,
-            env=self.engine.runs.environment(image, spec),
-            cwd=spec.cwd or image.cwd or "/",
-            uid=spec.uid,
-            gid=spec.gid,
-            hostname=spec.hostname,
-            limits=Limits(
-                memory_bytes=settings.memory_limit_bytes,
-                pids=settings.pids_limit,
-                cpus=settings.cpu_limit,
-            ),
-        )
-        sandbox = BareSandbox(sandbox_spec, CgroupSet(sid), runtime, root)
-        with self._lock:
-            self._live[sid] = sandbox
-        mount_overlay(
-            self.engine.layers.paths(image.layers),
-            merged,
-            upper=root / "upper",
-            work=root / "work",
-            volatile=True,
-        )
-        sandbox.mounted = True
-        sandbox.cgroups.create(
-            memory_bytes=settings.memory_limit_bytes,
-            pids=settings.pids_limit,
-            cpus=settings.cpu_limit,
-        )
-        runtime.write_bundle(sandbox_spec, sandbox.cgroups)
-        return sandbox
-
-    @staticmethod
-    def run(sandbox: BareSandbox, *, join: bool = True) -> tuple[float, str]:
-        """Run the runtime on the prepared bundle; returns (seconds, stdout).
-
-        ``join=False`` leaves the runtime out of the sandbox cgroups (no limits at all): only
-        for showing what joining them costs.
-        """
-        argv = list(sandbox.runtime.command(sandbox.spec))
-        t0 = time.perf_counter()
-        done = subprocess.run(
-            argv,
-            input=b"",
-            capture_output=True,
-            start_new_session=True,
-            preexec_fn=sandbox.cgroups.join if join else None,
-            check=False,
-        )
-        elapsed = time.perf_counter() - t0
-        if done.returncode != 0:
-            runtime_log = sandbox.spec.workdir / "runtime.log"
-            detail = runtime_log.read_text(errors="replace")[-300:] if runtime_log.exists() else ""
-            raise BenchError(
-                f"bare {sandbox.runtime.kind} run exited {done.returncode}: "
-                f"{done.stderr.decode(errors='replace')[-300:]} {detail}"
-            )
-        return elapsed, done.stdout.decode(errors="replace").strip()
-
-    def teardown(self, sandbox: BareSandbox) -> None:
-        with self._lock:
-            self._live.pop(sandbox.spec.id, None)
-        sandbox.cgroups.remove()
-        if sandbox.mounted:
-            unmount(sandbox.spec.rootfs)
-            sandbox.mounted = False
-        with contextlib.suppress(OSError):
-            sandbox.spec.rootfs.rmdir()
-        shutil.rmtree(sandbox.root, ignore_errors=True)
-
-    def sample(
-        self, tier: str, image: ImageRecord, spec: RunSpec, *, join: bool = True
-    ) -> BareSample:
-        c0 = time.process_time()
-        t0 = time.perf_counter()
-        sandbox = self.prepare(tier, image, spec)
-        t1 = time.perf_counter()
-        try:
-            run_s, stdout = self.run(sandbox, join=join)
-        finally:
-            t2 = time.perf_counter()
-            self.teardown(sandbox)
-            t3 = time.perf_counter()
-        cpu = time.process_time() - c0
-        return BareSample(_ms(run_s), _ms(t1 - t0), _ms(t3 - t2), stdout, _ms(cpu))
-
-    def burst(self, tier: str, image: ImageRecord, spec: RunSpec, n: int) -> float:
-        """Start ``n`` prepared sandboxes at once (one thread each); returns the wall seconds."""
-        sandboxes = [self.prepare(tier, image, spec) for _ in range(n)]
-        errors: list[BaseException] = []
-        start = threading.Barrier(n + 1)
-
-        def worker(sandbox: BareSandbox) -> None:
-            start.wait()
-            try:
-                self.run(sandbox)
-            except BaseException as exc:
-                errors.append(exc)
-
-        threads = [threading.Thread(target=worker, args=(s,), daemon=True) for s in sandboxes]
-        try:
-            for thread in threads:
-                thread.start()
-            start.wait()
-            t0 = time.perf_counter()
-            for thread in threads:
-                thread.join()
-            wall = time.perf_counter() - t0
-        finally:
-            start.abort()
-            for thread in threads:
-                if thread.is_alive():
-                    thread.join()
-            for sandbox in sandboxes:
-                self.teardown(sandbox)
-        if errors:
-            raise errors[0]
-        return wall
-
-    def close(self) -> None:
-        """Tear down whatever is still prepared, then the mount root and runtime state."""
-        for sandbox in list(self._live.values()):
-            with contextlib.suppress(Exception):
-                self.teardown(sandbox)
-        for runtime in self._runtimes.values():
-            # Our state dir, and cgroups under our private parent (see _private_cgroup_parent).
-            with contextlib.suppress(Exception):
-                runtime.cleanup_stale()
-        if self.mounts.is_dir():
-            for leftover in self.mounts.iterdir():
-                with contextlib.suppress(OSError):
-                    unmount(leftover, lazy=True)
-            shutil.rmtree(self.mounts, ignore_errors=True)
 
 
 # -- measurements ---------------------------------------------------------------------------------
@@ -461,7 +140,7 @@ class Bench:
             order = order[i % len(fns) :] + order[: i % len(fns)]
             for k in order:
                 value = await fns[k]()
-                await asyncio.sleep(_SETTLE_S)
+                await asyncio.sleep(SETTLE_S)
                 if i >= warmup:
                     out[k].append(value)
             if (i + 1) % 10 == 0 or i + 1 == total:
@@ -663,7 +342,7 @@ class Bench:
             for op in done:
                 self.driver.check(op)
                 if op.finished_at:
-                    latencies.append(_ms(_parse_ts(op.finished_at) - _parse_ts(op.created_at)))
+                    latencies.append(ms(parse_ts(op.finished_at) - parse_ts(op.created_at)))
             return wall
 
         async def bare() -> float:
@@ -672,7 +351,7 @@ class Bench:
         e, b = await self.ab(
             rounds, eng, bare, label=f"{tier} x{CONCURRENT}", warmup=self.config.burst_warmup
         )
-        es, bs = Stats.of([_ms(x) for x in e]), Stats.of([_ms(x) for x in b])
+        es, bs = Stats.of([ms(x) for x in e]), Stats.of([ms(x) for x in b])
         self.doc["tiers"][tier]["concurrent"] = {
             "runs": CONCURRENT,
             "engine_wall_ms": es.to_json(),
@@ -756,7 +435,7 @@ class Bench:
         async def timed_compact(target: ImageRecord) -> None:
             # Observation only: how many compactions ran, over how many layers, how long, and
             # how many calls returned at once because one of the same image was in flight.
-            if target.uuid in self.engine._compacting or len(target.layers) <= 2:
+            if target.uuid in self.engine._compactions or len(target.layers) <= 2:
                 skipped.append(len(target.layers))
                 await engine_compact(target)
                 return
@@ -833,7 +512,7 @@ class Bench:
             "failed_steps": failures,
             "compactions": len(compactions),
             "compaction_s_total": round(sum(c[1] for c in compactions), 2),
-            "compaction_ms": Stats.of([_ms(c[1]) for c in compactions]).to_json(),
+            "compaction_ms": Stats.of([ms(c[1]) for c in compactions]).to_json(),
             "compaction_input_layers": Stats.of([float(c[0]) for c in compactions]).to_json(),
             "compaction_calls_skipped": len(skipped),
             "compaction_skipped_layers": Stats.of([float(x) for x in skipped]).to_json(),
@@ -989,7 +668,7 @@ def measure_flush(directory: Path, n: int = 30) -> Stats:
                 os.fsync(dfd)
             finally:
                 os.close(dfd)
-            times.append(_ms(time.perf_counter() - t0))
+            times.append(ms(time.perf_counter() - t0))
     finally:
         shutil.rmtree(probe, ignore_errors=True)
     return Stats.of(times)
@@ -1052,43 +731,6 @@ def _remove_tree_with_mounts(path: Path) -> None:
                 with contextlib.suppress(OSError):
                     unmount(Path(target), lazy=True)
     shutil.rmtree(path, ignore_errors=True)
-
-
-def _private_cgroup_parent() -> str:
-    """Put this process's sandbox cgroups under a parent of their own.
-
-    ``Engine.start`` (via ``OciRuntime.cleanup_stale``) removes every cgroup below
-    ``/sandtree`` on the host, killing what runs in them; any other sandtree process starting
-    up (a test run, a server) would kill our samples. The parent's name changes nothing the
-    bench measures: the path depth and the limits written are the same.
-    """
-    CgroupSet.PARENT = f"sandtree-bench-{os.getpid()}"
-    return CgroupSet.PARENT
-
-
-def _cleanup_cgroups(parent: str) -> None:
-    """Remove the cgroups this process made (killing anything left in them), then the parent.
-
-    Every hierarchy, not just the four ``CgroupSet`` manages: runsc creates the sandbox's
-    cgroup in all of them (blkio, cpuset, devices, freezer, name=systemd, …).
-    """
-    names: set[str] = set()
-    for controller in _CONTROLLERS:
-        base = _CGROUP_ROOT / controller / parent
-        if base.is_dir():
-            names.update(p.name for p in base.iterdir() if p.is_dir())
-    for name in names:
-        CgroupSet(name).remove()
-    for hierarchy in _CGROUP_ROOT.iterdir():
-        base = hierarchy / parent
-        if not base.is_dir() or base.is_symlink():
-            continue
-        for child in sorted(base.rglob("*"), key=lambda p: -len(p.parts)):
-            if child.is_dir():
-                with contextlib.suppress(OSError):
-                    child.rmdir()
-        with contextlib.suppress(OSError):
-            base.rmdir()
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[Config, argparse.Namespace]:
@@ -1162,7 +804,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write("runsc is not installed; pass --tiers container or install runsc\n")
         return 2
     work = Path(tempfile.mkdtemp(prefix="sandtree-bench-"))
-    cgroup_parent = _private_cgroup_parent()
     host = _common.host_info()
     started = time.perf_counter()
     log(f"work dir {work}; tiers {','.join(config.tiers)}; depth {config.depth}")
@@ -1187,7 +828,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
-            _cleanup_cgroups(cgroup_parent)
             if ns.keep_workdir:
                 log(f"kept {work}")
             else:

@@ -10,45 +10,14 @@ from pathlib import Path
 import anyio
 import pytest
 
-from sandtree.engine import Engine, ImageRecord, RunSpec
+from sandtree.engine import Engine, ImageRecord
 from sandtree.errors import PathNotFoundError
-from sandtree.testing import make_engine
+from sandtree.testing import make_child, make_engine, read_file
 
 pytestmark = pytest.mark.anyio
 
 
-def _mini_rootfs(dest: Path) -> Path:
-    """A tiny root filesystem (the fake runtime needs no binaries): fast to import."""
-    for d in ("bin", "etc", "tmp", "root", "home/user", "var/tmp"):
-        (dest / d).mkdir(parents=True, exist_ok=True)
-    os.chmod(dest / "tmp", 0o1777)
-    os.chmod(dest / "root", 0o700)
-    (dest / "bin" / "busybox").write_bytes(b"\x7fELF not really\n")
-    (dest / "bin" / "sh").symlink_to("busybox")
-    (dest / "etc" / "passwd").write_text(
-        "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n",
-        encoding="utf-8",
-    )
-    (dest / "etc" / "group").write_text("root:x:0:\nuser:x:1000:\n", encoding="utf-8")
-    (dest / "etc" / "hostname").write_text("sandbox\n", encoding="utf-8")
-    return dest
-
-
-@pytest.fixture(scope="module")
-def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _mini_rootfs(tmp_path_factory.mktemp("mini") / "rootfs")
-
-
 _OPAQUE = "trusted.overlay.opaque"
-
-
-async def _child(engine: Engine, parent: ImageRecord, command: str) -> ImageRecord:
-    op = await engine.spawn(RunSpec(image=parent.uuid, command=command, shell=True))
-    with anyio.fail_after(10):
-        done = await engine.wait_operation(op)
-    assert done.result_image is not None, done.error
-    assert done.result_image != parent.uuid, "the run changed nothing"
-    return engine.resolve_image(done.result_image)
 
 
 async def _settle(engine: Engine) -> None:
@@ -58,18 +27,8 @@ async def _settle(engine: Engine) -> None:
             await asyncio.gather(*engine._background)
 
 
-def _read(engine: Engine, image: ImageRecord, path: str) -> bytes:
-    with engine.open_file(image, path) as f:
-        return f.read()
-
-
 def _names(engine: Engine, image: ImageRecord, path: str) -> list[str]:
     return [item.path for item in engine.list_dir(image, path)]
-
-
-@pytest.fixture
-async def base(engine: Engine, rootfs: Path) -> ImageRecord:
-    return await engine.import_local(rootfs, tag="base")
 
 
 @pytest.fixture
@@ -85,9 +44,9 @@ async def shallow(tmp_path: Path) -> AsyncIterator[Engine]:
 async def test_compact_keeps_the_base_and_merges_the_rest_into_one_layer(
     engine: Engine, base: ImageRecord
 ) -> None:
-    a = await _child(engine, base, "write /srv/a 1; write /srv/edit v1")
-    b = await _child(engine, a, "write /srv/b 2; write /srv/edit v2")
-    c = await _child(engine, b, "write /srv/c 3; rm /srv/a")
+    a = await make_child(engine, base, "write /srv/a 1; write /srv/edit v1")
+    b = await make_child(engine, a, "write /srv/b 2; write /srv/edit v2")
+    c = await make_child(engine, b, "write /srv/c 3; rm /srv/a")
 
     await engine._compact(c)
     compacted = engine.resolve_image(c.uuid)
@@ -97,8 +56,8 @@ async def test_compact_keeps_the_base_and_merges_the_rest_into_one_layer(
     assert compacted.layers[1] not in c.layers
     assert (compacted.parent, compacted.depth, compacted.command) == (b.uuid, 3, c.command)
     assert _names(engine, compacted, "/srv") == ["b", "c", "edit"]
-    assert _read(engine, compacted, "/srv/edit") == b"v2"
-    assert _read(engine, compacted, "/etc/hostname") == b"sandbox\n"
+    assert read_file(engine, compacted, "/srv/edit") == b"v2"
+    assert read_file(engine, compacted, "/etc/hostname") == b"sandbox\n"
     # The ancestors keep their own stacks.
     assert engine.resolve_image(b.uuid).layers == b.layers
     assert _names(engine, b, "/srv") == ["a", "b", "edit"]
@@ -107,7 +66,7 @@ async def test_compact_keeps_the_base_and_merges_the_rest_into_one_layer(
 async def test_compact_of_a_two_layer_stack_changes_nothing(
     engine: Engine, base: ImageRecord
 ) -> None:
-    a = await _child(engine, base, "write /a 1")
+    a = await make_child(engine, base, "write /a 1")
 
     await engine._compact(a)
 
@@ -117,9 +76,9 @@ async def test_compact_of_a_two_layer_stack_changes_nothing(
 async def test_compaction_keeps_a_base_file_deleted_higher_up_deleted(
     engine: Engine, base: ImageRecord
 ) -> None:
-    a = await _child(engine, base, "rm /etc/hostname")
-    b = await _child(engine, a, "write /b 1")
-    c = await _child(engine, b, "write /c 1")
+    a = await make_child(engine, base, "rm /etc/hostname")
+    b = await make_child(engine, a, "write /b 1")
+    c = await make_child(engine, b, "write /c 1")
 
     await engine._compact(c)
     compacted = engine.resolve_image(c.uuid)
@@ -140,7 +99,7 @@ async def test_compaction_of_a_replaced_directory_keeps_only_the_new_content(
     commands.append("write /etc/more later")
     image = base
     for command in commands:
-        image = await _child(engine, image, command)
+        image = await make_child(engine, image, command)
     before = _names(engine, image, "/etc")
 
     await engine._compact(image)
@@ -149,7 +108,7 @@ async def test_compaction_of_a_replaced_directory_keeps_only_the_new_content(
     assert before == ["more", "only"]
     assert len(compacted.layers) == 2
     assert _names(engine, compacted, "/etc") == ["more", "only"]
-    assert _read(engine, compacted, "/etc/only") == b"fresh"
+    assert read_file(engine, compacted, "/etc/only") == b"fresh"
     with pytest.raises(PathNotFoundError):
         engine.open_file(compacted, "/etc/passwd")
     merged_etc = engine.layers.path(compacted.layers[1]) / "etc"
@@ -159,9 +118,9 @@ async def test_compaction_of_a_replaced_directory_keeps_only_the_new_content(
 async def test_compacted_image_survives_deletion_of_its_ancestors_and_gc(
     engine: Engine, base: ImageRecord
 ) -> None:
-    a = await _child(engine, base, "write /a from-a")
-    b = await _child(engine, a, "write /b from-b")
-    c = await _child(engine, b, "write /c from-c")
+    a = await make_child(engine, base, "write /a from-a")
+    b = await make_child(engine, a, "write /b from-b")
+    c = await make_child(engine, b, "write /c from-c")
     await engine._compact(c)
     old_layers = set(c.layers[1:])
 
@@ -173,22 +132,22 @@ async def test_compacted_image_survives_deletion_of_its_ancestors_and_gc(
     for layer in old_layers:
         assert not engine.layers.path(layer).exists()
     compacted = engine.resolve_image(c.uuid)
-    assert [_read(engine, compacted, p) for p in ("/a", "/b", "/c")] == [
+    assert [read_file(engine, compacted, p) for p in ("/a", "/b", "/c")] == [
         b"from-a",
         b"from-b",
         b"from-c",
     ]
-    d = await _child(engine, compacted, "write /d from-d")
+    d = await make_child(engine, compacted, "write /d from-d")
     assert {"a", "b", "bin", "c", "d"} <= set(_names(engine, d, "/"))
 
 
 async def test_children_made_before_compaction_are_rebased_and_keep_their_view(
     engine: Engine, base: ImageRecord
 ) -> None:
-    a = await _child(engine, base, "write /a 1")
-    b = await _child(engine, a, "write /b 1")
-    c = await _child(engine, b, "write /c 1")
-    d = await _child(engine, c, "rm /a; write /d 1")
+    a = await make_child(engine, base, "write /a 1")
+    b = await make_child(engine, a, "write /b 1")
+    c = await make_child(engine, b, "write /c 1")
+    d = await make_child(engine, c, "rm /a; write /d 1")
 
     await engine._compact(c)
 
@@ -204,9 +163,9 @@ async def test_children_made_before_compaction_are_rebased_and_keep_their_view(
 async def test_diff_of_a_compacted_image_against_its_parent(
     engine: Engine, base: ImageRecord
 ) -> None:
-    a = await _child(engine, base, "write /a 1; write /keep k")
-    b = await _child(engine, a, "write /b 1")
-    c = await _child(engine, b, "write /c 1; rm /a")
+    a = await make_child(engine, base, "write /a 1; write /keep k")
+    b = await make_child(engine, a, "write /b 1")
+    c = await make_child(engine, b, "write /c 1; rm /a")
     await engine._compact(c)
 
     diff = await engine.diff(engine.resolve_image(c.uuid))
@@ -225,7 +184,7 @@ async def test_run_past_max_stack_layers_compacts_its_image_in_the_background(
     image = await shallow.import_local(rootfs)
     made = []
     for i in range(4):
-        image = await _child(shallow, image, f"write /f{i} {i}")
+        image = await make_child(shallow, image, f"write /f{i} {i}")
         made.append(image)
     await _settle(shallow)
 
@@ -260,7 +219,7 @@ async def test_three_hundred_runs_deep_keep_every_file_and_a_short_stack(
                     command += f"; rm /data/{victim}"
                     del alive[victim]
                     deleted.append(victim)
-            image = await _child(engine, image, command)
+            image = await make_child(engine, image, command)
             chain.append(image)
         await _settle(engine)
 
@@ -279,7 +238,7 @@ async def test_three_hundred_runs_deep_keep_every_file_and_a_short_stack(
 
         assert _names(engine, final, "/data") == sorted(alive)
         for name, content in alive.items():
-            assert _read(engine, final, f"/data/{name}") == content
+            assert read_file(engine, final, f"/data/{name}") == content
         for name in deleted:
             with pytest.raises(PathNotFoundError):
                 engine.open_file(final, f"/data/{name}")
@@ -288,10 +247,10 @@ async def test_three_hundred_runs_deep_keep_every_file_and_a_short_stack(
         expected_middle = {f"f{i:03d}" for i in range(1, 121)} - {"f005", "f048", "f055", "f098"}
         assert set(_names(engine, middle, "/data")) == expected_middle
 
-        after = await _child(engine, final, "write /data/after deep; rm /data/f300")
+        after = await make_child(engine, final, "write /data/after deep; rm /data/f300")
         assert after.depth == 301
         assert after.parent == final.uuid
-        assert _read(engine, after, "/data/after") == b"deep"
+        assert read_file(engine, after, "/data/after") == b"deep"
         assert set(_names(engine, after, "/data")) == (set(alive) - {"f300"}) | {"after"}
         diff = await engine.diff(after)
         assert diff.added == ["/data/after"]

@@ -2,57 +2,19 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import anyio
 import pytest
 
-from sandtree.engine import Engine, ImageQuery, ImageRecord, RunSpec
+from sandtree.engine import Engine, ImageQuery, ImageRecord
 from sandtree.errors import ImageNotFoundError, InvalidRequestError
+from sandtree.testing import make_child
 
 pytestmark = pytest.mark.anyio
 
 
-def _mini_rootfs(dest: Path) -> Path:
-    """A tiny root filesystem (the fake runtime needs no binaries): fast to import."""
-    for d in ("bin", "etc", "tmp", "root", "home/user", "var/tmp"):
-        (dest / d).mkdir(parents=True, exist_ok=True)
-    os.chmod(dest / "tmp", 0o1777)
-    os.chmod(dest / "root", 0o700)
-    (dest / "bin" / "busybox").write_bytes(b"\x7fELF not really\n")
-    (dest / "bin" / "sh").symlink_to("busybox")
-    (dest / "etc" / "passwd").write_text(
-        "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n",
-        encoding="utf-8",
-    )
-    (dest / "etc" / "group").write_text("root:x:0:\nuser:x:1000:\n", encoding="utf-8")
-    (dest / "etc" / "hostname").write_text("sandbox\n", encoding="utf-8")
-    return dest
-
-
-@pytest.fixture(scope="module")
-def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _mini_rootfs(tmp_path_factory.mktemp("mini") / "rootfs")
-
-
-async def _child(engine: Engine, parent: ImageRecord, command: str) -> ImageRecord:
-    """Run ``command`` on ``parent`` and return the image it made."""
-    op = await engine.spawn(RunSpec(image=parent.uuid, command=command, shell=True))
-    with anyio.fail_after(10):
-        done = await engine.wait_operation(op)
-    assert done.result_image is not None, done.error
-    assert done.result_image != parent.uuid, "the run changed nothing"
-    return engine.resolve_image(done.result_image)
-
-
 def _uuids(engine: Engine, **query: object) -> list[str]:
     return [i.uuid for i in engine.list_images(ImageQuery(**query))]  # type: ignore[arg-type]
-
-
-@pytest.fixture
-async def base(engine: Engine, rootfs: Path) -> ImageRecord:
-    return await engine.import_local(rootfs, tag="base")
 
 
 # -- import and resolve ----------------------------------------------------------------------
@@ -126,7 +88,7 @@ async def test_import_of_a_missing_path_is_refused(engine: Engine, tmp_path: Pat
 
 
 async def test_tag_moves_to_the_image_it_is_set_on(engine: Engine, base: ImageRecord) -> None:
-    child = await _child(engine, base, "write /v 2")
+    child = await make_child(engine, base, "write /v 2")
 
     engine.tag_image(base, "app:v1")
     assert engine.resolve_image("tag:app:v1").uuid == base.uuid
@@ -182,7 +144,7 @@ async def test_untag_of_a_tag_the_image_does_not_have_is_invalid(
 async def test_untag_through_a_stale_record_does_not_remove_the_moved_tag(
     engine: Engine, base: ImageRecord
 ) -> None:
-    child = await _child(engine, base, "write /x 1")
+    child = await make_child(engine, base, "write /x 1")
     stale = engine.resolve_image(base.uuid)  # still says it has "base"
     engine.tag_image(child, "base")  # the tag moves to the child
 
@@ -192,7 +154,7 @@ async def test_untag_through_a_stale_record_does_not_remove_the_moved_tag(
 
 
 async def test_tag_of_a_deleted_image_is_image_not_found(engine: Engine, base: ImageRecord) -> None:
-    child = await _child(engine, base, "write /x 1")
+    child = await make_child(engine, base, "write /x 1")
     engine.delete_image(child)
 
     # A clear not-found error, not a database integrity error.
@@ -225,9 +187,9 @@ async def test_valid_tag_text_is_accepted(engine: Engine, base: ImageRecord, tag
 @pytest.fixture
 async def family(engine: Engine, base: ImageRecord) -> list[ImageRecord]:
     """base (tagged) and three children made one after another: a (tagged), b, c."""
-    a = await _child(engine, base, "write /a 1")
-    b = await _child(engine, a, "write /b 1")
-    c = await _child(engine, b, "write /c 1")
+    a = await make_child(engine, base, "write /a 1")
+    b = await make_child(engine, a, "write /b 1")
+    c = await make_child(engine, b, "write /c 1")
     a = engine.tag_image(a, "team/a:v1")
     return [base, a, b, c]
 
@@ -298,7 +260,7 @@ async def test_list_images_by_uuid(engine: Engine, family: list[ImageRecord]) ->
 
 
 async def test_deleted_image_is_gone_with_its_tags(engine: Engine, base: ImageRecord) -> None:
-    child = await _child(engine, base, "write /x 1")
+    child = await make_child(engine, base, "write /x 1")
     child = engine.tag_image(child, "doomed")
 
     engine.delete_image(child)
@@ -320,9 +282,9 @@ async def test_delete_of_an_unknown_image_is_not_found(engine: Engine, base: Ima
 async def test_collect_garbage_removes_only_layers_no_image_uses(
     engine: Engine, base: ImageRecord
 ) -> None:
-    middle = await _child(engine, base, "write /m middle")
-    leaf = await _child(engine, middle, "write /l leaf")
-    sibling = await _child(engine, base, "write /s sibling")
+    middle = await make_child(engine, base, "write /m middle")
+    leaf = await make_child(engine, middle, "write /l leaf")
+    sibling = await make_child(engine, base, "write /s sibling")
     middle_layer, leaf_layer, sibling_layer = middle.layers[-1], leaf.layers[-1], sibling.layers[-1]
 
     engine.delete_image(middle)
@@ -348,14 +310,14 @@ async def test_collect_garbage_removes_only_layers_no_image_uses(
 
 
 async def test_deleting_a_parent_keeps_the_child_usable(engine: Engine, base: ImageRecord) -> None:
-    parent = await _child(engine, base, "write /p parent")
-    child = await _child(engine, parent, "write /c child")
+    parent = await make_child(engine, base, "write /p parent")
+    child = await make_child(engine, parent, "write /c child")
 
     engine.delete_image(parent)
     await engine.collect_garbage()
 
     assert engine.resolve_image(child.uuid).parent == parent.uuid
-    grandchild = await _child(engine, child, "write /g grand")
+    grandchild = await make_child(engine, child, "write /g grand")
     assert {i.path for i in engine.list_dir(grandchild, "/")} >= {"p", "c", "g"}
 
 

@@ -7,49 +7,13 @@ import os
 import tarfile
 from pathlib import Path
 
-import anyio
 import pytest
 
-from sandtree.engine import Engine, ImageRecord, PlacedFile, RunSpec
+from sandtree.engine import Engine, ImageRecord, PlacedFile
 from sandtree.errors import InvalidRequestError, PathNotFoundError
+from sandtree.testing import make_child, read_file
 
 pytestmark = pytest.mark.anyio
-
-
-def _mini_rootfs(dest: Path) -> Path:
-    """A tiny root filesystem (the fake runtime needs no binaries): fast to import."""
-    for d in ("bin", "etc", "tmp", "root", "home/user", "var/tmp"):
-        (dest / d).mkdir(parents=True, exist_ok=True)
-    os.chmod(dest / "tmp", 0o1777)
-    os.chmod(dest / "root", 0o700)
-    (dest / "bin" / "busybox").write_bytes(b"\x7fELF not really\n")
-    (dest / "bin" / "sh").symlink_to("busybox")
-    (dest / "etc" / "passwd").write_text(
-        "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n",
-        encoding="utf-8",
-    )
-    (dest / "etc" / "group").write_text("root:x:0:\nuser:x:1000:\n", encoding="utf-8")
-    (dest / "etc" / "hostname").write_text("sandbox\n", encoding="utf-8")
-    return dest
-
-
-@pytest.fixture(scope="module")
-def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _mini_rootfs(tmp_path_factory.mktemp("mini") / "rootfs")
-
-
-async def _child(engine: Engine, parent: ImageRecord, command: str, **spec: object) -> ImageRecord:
-    op = await engine.spawn(RunSpec(image=parent.uuid, command=command, shell=True, **spec))  # type: ignore[arg-type]
-    with anyio.fail_after(10):
-        done = await engine.wait_operation(op)
-    assert done.result_image is not None, done.error
-    assert done.result_image != parent.uuid, "the run changed nothing"
-    return engine.resolve_image(done.result_image)
-
-
-def _read(engine: Engine, image: ImageRecord, path: str) -> bytes:
-    with engine.open_file(image, path) as f:
-        return f.read()
 
 
 def _mounts_under(path: Path) -> list[str]:
@@ -59,16 +23,13 @@ def _mounts_under(path: Path) -> list[str]:
 
 
 @pytest.fixture
-async def base(engine: Engine, rootfs: Path) -> ImageRecord:
-    return await engine.import_local(rootfs, tag="base")
-
-
-@pytest.fixture
 async def layered(engine: Engine, base: ImageRecord) -> ImageRecord:
     """Three layers over the base: files added, one changed, one deleted."""
-    a = await _child(engine, base, "write /srv/app/main.py print(1); write /srv/app/old.txt old")
-    b = await _child(engine, a, "write /srv/app/main.py print(2) # needle; rm /srv/app/old.txt")
-    return await _child(engine, b, "write /srv/app/notes.md a needle here; rm /etc/hostname")
+    a = await make_child(
+        engine, base, "write /srv/app/main.py print(1); write /srv/app/old.txt old"
+    )
+    b = await make_child(engine, a, "write /srv/app/main.py print(2) # needle; rm /srv/app/old.txt")
+    return await make_child(engine, b, "write /srv/app/notes.md a needle here; rm /etc/hostname")
 
 
 async def test_list_dir_shows_the_merged_view_without_whiteouts(
@@ -96,7 +57,7 @@ async def test_stat_path_reports_the_top_layer_version(
 
     assert item.is_regular
     assert item.size == len(b"print(2) # needle")
-    assert _read(engine, layered, "/srv/app/main.py") == b"print(2) # needle"
+    assert read_file(engine, layered, "/srv/app/main.py") == b"print(2) # needle"
 
 
 async def test_stat_of_an_imported_file_reports_image_ids_and_names(
@@ -181,7 +142,7 @@ async def test_inspection_sees_a_placed_file_with_its_owner(
 
     record = await engine.upload_file(content())  # type: ignore[arg-type]
     placed = PlacedFile(uuid=record.uuid, path="/home/user/f", mode=0o640, uid=1000, gid=1000)
-    child = await _child(engine, base, "echo", files=(placed,))
+    child = await make_child(engine, base, "echo", files=(placed,))
 
     listed = {i.path: i for i in engine.list_dir(child, "/home/user")}
 
@@ -211,7 +172,7 @@ async def test_absolute_symlink_to_a_host_path_resolves_inside_the_image(
 async def test_views_of_many_images_are_bounded(engine: Engine, base: ImageRecord) -> None:
     images = [base]
     for i in range(40):
-        images.append(await _child(engine, images[-1], f"write /f{i} {i}"))
+        images.append(await make_child(engine, images[-1], f"write /f{i} {i}"))
 
     for image in images:
         assert engine.stat_path(image, "/etc/passwd").is_regular

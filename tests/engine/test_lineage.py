@@ -2,61 +2,22 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-import anyio
 import pytest
 
-from sandtree.engine import Engine, ImageRecord, RunSpec
+from sandtree.engine import Engine, ImageRecord
 from sandtree.errors import InvalidRequestError
+from sandtree.testing import make_child
 
 pytestmark = pytest.mark.anyio
-
-
-def _mini_rootfs(dest: Path) -> Path:
-    """A tiny root filesystem (the fake runtime needs no binaries): fast to import."""
-    for d in ("bin", "etc", "tmp", "root", "home/user", "var/tmp"):
-        (dest / d).mkdir(parents=True, exist_ok=True)
-    os.chmod(dest / "tmp", 0o1777)
-    os.chmod(dest / "root", 0o700)
-    (dest / "bin" / "busybox").write_bytes(b"\x7fELF not really\n")
-    (dest / "bin" / "sh").symlink_to("busybox")
-    (dest / "etc" / "passwd").write_text(
-        "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n",
-        encoding="utf-8",
-    )
-    (dest / "etc" / "group").write_text("root:x:0:\nuser:x:1000:\n", encoding="utf-8")
-    (dest / "etc" / "hostname").write_text("sandbox\n", encoding="utf-8")
-    return dest
-
-
-@pytest.fixture(scope="module")
-def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _mini_rootfs(tmp_path_factory.mktemp("mini") / "rootfs")
-
-
-async def _child(engine: Engine, parent: ImageRecord, command: str, **spec: object) -> ImageRecord:
-    op = await engine.spawn(RunSpec(image=parent.uuid, command=command, shell=True, **spec))  # type: ignore[arg-type]
-    with anyio.fail_after(10):
-        done = await engine.wait_operation(op)
-    assert done.result_image is not None, done.error
-    assert done.result_image != parent.uuid, "the run changed nothing"
-    return engine.resolve_image(done.result_image)
-
-
-@pytest.fixture
-async def base(engine: Engine, rootfs: Path) -> ImageRecord:
-    return await engine.import_local(rootfs, tag="base")
 
 
 @pytest.fixture
 async def tree(engine: Engine, base: ImageRecord) -> dict[str, ImageRecord]:
     """base ─ a ─ b ─ c, and a ─ b2 (a sibling of b)."""
-    a = await _child(engine, base, "write /a 1")
-    b = await _child(engine, a, "write /b 1")
-    c = await _child(engine, b, "write /c 1")
-    b2 = await _child(engine, a, "write /b2 1")
+    a = await make_child(engine, base, "write /a 1")
+    b = await make_child(engine, a, "write /b 1")
+    c = await make_child(engine, b, "write /c 1")
+    b2 = await make_child(engine, a, "write /b2 1")
     return {"base": base, "a": a, "b": b, "c": c, "b2": b2}
 
 
@@ -136,8 +97,10 @@ async def test_each_child_records_the_command_that_made_it(
 async def test_diff_against_the_parent_lists_added_changed_and_deleted(
     engine: Engine, base: ImageRecord
 ) -> None:
-    parent = await _child(engine, base, "write /srv/keep k; write /srv/edit old; write /srv/gone g")
-    child = await _child(
+    parent = await make_child(
+        engine, base, "write /srv/keep k; write /srv/edit old; write /srv/gone g"
+    )
+    child = await make_child(
         engine, parent, "write /srv/edit brand-new; rm /srv/gone; write /srv/new n"
     )
 
@@ -151,8 +114,8 @@ async def test_diff_against_the_parent_lists_added_changed_and_deleted(
 async def test_diff_with_the_parent_given_explicitly_is_the_same(
     engine: Engine, base: ImageRecord
 ) -> None:
-    parent = await _child(engine, base, "write /x 1; write /y 1")
-    child = await _child(engine, parent, "write /x 22; rm /y; write /z 1")
+    parent = await make_child(engine, base, "write /x 1; write /y 1")
+    child = await make_child(engine, parent, "write /x 22; rm /y; write /z 1")
 
     assert await engine.diff(child, parent) == await engine.diff(child)
 
@@ -160,7 +123,7 @@ async def test_diff_with_the_parent_given_explicitly_is_the_same(
 async def test_diff_of_a_new_directory_lists_it_and_its_files(
     engine: Engine, base: ImageRecord
 ) -> None:
-    child = await _child(engine, base, "write /opt/tool/bin/run x; write /opt/tool/README y")
+    child = await make_child(engine, base, "write /opt/tool/bin/run x; write /opt/tool/README y")
 
     diff = await engine.diff(child)
 
@@ -197,9 +160,9 @@ async def test_diff_against_an_ancestor_spans_several_layers(
 
 
 async def test_diff_of_a_changed_file_between_siblings(engine: Engine, base: ImageRecord) -> None:
-    parent = await _child(engine, base, "write /etc/app.conf v1")
-    left = await _child(engine, parent, "write /etc/app.conf left-version")
-    right = await _child(engine, parent, "write /etc/app.conf right")
+    parent = await make_child(engine, base, "write /etc/app.conf v1")
+    left = await make_child(engine, parent, "write /etc/app.conf left-version")
+    right = await make_child(engine, parent, "write /etc/app.conf right")
 
     diff = await engine.diff(left, right)
 
@@ -211,7 +174,7 @@ async def test_diff_of_a_changed_file_between_siblings(engine: Engine, base: Ima
 async def test_diff_of_images_with_the_same_layers_is_empty(
     engine: Engine, base: ImageRecord
 ) -> None:
-    same_fs = await _child(engine, base, "echo hi", env={"A": "1"}, preserve_env=True)
+    same_fs = await make_child(engine, base, "echo hi", env={"A": "1"}, preserve_env=True)
 
     diff = await engine.diff(same_fs)
 
@@ -228,9 +191,9 @@ async def test_diff_of_a_root_image_without_other_is_invalid(
 async def test_diff_reports_files_hidden_by_a_replaced_directory_as_deleted(
     engine: Engine, base: ImageRecord
 ) -> None:
-    parent = await _child(engine, base, "write /d/old1 a; write /d/old2 b; write /d/same c")
+    parent = await make_child(engine, base, "write /d/old1 a; write /d/old2 b; write /d/same c")
     # rm + recreate makes /d an opaque directory in the child's layer.
-    child = await _child(engine, parent, "rm /d; write /d/new n; write /d/same c")
+    child = await make_child(engine, parent, "rm /d; write /d/new n; write /d/same c")
 
     diff = await engine.diff(child)
 
@@ -240,8 +203,8 @@ async def test_diff_reports_files_hidden_by_a_replaced_directory_as_deleted(
 
 
 async def test_diff_of_a_file_replaced_by_a_directory(engine: Engine, base: ImageRecord) -> None:
-    parent = await _child(engine, base, "write /thing was-a-file")
-    child = await _child(engine, parent, "rm /thing; write /thing/inside now-a-dir")
+    parent = await make_child(engine, base, "write /thing was-a-file")
+    child = await make_child(engine, parent, "rm /thing; write /thing/inside now-a-dir")
 
     diff = await engine.diff(child)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from pathlib import Path
@@ -29,28 +28,6 @@ from sandtree.errors import ConflictError, OperationNotFoundError
 from sandtree.testing import make_engine
 
 pytestmark = pytest.mark.anyio
-
-
-def _mini_rootfs(dest: Path) -> Path:
-    """A tiny root filesystem (the fake runtime needs no binaries): fast to import."""
-    for d in ("bin", "etc", "tmp", "root", "home/user", "var/tmp"):
-        (dest / d).mkdir(parents=True, exist_ok=True)
-    os.chmod(dest / "tmp", 0o1777)
-    os.chmod(dest / "root", 0o700)
-    (dest / "bin" / "busybox").write_bytes(b"\x7fELF not really\n")
-    (dest / "bin" / "sh").symlink_to("busybox")
-    (dest / "etc" / "passwd").write_text(
-        "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n",
-        encoding="utf-8",
-    )
-    (dest / "etc" / "group").write_text("root:x:0:\nuser:x:1000:\n", encoding="utf-8")
-    (dest / "etc" / "hostname").write_text("sandbox\n", encoding="utf-8")
-    return dest
-
-
-@pytest.fixture(scope="module")
-def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _mini_rootfs(tmp_path_factory.mktemp("mini") / "rootfs")
 
 
 class KillRecordingRuntime(FakeRuntime):
@@ -110,11 +87,6 @@ async def serial(tmp_path: Path, runtime: KillRecordingRuntime) -> AsyncIterator
     """An engine that executes one operation at a time."""
     async with make_engine(tmp_path / "serial", runtime=runtime, max_concurrency=1) as eng:
         yield eng
-
-
-@pytest.fixture
-async def base(engine: Engine, rootfs: Path) -> ImageRecord:
-    return await engine.import_local(rootfs, tag="base")
 
 
 @pytest.fixture

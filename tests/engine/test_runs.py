@@ -30,47 +30,9 @@ from sandtree.errors import (
     InvalidRequestError,
     PathNotFoundError,
 )
-from sandtree.testing import make_engine
+from sandtree.testing import make_engine, read_file, run_command
 
 pytestmark = pytest.mark.anyio
-
-
-def _mini_rootfs(dest: Path) -> Path:
-    """A tiny root filesystem (the fake runtime needs no binaries): fast to import."""
-    for d in ("bin", "etc", "tmp", "root", "home/user", "var/tmp"):
-        (dest / d).mkdir(parents=True, exist_ok=True)
-    os.chmod(dest / "tmp", 0o1777)
-    os.chmod(dest / "root", 0o700)
-    (dest / "bin" / "busybox").write_bytes(b"\x7fELF not really\n")
-    (dest / "bin" / "sh").symlink_to("busybox")
-    (dest / "etc" / "passwd").write_text(
-        "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n",
-        encoding="utf-8",
-    )
-    (dest / "etc" / "group").write_text("root:x:0:\nuser:x:1000:\n", encoding="utf-8")
-    (dest / "etc" / "hostname").write_text("sandbox\n", encoding="utf-8")
-    return dest
-
-
-@pytest.fixture(scope="module")
-def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _mini_rootfs(tmp_path_factory.mktemp("mini") / "rootfs")
-
-
-async def _run(
-    engine: Engine, command: str, image: ImageRecord | str, **spec: object
-) -> OperationRecord:
-    """Spawn ``command`` (through the shell unless told otherwise) and wait for its end."""
-    ref = image if isinstance(image, str) else image.uuid
-    spec.setdefault("shell", True)
-    op = await engine.spawn(RunSpec(image=ref, command=command, **spec))  # type: ignore[arg-type]
-    with anyio.fail_after(10):
-        return await engine.wait_operation(op)
-
-
-def _read(engine: Engine, image: ImageRecord, path: str) -> bytes:
-    with engine.open_file(image, path) as f:
-        return f.read()
 
 
 def _stdout(op: OperationRecord) -> str:
@@ -96,18 +58,13 @@ async def _chunks(*parts: bytes) -> AsyncIterator[bytes]:
         yield part
 
 
-@pytest.fixture
-async def base(engine: Engine, rootfs: Path) -> ImageRecord:
-    return await engine.import_local(rootfs, tag="base")
-
-
 # -- images made by runs ---------------------------------------------------------------------
 
 
 async def test_disposable_run_makes_no_image(engine: Engine, base: ImageRecord) -> None:
     before = _image_count(engine)
 
-    op = await _run(engine, "write /tmp/x data; echo done", base, disposable=True)
+    op = await run_command(engine, "write /tmp/x data; echo done", base, disposable=True)
 
     assert op.status == OperationStatus.SUCCESS
     assert op.result_image is None
@@ -120,7 +77,7 @@ async def test_disposable_run_makes_no_image(engine: Engine, base: ImageRecord) 
 async def test_run_with_disposable_false_creates_child_image(
     engine: Engine, base: ImageRecord
 ) -> None:
-    op = await _run(engine, "write /tmp/hello.txt hello world", base)
+    op = await run_command(engine, "write /tmp/hello.txt hello world", base)
 
     assert op.status == OperationStatus.SUCCESS
     assert op.result is not None
@@ -133,7 +90,7 @@ async def test_run_with_disposable_false_creates_child_image(
     assert child.command == "write /tmp/hello.txt hello world"
     assert child.operation == op.uuid
     assert child.layers[:-1] == base.layers
-    assert _read(engine, child, "/tmp/hello.txt") == b"hello world"
+    assert read_file(engine, child, "/tmp/hello.txt") == b"hello world"
     with pytest.raises(PathNotFoundError):
         engine.open_file(base, "/tmp/hello.txt")
 
@@ -143,7 +100,7 @@ async def test_run_that_changes_nothing_returns_its_input_image(
 ) -> None:
     before = _image_count(engine)
 
-    op = await _run(engine, "echo just looking", base)
+    op = await run_command(engine, "echo just looking", base)
 
     assert op.status == OperationStatus.SUCCESS
     assert op.result is not None
@@ -157,24 +114,24 @@ async def test_run_that_changes_nothing_returns_its_input_image(
 async def test_file_deleted_in_child_is_gone_there_and_below_but_not_in_parent(
     engine: Engine, base: ImageRecord
 ) -> None:
-    first = await _run(engine, "write /srv/doomed.txt bye; write /srv/kept.txt hi", base)
+    first = await run_command(engine, "write /srv/doomed.txt bye; write /srv/kept.txt hi", base)
     assert first.result_image is not None
     parent = engine.resolve_image(first.result_image)
-    second = await _run(engine, "rm /srv/doomed.txt", parent)
+    second = await run_command(engine, "rm /srv/doomed.txt", parent)
     assert second.result_image is not None
     child = engine.resolve_image(second.result_image)
-    third = await _run(engine, "write /srv/later.txt later", child)
+    third = await run_command(engine, "write /srv/later.txt later", child)
     assert third.result_image is not None
     grandchild = engine.resolve_image(third.result_image)
 
     assert second.result is not None
     assert second.result["filesystem_changed"] is True
-    assert _read(engine, parent, "/srv/doomed.txt") == b"bye"
+    assert read_file(engine, parent, "/srv/doomed.txt") == b"bye"
     for image in (child, grandchild):
         with pytest.raises(PathNotFoundError):
             engine.open_file(image, "/srv/doomed.txt")
         assert "doomed.txt" not in {item.path for item in engine.list_dir(image, "/srv")}
-        assert _read(engine, image, "/srv/kept.txt") == b"hi"
+        assert read_file(engine, image, "/srv/kept.txt") == b"hi"
     assert [i.path for i in engine.list_dir(grandchild, "/srv")] == ["kept.txt", "later.txt"]
 
 
@@ -197,7 +154,7 @@ async def test_run_that_only_changes_a_directory_mode_makes_a_child(
         base = await engine.import_local(rootfs)
         assert engine.stat_path(base, "/tmp").mode & 0o7777 == 0o1777
 
-        op = await _run(engine, "chmod 0700 /tmp", base)
+        op = await run_command(engine, "chmod 0700 /tmp", base)
 
         assert op.status == OperationStatus.SUCCESS, op.error
         assert op.result is not None
@@ -211,13 +168,13 @@ async def test_run_that_only_changes_a_directory_mode_makes_a_child(
 async def test_run_without_shell_uses_the_command_and_makes_a_child(
     engine: Engine, base: ImageRecord
 ) -> None:
-    op = await _run(engine, "write /plain.txt no-shell", base, shell=False)
+    op = await run_command(engine, "write /plain.txt no-shell", base, shell=False)
 
     assert op.status == OperationStatus.SUCCESS
     assert op.result_image is not None
     child = engine.resolve_image(op.result_image)
     assert child.command == "write /plain.txt no-shell"
-    assert _read(engine, child, "/plain.txt") == b"no-shell"
+    assert read_file(engine, child, "/plain.txt") == b"no-shell"
 
 
 # -- environment and working directory -------------------------------------------------------
@@ -227,7 +184,7 @@ async def test_run_without_shell_uses_the_command_and_makes_a_child(
 async def image_with_env(engine: Engine, base: ImageRecord) -> ImageRecord:
     """A child of ``base`` whose config sets FOO, KEEP and PATH."""
     env = {"FOO": "from-image", "KEEP": "kept", "PATH": "/opt/bin:/bin"}
-    op = await _run(engine, "echo setting env", base, env=env, preserve_env=True)
+    op = await run_command(engine, "echo setting env", base, env=env, preserve_env=True)
     assert op.result_image is not None
     image = engine.resolve_image(op.result_image)
     assert image.env_map == env
@@ -237,7 +194,7 @@ async def image_with_env(engine: Engine, base: ImageRecord) -> ImageRecord:
 async def test_shell_run_merges_the_image_env_with_the_request_env(
     engine: Engine, image_with_env: ImageRecord
 ) -> None:
-    op = await _run(engine, "env", image_with_env, env={"FOO": "from-request", "NEW": "1"})
+    op = await run_command(engine, "env", image_with_env, env={"FOO": "from-request", "NEW": "1"})
 
     assert _env_lines(op) == {
         "PATH": "/opt/bin:/bin",
@@ -250,7 +207,7 @@ async def test_shell_run_merges_the_image_env_with_the_request_env(
 async def test_run_without_shell_does_not_get_the_image_env(
     engine: Engine, image_with_env: ImageRecord
 ) -> None:
-    op = await _run(engine, "env", image_with_env, shell=False, env={"NEW": "1"})
+    op = await run_command(engine, "env", image_with_env, shell=False, env={"NEW": "1"})
 
     assert _env_lines(op) == {"PATH": DEFAULT_PATH, "NEW": "1"}
 
@@ -258,7 +215,7 @@ async def test_run_without_shell_does_not_get_the_image_env(
 async def test_env_value_none_removes_a_variable(
     engine: Engine, image_with_env: ImageRecord
 ) -> None:
-    op = await _run(engine, "env", image_with_env, env={"FOO": None, "PATH": None})
+    op = await run_command(engine, "env", image_with_env, env={"FOO": None, "PATH": None})
 
     assert _env_lines(op) == {"KEEP": "kept"}
 
@@ -266,7 +223,7 @@ async def test_env_value_none_removes_a_variable(
 async def test_path_defaults_when_neither_image_nor_request_sets_it(
     engine: Engine, base: ImageRecord
 ) -> None:
-    op = await _run(engine, "env", base)
+    op = await run_command(engine, "env", base)
 
     assert _env_lines(op) == {"PATH": DEFAULT_PATH}
 
@@ -274,7 +231,7 @@ async def test_path_defaults_when_neither_image_nor_request_sets_it(
 async def test_spawn_event_masks_secret_looking_variables(
     engine: Engine, base: ImageRecord
 ) -> None:
-    op = await _run(engine, "env", base, env={"GITHUB_TOKEN": "s3cr3t", "PLAIN": "visible"})
+    op = await run_command(engine, "env", base, env={"GITHUB_TOKEN": "s3cr3t", "PLAIN": "visible"})
 
     assert _env_lines(op)["GITHUB_TOKEN"] == "s3cr3t"  # the process itself gets the value
     events = [e async for e in engine.follow_events(op, follow=False)]
@@ -285,7 +242,7 @@ async def test_spawn_event_masks_secret_looking_variables(
 
 
 async def test_cwd_defaults_to_the_image_cwd(engine: Engine, base: ImageRecord) -> None:
-    op = await _run(engine, "pwd", base)
+    op = await run_command(engine, "pwd", base)
 
     assert _stdout(op) == "/\n"
     assert op.result_image == base.uuid
@@ -294,7 +251,7 @@ async def test_cwd_defaults_to_the_image_cwd(engine: Engine, base: ImageRecord) 
 async def test_missing_cwd_is_created_owned_by_the_run_user(
     engine: Engine, base: ImageRecord
 ) -> None:
-    op = await _run(engine, "pwd", base, cwd="/work/deep/dir", uid=1000, gid=1000)
+    op = await run_command(engine, "pwd", base, cwd="/work/deep/dir", uid=1000, gid=1000)
 
     assert op.status == OperationStatus.SUCCESS, op.error
     assert _stdout(op) == "/work/deep/dir\n"
@@ -309,7 +266,7 @@ async def test_missing_cwd_is_created_owned_by_the_run_user(
 async def test_preserve_env_makes_a_child_without_filesystem_changes(
     engine: Engine, base: ImageRecord
 ) -> None:
-    op = await _run(engine, "echo hi", base, env={"LANG": "C.UTF-8"}, preserve_env=True)
+    op = await run_command(engine, "echo hi", base, env={"LANG": "C.UTF-8"}, preserve_env=True)
 
     assert op.result is not None
     assert op.result["filesystem_changed"] is False
@@ -320,14 +277,14 @@ async def test_preserve_env_makes_a_child_without_filesystem_changes(
     assert child.layers == base.layers
     assert child.env_map == {"LANG": "C.UTF-8"}
 
-    again = await _run(engine, "env", child)
+    again = await run_command(engine, "env", child)
     assert _env_lines(again)["LANG"] == "C.UTF-8"
 
 
 async def test_preserve_env_with_none_removes_the_variable_from_the_child(
     engine: Engine, image_with_env: ImageRecord
 ) -> None:
-    op = await _run(engine, "echo hi", image_with_env, env={"FOO": None}, preserve_env=True)
+    op = await run_command(engine, "echo hi", image_with_env, env={"FOO": None}, preserve_env=True)
 
     assert op.result_image is not None
     child = engine.resolve_image(op.result_image)
@@ -339,7 +296,7 @@ async def test_preserve_env_removes_a_variable_set_to_the_empty_string(
 ) -> None:
     # The API contract: "Setting a variable to an empty string or null removes it from the
     # preserved environment", while the run itself still sees FOO="".
-    op = await _run(engine, "env", image_with_env, env={"FOO": ""}, preserve_env=True)
+    op = await run_command(engine, "env", image_with_env, env={"FOO": ""}, preserve_env=True)
 
     assert _env_lines(op)["FOO"] == ""
     assert op.result_image is not None
@@ -350,7 +307,7 @@ async def test_preserve_env_removes_a_variable_set_to_the_empty_string(
 async def test_preserve_env_with_the_same_env_makes_no_child(
     engine: Engine, image_with_env: ImageRecord
 ) -> None:
-    op = await _run(engine, "echo hi", image_with_env, env={"FOO": "from-image"},
+    op = await run_command(engine, "echo hi", image_with_env, env={"FOO": "from-image"},
                     preserve_env=True)  # fmt: skip
 
     assert op.result_image == image_with_env.uuid
@@ -359,7 +316,7 @@ async def test_preserve_env_with_the_same_env_makes_no_child(
 async def test_preserve_cwd_makes_a_child_with_the_new_cwd(
     engine: Engine, base: ImageRecord
 ) -> None:
-    op = await _run(engine, "pwd", base, cwd="/tmp", preserve_cwd=True)
+    op = await run_command(engine, "pwd", base, cwd="/tmp", preserve_cwd=True)
 
     assert op.result is not None
     assert op.result["filesystem_changed"] is False
@@ -369,14 +326,14 @@ async def test_preserve_cwd_makes_a_child_with_the_new_cwd(
     assert child.cwd == "/tmp"
     assert child.layers == base.layers
 
-    again = await _run(engine, "pwd", child)
+    again = await run_command(engine, "pwd", child)
     assert _stdout(again) == "/tmp\n"
 
 
 async def test_preserve_cwd_with_a_missing_cwd_creates_it_in_the_child(
     engine: Engine, base: ImageRecord
 ) -> None:
-    op = await _run(engine, "pwd", base, cwd="/home/user/project", preserve_cwd=True)
+    op = await run_command(engine, "pwd", base, cwd="/home/user/project", preserve_cwd=True)
 
     assert op.result is not None
     assert op.result["filesystem_changed"] is True
@@ -390,7 +347,7 @@ async def test_preserve_cwd_with_a_missing_cwd_creates_it_in_the_child(
 
 
 async def test_stdout_and_stderr_are_captured_separately(engine: Engine, base: ImageRecord) -> None:
-    op = await _run(engine, "echo out; echoerr err; echo more", base)
+    op = await run_command(engine, "echo out; echoerr err; echo more", base)
 
     assert op.result is not None
     assert op.result["stdout"] == {"value": "out\nmore\n", "encoding": "ascii", "truncated": False}
@@ -400,7 +357,7 @@ async def test_stdout_and_stderr_are_captured_separately(engine: Engine, base: I
 async def test_stdout_past_truncate_output_at_is_cut_and_reported(
     engine: Engine, base: ImageRecord
 ) -> None:
-    op = await _run(engine, "echo 0123456789", base, truncate_output_at=4)
+    op = await run_command(engine, "echo 0123456789", base, truncate_output_at=4)
 
     assert op.status == OperationStatus.SUCCESS
     assert op.result is not None
@@ -416,7 +373,7 @@ async def test_stdout_past_truncate_output_at_is_cut_and_reported(
 async def test_output_exactly_at_the_limit_is_not_truncated(
     engine: Engine, base: ImageRecord
 ) -> None:
-    op = await _run(engine, "echo 123", base, truncate_output_at=4)
+    op = await run_command(engine, "echo 123", base, truncate_output_at=4)
 
     assert op.result is not None
     assert op.result["stdout"] == {"value": "123\n", "encoding": "ascii", "truncated": False}
@@ -425,13 +382,13 @@ async def test_output_exactly_at_the_limit_is_not_truncated(
 
 
 async def test_stdin_is_delivered_to_the_command(engine: Engine, base: ImageRecord) -> None:
-    op = await _run(engine, "cat", base, stdin=b"line one\nline two\n")
+    op = await run_command(engine, "cat", base, stdin=b"line one\nline two\n")
 
     assert _stdout(op) == "line one\nline two\n"
 
 
 async def test_binary_output_is_base64_encoded(engine: Engine, base: ImageRecord) -> None:
-    op = await _run(engine, "cat", base, stdin=b"\x00\xff\x01")
+    op = await run_command(engine, "cat", base, stdin=b"\x00\xff\x01")
 
     assert op.result is not None
     assert op.result["stdout"] == {"value": "AP8B", "encoding": "base64", "truncated": False}
@@ -444,7 +401,7 @@ async def test_binary_output_is_base64_encoded(engine: Engine, base: ImageRecord
 async def test_exit_code_is_reported_and_the_operation_succeeds(
     engine: Engine, base: ImageRecord, code: int
 ) -> None:
-    op = await _run(engine, f"echo before; exit {code}; echo after", base)
+    op = await run_command(engine, f"echo before; exit {code}; echo after", base)
 
     assert op.status == OperationStatus.SUCCESS
     assert op.error is None
@@ -455,7 +412,7 @@ async def test_exit_code_is_reported_and_the_operation_succeeds(
 
 
 async def test_unknown_command_exits_127(engine: Engine, base: ImageRecord) -> None:
-    op = await _run(engine, "frobnicate", base)
+    op = await run_command(engine, "frobnicate", base)
 
     assert op.result is not None
     assert op.result["state"]["exit_code"] == 127
@@ -465,7 +422,7 @@ async def test_unknown_command_exits_127(engine: Engine, base: ImageRecord) -> N
 async def test_out_of_memory_fails_naming_the_memory_limit(
     engine: Engine, base: ImageRecord
 ) -> None:
-    op = await _run(engine, "write /tmp/partial x; oom", base)
+    op = await run_command(engine, "write /tmp/partial x; oom", base)
 
     assert op.status == OperationStatus.FAILED
     assert op.error is not None
@@ -478,7 +435,7 @@ async def test_out_of_memory_fails_naming_the_memory_limit(
 
 
 async def test_fork_bomb_fails_naming_the_process_limit(engine: Engine, base: ImageRecord) -> None:
-    op = await _run(engine, "forkbomb", base)
+    op = await run_command(engine, "forkbomb", base)
 
     assert op.status == OperationStatus.FAILED
     assert op.error is not None
@@ -489,7 +446,7 @@ async def test_fork_bomb_fails_naming_the_process_limit(engine: Engine, base: Im
 
 
 async def test_run_past_its_timeout_fails_with_timed_out(engine: Engine, base: ImageRecord) -> None:
-    op = await _run(engine, "echo started; block", base, timeout=1)
+    op = await run_command(engine, "echo started; block", base, timeout=1)
 
     assert op.status == OperationStatus.FAILED
     assert op.error is not None
@@ -506,7 +463,7 @@ async def test_run_past_its_timeout_fails_with_timed_out(engine: Engine, base: I
 
 async def test_timeout_is_reported_as_the_limit_hit(engine: Engine, base: ImageRecord) -> None:
     # RunResult.limit_hit documents "timeout" as one of its values.
-    op = await _run(engine, "block", base, timeout=1)
+    op = await run_command(engine, "block", base, timeout=1)
 
     assert op.result is not None
     assert op.result["limit_hit"] == "timeout"
@@ -516,7 +473,9 @@ async def test_timeout_is_reported_as_the_limit_hit(engine: Engine, base: ImageR
 async def test_writing_past_max_layer_bytes_fails_naming_the_limit(
     engine: Engine, base: ImageRecord, code: int
 ) -> None:
-    op = await _run(engine, f"write /big 0123456789abcdef; exit {code}", base, max_layer_bytes=8)
+    op = await run_command(
+        engine, f"write /big 0123456789abcdef; exit {code}", base, max_layer_bytes=8
+    )
 
     assert op.status == OperationStatus.FAILED
     assert op.error is not None
@@ -548,7 +507,7 @@ async def test_run_whose_sandbox_cannot_start_fails_and_leaves_nothing_behind(
 ) -> None:
     async with make_engine(tmp_path / "data", runtime=_BrokenRuntime()) as engine:
         base = await engine.import_local(rootfs)
-        op = await _run(engine, command, base)
+        op = await run_command(engine, command, base)
         events = [e async for e in engine.follow_events(op, follow=False)]
         runs_left = list(engine.layers.runs_dir.iterdir())
         children = engine.lineage(base).children
@@ -656,14 +615,14 @@ async def test_placed_file_has_its_content_mode_and_owner(
     record = await engine.upload_file(_chunks(b"secret ", b"key\n"))
     placed = PlacedFile(uuid=record.uuid, path="/root/key", mode=0o600, uid=1000, gid=1000)
 
-    op = await _run(engine, "cat", base, files=(placed,))
+    op = await run_command(engine, "cat", base, files=(placed,))
 
     assert op.status == OperationStatus.SUCCESS, op.error
     assert op.result is not None
     assert op.result["filesystem_changed"] is True
     assert op.result_image is not None
     child = engine.resolve_image(op.result_image)
-    assert _read(engine, child, "/root/key") == b"secret key\n"
+    assert read_file(engine, child, "/root/key") == b"secret key\n"
     item = engine.stat_path(child, "/root/key")
     assert item.is_regular
     assert item.mode & 0o7777 == 0o600
@@ -680,11 +639,11 @@ async def test_placed_file_creates_missing_parents(engine: Engine, base: ImageRe
     record = await engine.upload_file(_chunks(b"cfg"))
     placed = PlacedFile(uuid=record.uuid, path="/opt/app/conf/app.ini", uid=1000, gid=1000)
 
-    op = await _run(engine, "echo", base, files=(placed,))
+    op = await run_command(engine, "echo", base, files=(placed,))
 
     assert op.result_image is not None
     child = engine.resolve_image(op.result_image)
-    assert _read(engine, child, "/opt/app/conf/app.ini") == b"cfg"
+    assert read_file(engine, child, "/opt/app/conf/app.ini") == b"cfg"
     assert engine.stat_path(child, "/opt/app").is_dir
 
 
@@ -692,7 +651,7 @@ async def test_placed_file_is_visible_to_the_command(engine: Engine, base: Image
     record = await engine.upload_file(_chunks(b"payload"))
     placed = PlacedFile(uuid=record.uuid, path="/tmp/in.txt")
 
-    op = await _run(engine, "rm /tmp/in.txt", base, files=(placed,), disposable=True)
+    op = await run_command(engine, "rm /tmp/in.txt", base, files=(placed,), disposable=True)
 
     # ``rm`` would fail (and so the run) if the file had not been placed before it started.
     assert op.status == OperationStatus.SUCCESS, op.error
@@ -737,15 +696,15 @@ async def test_placed_file_through_a_symlinked_dir_stays_inside_the_root(
     record = await engine.upload_file(_chunks(b"dropped"))
     placed = PlacedFile(uuid=record.uuid, path="/etc/evil/x")
 
-    op = await _run(engine, "echo", image, files=(placed,))
+    op = await run_command(engine, "echo", image, files=(placed,))
 
     assert op.status == OperationStatus.SUCCESS, op.error
     assert list(host_dir.iterdir()) == []
     assert op.result_image is not None
     child = engine.resolve_image(op.result_image)
     # The symlink was resolved inside the image: the file sits at the image's own copy.
-    assert _read(engine, child, str(host_dir / "x")) == b"dropped"
-    assert _read(engine, child, "/etc/evil/x") == b"dropped"
+    assert read_file(engine, child, str(host_dir / "x")) == b"dropped"
+    assert read_file(engine, child, "/etc/evil/x") == b"dropped"
 
 
 async def test_placed_file_over_a_symlink_to_a_host_file_replaces_the_link(
@@ -755,7 +714,7 @@ async def test_placed_file_over_a_symlink_to_a_host_file_replaces_the_link(
     record = await engine.upload_file(_chunks(b"overwritten?"))
     placed = PlacedFile(uuid=record.uuid, path="/etc/evilfile")
 
-    op = await _run(engine, "echo", image, files=(placed,))
+    op = await run_command(engine, "echo", image, files=(placed,))
 
     assert op.status == OperationStatus.SUCCESS, op.error
     assert host_file.read_bytes() == b"host content\n"
@@ -764,7 +723,7 @@ async def test_placed_file_over_a_symlink_to_a_host_file_replaces_the_link(
     item = engine.stat_path(child, "/etc/evilfile")
     assert item.is_regular
     assert not item.is_symlink
-    assert _read(engine, child, "/etc/evilfile") == b"overwritten?"
+    assert read_file(engine, child, "/etc/evilfile") == b"overwritten?"
 
 
 async def test_placed_file_through_a_dangling_symlink_fails_without_touching_the_host(
@@ -774,7 +733,7 @@ async def test_placed_file_through_a_dangling_symlink_fails_without_touching_the
     record = await engine.upload_file(_chunks(b"x"))
     placed = PlacedFile(uuid=record.uuid, path="/etc/dangling/x")
 
-    op = await _run(engine, "echo", image, files=(placed,))
+    op = await run_command(engine, "echo", image, files=(placed,))
 
     assert op.status == OperationStatus.FAILED
     assert op.error is not None
@@ -789,10 +748,10 @@ async def test_placed_file_with_dotdot_stays_inside_the_root(
     record = await engine.upload_file(_chunks(b"climb"))
     placed = PlacedFile(uuid=record.uuid, path="/etc/up/../../escaped.txt")
 
-    op = await _run(engine, "echo", image, files=(placed,))
+    op = await run_command(engine, "echo", image, files=(placed,))
 
     assert op.status == OperationStatus.SUCCESS, op.error
     assert not (tmp_path / "escaped.txt").exists()
     assert not _host_path_exists("/escaped.txt")
     assert op.result_image is not None
-    assert _read(engine, engine.resolve_image(op.result_image), "/escaped.txt") == b"climb"
+    assert read_file(engine, engine.resolve_image(op.result_image), "/escaped.txt") == b"climb"

@@ -8,22 +8,19 @@ tests/engine/runtime/test_network.py).
 
 from __future__ import annotations
 
-import asyncio
 import json
-import random
-import secrets
 import select
 import selectors
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import pytest
 
 from sandtree.engine.runtime._network import NetworkPool
+from sandtree.testing import SimulatedInternet, simulated_internet
 
 from .kit import (
     GVISOR_NETWORK_BUG,
@@ -65,63 +62,29 @@ sys.stdin.read()
 """
 
 
-@dataclass
-class Internet:
-    netns: str
-    host_side: str  # the host's address on the link: what NAT rewrites sources to
-    server: str  # a "public" address inside the namespace
-    private: str  # an RFC 1918 address inside the namespace, routed by the host
-
-
 @pytest.fixture
-def internet(pool: NetworkPool, request: pytest.FixtureRequest) -> Iterator[Internet]:
-    """A namespace standing in for the internet, with a server on port 8080 of both addresses."""
-    tag = secrets.token_hex(3)
-    n, r = random.randrange(128), random.randrange(256)
-    net = Internet(f"inet-{tag}", f"198.18.{n}.1", f"198.18.{n}.2", f"10.215.{r}.53")
-    host = (
-        f"netns add {net.netns}\n"
-        f"link add ti{tag} type veth peer name eth0 netns {net.netns}\n"
-        f"link set ti{tag} addrgenmode none\n"
-        f"addr add {net.host_side}/30 dev ti{tag}\n"
-        f"link set ti{tag} up\n"
-        f"route add {net.private}/32 via {net.server}\n"
-    )
-    inside = (
-        "link set lo up\n"
-        "link set eth0 addrgenmode none\n"
-        f"addr add {net.server}/30 dev eth0\n"
-        f"addr add {net.private}/32 dev eth0\n"
-        "link set eth0 up\n"
-    )
-    server: subprocess.Popen[str] | None = None
-    try:
-        for argv, text in (
-            (["ip", "-batch", "-"], host),
-            (["ip", "-n", net.netns, "-batch", "-"], inside),
-        ):
-            subprocess.run(argv, input=text, check=True, capture_output=True, text=True)
+def internet(pool: NetworkPool) -> Iterator[SimulatedInternet]:
+    """A simulated internet with a server on port 8080 of both of its addresses."""
+    with simulated_internet(private_net="10.215") as net:
         server = subprocess.Popen(
             ["ip", "netns", "exec", net.netns, python(), "-c", _SERVER, "0.0.0.0", "8080"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
-        assert server.stdout is not None
-        with selectors.DefaultSelector() as sel:
-            sel.register(server.stdout, selectors.EVENT_READ)
-            assert sel.select(timeout=10), "the internet's server did not start within 10 s"
-        assert server.stdout.readline().strip() == "READY"
-        yield net
-    finally:
-        if server is not None:
+        try:
+            assert server.stdout is not None
+            with selectors.DefaultSelector() as sel:
+                sel.register(server.stdout, selectors.EVENT_READ)
+                assert sel.select(timeout=10), "the internet's server did not start within 10 s"
+            assert server.stdout.readline().strip() == "READY"
+            yield net
+        finally:
             server.kill()
             server.wait()
             for stream in (server.stdin, server.stdout):
                 if stream is not None:
                     stream.close()
-        for cmd in (["ip", "link", "del", f"ti{tag}"], ["ip", "netns", "del", net.netns]):
-            subprocess.run(cmd, capture_output=True, check=False)
 
 
 def _host_addresses() -> list[str]:
@@ -171,7 +134,7 @@ async def test_an_online_run_has_eth0_with_its_leased_address_and_a_default_rout
 
 @pytest.mark.parametrize("tier", ONLINE_TIERS)
 async def test_an_online_run_reaches_a_server_in_the_test_internet_through_nat(
-    make_sandboxes: SandboxesFactory, pool: NetworkPool, internet: Internet, tier: str
+    make_sandboxes: SandboxesFactory, pool: NetworkPool, internet: SimulatedInternet, tier: str
 ) -> None:
     async with make_sandboxes(network=pool) as sb:
         out = await sb.ok(f"nc -w 5 {internet.server} 8080 </dev/null", tier=tier, network=True)
@@ -181,7 +144,7 @@ async def test_an_online_run_reaches_a_server_in_the_test_internet_through_nat(
 
 @pytest.mark.parametrize("tier", ONLINE_TIERS)
 async def test_an_online_run_cannot_reach_private_addresses(
-    make_sandboxes: SandboxesFactory, pool: NetworkPool, internet: Internet, tier: str
+    make_sandboxes: SandboxesFactory, pool: NetworkPool, internet: SimulatedInternet, tier: str
 ) -> None:
     async with make_sandboxes(network=pool) as sb:
         out = await sb.ok(
@@ -257,10 +220,9 @@ async def test_a_finished_online_run_releases_its_namespace_and_veth(
         events = [e async for e in sb.engine.follow_events(op, follow=False)]
         (network,) = [e.data for e in events if e.type == "network"]
         assert network["interfaces"][0]["name"] == "eth0"
-        # The release runs after the reply, off the event loop: give it a bounded moment.
-        deadline = time.monotonic() + 10
-        while _pool_links(pool) and time.monotonic() < deadline:  # noqa: ASYNC110 - host state
-            await asyncio.sleep(0.05)
+        # The release runs after the reply, off the event loop.
+        with anyio.fail_after(10):
+            await sb.engine.runs.settle()
         assert _pool_links(pool) == []
 
 

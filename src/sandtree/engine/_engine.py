@@ -11,6 +11,7 @@ import concurrent.futures
 import contextlib
 import logging
 import re
+import shutil
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -60,8 +61,6 @@ def default_runtimes(settings: Settings) -> dict[str, Callable[[], Runtime]]:
     state = settings.data_dir / "run"
 
     def container() -> Runtime:
-        import shutil
-
         if shutil.which(settings.crun_path):
             return OciRuntime(
                 kind="crun",
@@ -142,11 +141,12 @@ class Engine:
         self._queue = OperationQueue(
             self.store, self.events, concurrency=self.settings.max_concurrency
         )
-        self._queue.recover(self._resume)
+        self._queue.recover()
 
     async def close(self) -> None:
         if self._queue is not None:
             await self._queue.close()
+        await self.runs.settle()
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -379,9 +379,6 @@ class Engine:
             return run_outcome(result)
 
         return job
-
-    def _resume(self, op: OperationRecord) -> Any:
-        return None  # runs are not resumed after a restart: their inputs may have changed
 
     def get_operation(
         self, op_id: str, *, namespaces: Sequence[str] = ("default",)

@@ -127,9 +127,6 @@ class EventHub:
         """The open log of a running operation, or None once it has ended."""
         return self._live.get(operation)
 
-    def is_live(self, operation: str) -> bool:
-        return operation in self._live
-
     async def follow(
         self, operation: str, *, after: int = 0, follow: bool = True
     ) -> AsyncIterator[OperationEvent]:

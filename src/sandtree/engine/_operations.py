@@ -17,7 +17,7 @@ from typing import Any
 from sandtree.engine._clock import now_iso, parse_iso
 from sandtree.engine._events import EventHub, EventLog
 from sandtree.engine.store import MetadataStore
-from sandtree.engine.types import OperationRecord, OperationStatus
+from sandtree.engine.types import OperationEvent, OperationRecord, OperationStatus
 from sandtree.errors import ConflictError, OperationNotFoundError, SandtreeError
 
 __all__ = ["Job", "JobFailed", "JobOutcome", "OperationQueue"]
@@ -154,13 +154,13 @@ class OperationQueue:
             )
         log.emit(
             "completion",
-            {
-                "status": str(status),
-                "result_image_uuid": fields.get("result_image"),
-                "error": error,
-                "duration_ms": int(duration * 1000),
-                "image_size_bytes": (outcome.image_size or 0) if outcome else 0,
-            },
+            _completion(
+                status,
+                error=error,
+                result_image=fields.get("result_image"),
+                duration=duration,
+                image_size=(outcome.image_size or 0) if outcome else 0,
+            ),
             spid=None,
         )
         self._store.update_operation(op.uuid, **fields)
@@ -194,40 +194,21 @@ class OperationQueue:
             raise OperationNotFoundError(f"operation {op_id} does not exist")
         return op
 
-    def is_active(self, op_id: str) -> bool:
-        return op_id in self._tasks
-
-    def recover(self, resubmit: Callable[[OperationRecord], Job | None]) -> None:
-        """After a restart: fail what was executing, requeue what never started."""
+    def recover(self) -> None:
+        """After a restart: every operation that had not ended is FAILED, with a completion
+        event. Runs are not resumed: the world they were queued into is gone."""
         for op in self._store.operations_in(
             [OperationStatus.ASSIGNED, OperationStatus.EXECUTING, OperationStatus.PENDING]
         ):
-            job = resubmit(op) if op.status == OperationStatus.PENDING else None
-            if job is not None:
-                self.submit(op, job)
-                continue
             events = self._store.events(op.uuid)
-            next_id = (events[-1].id + 1) if events else 1
-            error = _RESTARTED if op.status != OperationStatus.PENDING else _UNRESUMABLE
-            from sandtree.engine.types import OperationEvent
-
-            self._store.append_events(
-                op.uuid,
-                [
-                    OperationEvent(
-                        id=next_id,
-                        ts=now_iso(),
-                        type="completion",
-                        data={
-                            "status": "FAILED",
-                            "result_image_uuid": None,
-                            "error": error,
-                            "duration_ms": 0,
-                            "image_size_bytes": 0,
-                        },
-                    )
-                ],
+            error = _UNRESUMABLE if op.status == OperationStatus.PENDING else _RESTARTED
+            completion = OperationEvent(
+                id=(events[-1].id + 1) if events else 1,
+                ts=now_iso(),
+                type="completion",
+                data=_completion(OperationStatus.FAILED, error=error),
             )
+            self._store.append_events(op.uuid, [completion])
             self._store.update_operation(
                 op.uuid, status=OperationStatus.FAILED, error=error, finished_at=now_iso()
             )
@@ -258,6 +239,24 @@ class OperationQueue:
             task.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks.values()), timeout=5)
+
+
+def _completion(
+    status: OperationStatus,
+    *,
+    error: str | None,
+    result_image: str | None = None,
+    duration: float = 0.0,
+    image_size: int = 0,
+) -> dict[str, Any]:
+    """The spec's ``EventDataCompletion``: always the last event of an operation."""
+    return {
+        "status": str(status),
+        "result_image_uuid": result_image,
+        "error": error,
+        "duration_ms": int(duration * 1000),
+        "image_size_bytes": image_size,
+    }
 
 
 _CANCELLED = "the operation was cancelled before it started"

@@ -30,7 +30,7 @@ from sandtree.engine.types import (
     RunSpec,
     StreamOutput,
 )
-from sandtree.errors import FileNotFoundInStoreError, InvalidRequestError, SandtreeError
+from sandtree.errors import FileNotFoundInStoreError, InvalidRequestError
 
 __all__ = ["DEFAULT_PATH", "RunExecutor", "RunFailure", "encode_stream"]
 
@@ -39,13 +39,16 @@ _SECRET_SUFFIXES = ("TOKEN", "SECRET", "PASSWORD", "API_KEY", "CREDENTIALS", "AU
 _DISK_POLL = 0.25
 
 
-class RunFailure(SandtreeError):
-    """The run ended without a usable result (limit hit, timeout, cancel, spawn failure)."""
+class RunFailure(Exception):
+    """The run ended without a usable result (limit hit, timeout, cancel, spawn failure).
 
-    status = 200  # reported as a FAILED operation, not as an HTTP error
+    Not a ``SandtreeError``: it never reaches a caller as such, it becomes a FAILED (or
+    CANCELLED) operation whose error is ``message``.
+    """
 
     def __init__(self, message: str, result: RunResult | None, *, cancelled: bool = False):
         super().__init__(message)
+        self.message = message
         self.result = result
         self.cancelled = cancelled
 
@@ -125,6 +128,18 @@ class RunExecutor:
         self._runtime_factories = runtimes
         self._runtimes: dict[str, Runtime] = {}
         self._network = network
+        # Clean-up that finishes after a run has replied (veth teardown, deleting run dirs).
+        self._cleanups: set[asyncio.Future[None]] = set()
+
+    def _after_reply(self, cleanup: Callable[[Any], None], arg: Any) -> None:
+        future = asyncio.get_running_loop().run_in_executor(None, cleanup, arg)
+        self._cleanups.add(future)
+        future.add_done_callback(self._cleanups.discard)
+
+    async def settle(self) -> None:
+        """Wait for the clean-up of finished runs (network namespaces, run directories)."""
+        while self._cleanups:
+            await asyncio.gather(*self._cleanups, return_exceptions=True)
 
     def runtime(self, tier: str) -> Runtime:
         if tier not in self._runtimes:
@@ -166,12 +181,15 @@ class RunExecutor:
         tier = spec.isolation or self._settings.default_isolation
         runtime = self.runtime(tier)
         started = time.monotonic()
-        dirs = self._layers.prepare_run(op_id, image.layers)
+        # Mounting a deep stack takes milliseconds and placing files copies them: keep both
+        # off the event loop, where other runs' output is being pumped.
+        dirs = await asyncio.to_thread(self._layers.prepare_run, op_id, image.layers)
         lease = None
         try:
             env = self.environment(image, spec)
             cwd = spec.cwd or image.cwd or "/"
-            self._prepare_rootfs(dirs, spec, cwd)
+            if spec.files or cwd != "/":
+                await asyncio.to_thread(self._prepare_rootfs, dirs, spec, cwd)
             if spec.network and self._network is not None:
                 lease = await asyncio.to_thread(self._network.lease)
             args = ["/bin/sh", "-c", spec.command] if spec.shell else [spec.command, *spec.args]
@@ -241,7 +259,7 @@ class RunExecutor:
         finally:
             if lease is not None and self._network is not None:
                 # Tearing a veth down takes ~30 ms of kernel work; nobody needs to wait for it.
-                asyncio.get_running_loop().run_in_executor(None, self._network.release, lease)
+                self._after_reply(self._network.release, lease)
         try:
             return await self._finish(
                 op_id,
@@ -258,7 +276,7 @@ class RunExecutor:
                 namespace,
             )
         finally:
-            asyncio.get_running_loop().run_in_executor(None, self._layers.discard_run, dirs)
+            self._after_reply(self._layers.discard_run, dirs)
 
     def _prepare_rootfs(self, dirs: RunDirs, spec: RunSpec, cwd: str) -> None:
         shift = self._settings.uid_shift

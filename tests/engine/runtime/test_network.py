@@ -17,13 +17,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sandtree.engine.runtime._network import NetworkLease, NetworkPool
+from sandtree.testing import SimulatedInternet, simulated_internet
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create network namespaces")
 
@@ -134,46 +134,10 @@ def pool(make_pool: Callable[..., NetworkPool]) -> NetworkPool:
     return make_pool()
 
 
-@dataclass
-class Internet:
-    netns: str
-    host_side: str  # the host's address on the link: what NAT rewrites sources to
-    server: str  # a "public" address inside the namespace
-    private: str  # an RFC1918 address inside the namespace, routed by the host
-
-
 @pytest.fixture
-def internet() -> Iterator[Internet]:
-    """A namespace standing in for the internet, routed by the host via its own veth."""
-    tag = secrets.token_hex(3)
-    n, r = random.randrange(128), random.randrange(256)
-    net = Internet(f"inet-{tag}", f"198.18.{n}.1", f"198.18.{n}.2", f"10.214.{r}.53")
-
-    host = (
-        f"netns add {net.netns}\n"
-        f"link add ti{tag} type veth peer name eth0 netns {net.netns}\n"
-        f"link set ti{tag} addrgenmode none\n"
-        f"addr add {net.host_side}/30 dev ti{tag}\n"
-        f"link set ti{tag} up\n"
-        f"route add {net.private}/32 via {net.server}\n"
-    )
-    inside = (
-        "link set lo up\n"
-        "link set eth0 addrgenmode none\n"
-        f"addr add {net.server}/30 dev eth0\n"
-        f"addr add {net.private}/32 dev eth0\n"
-        "link set eth0 up\n"
-    )
-    try:
-        for argv, text in (
-            (["ip", "-batch", "-"], host),
-            (["ip", "-n", net.netns, "-batch", "-"], inside),
-        ):
-            subprocess.run(argv, input=text, check=True, capture_output=True, text=True)
+def internet() -> Iterator[SimulatedInternet]:
+    with simulated_internet(private_net="10.214") as net:
         yield net
-    finally:
-        for cmd in (["ip", "link", "del", f"ti{tag}"], ["ip", "netns", "del", net.netns]):
-            subprocess.run(cmd, capture_output=True)
 
 
 def test_a_leased_namespace_has_eth0_with_its_address_a_default_route_and_lo_up(
@@ -195,7 +159,7 @@ def test_a_leased_namespace_has_eth0_with_its_address_a_default_route_and_lo_up(
 
 
 def test_a_sandbox_reaches_the_internet_through_nat(
-    pool: NetworkPool, internet: Internet, request: pytest.FixtureRequest
+    pool: NetworkPool, internet: SimulatedInternet, request: pytest.FixtureRequest
 ) -> None:
     start_server(request, ["ip", "netns", "exec", internet.netns], "0.0.0.0", 8080)
     lease = pool.lease()
@@ -210,7 +174,7 @@ def test_a_sandbox_reaches_the_internet_through_nat(
 
 def test_private_destinations_are_dropped_except_dns_to_the_hosts_resolver(
     make_pool: Callable[..., NetworkPool],
-    internet: Internet,
+    internet: SimulatedInternet,
     request: pytest.FixtureRequest,
     tmp_path: Path,
 ) -> None:
