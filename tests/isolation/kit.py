@@ -33,14 +33,6 @@ LIMIT_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")
 TIERS = ["container", pytest.param("gvisor", marks=pytest.mark.gvisor)]
 
 
-#: Why every networked gVisor run fails with the runsc (20221219) of this host.
-GVISOR_NETWORK_BUG = (
-    "bug: a gVisor run with network=True never starts: runsc --network=host runs the sandbox in "
-    "the spec's user namespace, where its chroot set-up fails ('error setting up chroot: error "
-    "converting mounts: operation not permitted')"
-)
-
-
 def gvisor_xfail(reason: str) -> list[Any]:
     """Tiers where the gVisor case is a known, reported failure (strict: a fix shows up)."""
     return [
@@ -59,21 +51,10 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     return Settings(data_dir=data_dir, **values)
 
 
-class _TidyEngine(Engine):
-    """An Engine that also removes its empty mount-point directories under /run/sandtree when
-    closed, so test runs do not pile them up on the host (see the xfail in test_restart.py)."""
-
-    async def close(self) -> None:
-        await super().close()
-        for empty in (self.layers.views_dir, self.layers.mounts_dir):
-            with contextlib.suppress(OSError):
-                empty.rmdir()  # only ever an empty directory: never a mount, never content
-
-
 def real_engine(data_dir: Path, *, network: NetworkPool | None = None, **overrides: Any) -> Engine:
     """An engine on crun/runsc with the default (SQLite) store under ``data_dir``."""
     settings = make_settings(data_dir, **overrides)
-    return _TidyEngine(settings, runtimes=default_runtimes(settings), network=network)
+    return Engine(settings, runtimes=default_runtimes(settings), network=network)
 
 
 class Sandboxes:

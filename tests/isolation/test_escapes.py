@@ -19,7 +19,6 @@ from sandtree.engine import Engine, ImageRecord
 from sandtree.errors import SandtreeError
 
 from .kit import (
-    GVISOR_NETWORK_BUG,
     TIERS,
     Sandboxes,
     SandboxesFactory,
@@ -108,12 +107,6 @@ async def test_only_the_sandbox_s_own_processes_are_visible(
         pytest.param("container", False, id="container-offline"),
         pytest.param("container", True, id="container-online"),
         pytest.param("gvisor", False, id="gvisor-offline", marks=pytest.mark.gvisor),
-        pytest.param(
-            "gvisor",
-            True,
-            id="gvisor-online",
-            marks=[pytest.mark.gvisor, pytest.mark.xfail(reason=GVISOR_NETWORK_BUG)],
-        ),
     ],
 )
 async def test_a_service_on_the_host_loopback_is_unreachable(

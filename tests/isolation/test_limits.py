@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .kit import TIERS, MiB, SandboxesFactory, gvisor_xfail, stdout, succeeded
+from .kit import TIERS, MiB, SandboxesFactory, stdout, succeeded
 
 pytestmark = [pytest.mark.isolation, pytest.mark.anyio]
 
@@ -20,10 +20,7 @@ def _rss_bytes() -> int:
     raise AssertionError("no VmRSS in /proc/self/status")
 
 
-# A gVisor sandbox is ~40 host threads before it runs anything, and every process in it adds
-# a ptrace stub with threads of its own; all of that counts against the host pids cgroup (see
-# test_pids_limit_counts_the_sandbox_s_processes_not_the_runtime_s_threads).
-_BOMB_PIDS = {"container": 64, "gvisor": 128}
+_BOMB_PIDS = {"container": 64, "gvisor": 64}
 
 
 @pytest.mark.parametrize("tier", TIERS)
@@ -45,13 +42,7 @@ async def test_a_fork_bomb_ends_only_its_own_run_naming_the_pids_limit(
         await sb.healthy(tier)
 
 
-@pytest.mark.parametrize(
-    "tier",
-    gvisor_xfail(
-        "bug: the host pids cgroup gets pids_limit as is under runsc, whose own threads (~40) "
-        "and per-process ptrace stubs (~10 tasks each) count against it"
-    ),
-)
+@pytest.mark.parametrize("tier", TIERS)
 async def test_pids_limit_counts_the_sandbox_s_processes_not_the_runtime_s_threads(
     make_sandboxes: SandboxesFactory, tier: str
 ) -> None:

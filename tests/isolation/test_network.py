@@ -20,10 +20,10 @@ import anyio
 import pytest
 
 from sandtree.engine.runtime._network import NetworkPool
+from sandtree.errors import InvalidRequestError
 from sandtree.testing import SimulatedInternet, simulated_internet
 
 from .kit import (
-    GVISOR_NETWORK_BUG,
     TIERS,
     Sandboxes,
     SandboxesFactory,
@@ -35,13 +35,8 @@ from .kit import (
 
 pytestmark = [pytest.mark.isolation, pytest.mark.anyio]
 
-#: Online tiers: gVisor networking is broken here (see GVISOR_NETWORK_BUG).
-ONLINE_TIERS = [
-    "container",
-    pytest.param(
-        "gvisor", marks=[pytest.mark.gvisor, pytest.mark.xfail(reason=GVISOR_NETWORK_BUG)]
-    ),
-]
+#: Online tiers: the gVisor of this host refuses networking (see the test below).
+ONLINE_TIERS = ["container"]
 
 # Answers each connection with the peer's address, then closes; prints READY when listening.
 _SERVER = r"""
@@ -108,6 +103,17 @@ async def test_an_offline_run_has_only_loopback(sandboxes: Sandboxes, tier: str)
     assert _interfaces(out) == ["lo"]
     links = await sandboxes.ok("ip -o link | cut -d: -f2", tier=tier)
     assert links.split() == ["lo"]
+
+
+@pytest.mark.gvisor
+async def test_a_gvisor_run_with_networking_is_refused_naming_the_tier_to_use_instead(
+    make_sandboxes: SandboxesFactory, pool: NetworkPool
+) -> None:
+    async with make_sandboxes(network=pool) as sb:
+        with pytest.raises(InvalidRequestError, match="isolation='container'"):
+            await sb.engine.spawn(sb.spec("true", tier="gvisor", network=True))
+        # Offline gVisor runs on the same engine are unaffected.
+        assert stdout(succeeded(await sb.run("echo ok", tier="gvisor"))) == "ok\n"
 
 
 @pytest.mark.parametrize("tier", ONLINE_TIERS)

@@ -185,10 +185,6 @@ async def test_starting_a_second_engine_leaves_the_first_engine_s_sandboxes_runn
         assert stdout(done) == "started\nfinished\n"
 
 
-@pytest.mark.xfail(
-    reason="bug: LayerStore creates /run/sandtree/<hash of the data dir>/views and nothing "
-    "removes them: every engine ever opened leaves two empty directories on the host's /run"
-)
 async def test_a_closed_engine_leaves_nothing_under_run_sandtree(tmp_path: Path) -> None:
     settings = make_settings(tmp_path / "data")
     async with Engine(settings, runtimes=default_runtimes(settings)) as engine:

@@ -121,20 +121,7 @@ async def test_a_timeout_kills_the_whole_process_tree(sandboxes: Sandboxes, tier
 
 @pytest.mark.parametrize(
     "tier",
-    [
-        "container",
-        pytest.param(
-            "gvisor",
-            marks=[
-                pytest.mark.gvisor,
-                pytest.mark.xfail(
-                    strict=False,
-                    reason="bug: CgroupSet.remove()'s rmdir can race the exit of runsc's killed "
-                    "processes (EBUSY, ignored) and leave a directory behind",
-                ),
-            ],
-        ),
-    ],
+    TIERS,
 )
 async def test_a_finished_run_leaves_no_cgroup_directory_in_any_controller(
     sandboxes: Sandboxes, tier: str

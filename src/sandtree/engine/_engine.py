@@ -151,7 +151,7 @@ class Engine:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         self._compact_executor.shutdown(wait=True, cancel_futures=True)
-        self.layers.unmount_views()
+        self.layers.close()
         if self._network is not None:
             await asyncio.to_thread(self._network.teardown)
         self.store.close()
@@ -337,10 +337,15 @@ class Engine:
                 f"not {spec.timeout}"
             )
         tier = spec.isolation or self.settings.default_isolation
-        self.runs.runtime(tier)  # fail fast on an unknown or unavailable tier
+        runtime = self.runs.runtime(tier)  # fails fast on an unknown or unavailable tier
         if spec.network and self._network is None:
             raise InvalidRequestError(
                 "networking is not available on this server; run with networking disabled"
+            )
+        if spec.network and not runtime.supports_network:
+            raise InvalidRequestError(
+                f"the {tier} tier cannot give sandboxes a network on this host (its {runtime.name}"
+                " is too old); run with isolation='container' or with networking disabled"
             )
         for placed in spec.files:
             record = self.store.get_file(placed.uuid)

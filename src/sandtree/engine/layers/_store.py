@@ -207,6 +207,13 @@ class LayerStore:
                 with contextlib.suppress(OSError):
                     entry[0].rmdir()
 
+    def close(self) -> None:
+        """Unmount every view and remove this store's mount directories under /run."""
+        self.unmount_views()
+        for d in (self.views_dir, self.mounts_dir):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+
     def unmount_views(self) -> None:
         with self._views_lock:
             for path, _ in self._views.values():

@@ -83,6 +83,10 @@ class Runtime(Protocol):
     @property
     def name(self) -> str: ...
 
+    @property
+    def supports_network(self) -> bool:
+        """Whether sandboxes can join a prepared network namespace."""
+
     async def start(self, spec: SandboxSpec) -> Sandbox: ...
 
     def cleanup_stale(self) -> None:

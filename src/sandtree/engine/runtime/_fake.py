@@ -121,6 +121,10 @@ class FakeRuntime:
     def name(self) -> str:
         return "fake"
 
+    @property
+    def supports_network(self) -> bool:
+        return True
+
     async def start(self, spec: SandboxSpec) -> FakeSandbox:
         self.started.append(spec)
         self._next_pid += 1

@@ -20,6 +20,7 @@ import dataclasses
 import errno
 import os
 import signal
+import time
 from pathlib import Path
 
 __all__ = ["CgroupSet", "CgroupStats", "enter_private_mount_namespace", "host_cgroup_mode"]
@@ -180,10 +181,24 @@ class CgroupSet:
                 continue
             for child in sorted(base.rglob("*"), key=lambda p: -len(p.parts)):
                 if child.is_dir():
-                    with contextlib.suppress(OSError):
-                        child.rmdir()
-            with contextlib.suppress(OSError):
-                base.rmdir()
+                    _rmdir_when_empty(child)
+            _rmdir_when_empty(base)
+
+
+def _rmdir_when_empty(cgroup: Path, *, within: float = 2.0) -> None:
+    """Remove a cgroup directory. Just-killed tasks keep it busy (EBUSY) for a few
+    milliseconds while the kernel reaps them, and v1 offers no event for that moment."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            cgroup.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                return
+        time.sleep(0.005)
 
 
 def _write(path: Path, value: str) -> None:
