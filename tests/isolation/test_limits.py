@@ -154,5 +154,10 @@ async def test_limits_of_one_run_do_not_end_another_running_beside_it(
             sb.run("dd if=/dev/zero of=/f bs=1M count=30", tier=tier, max_layer_bytes=MiB),
         )
         assert [h.status for h in hogs] == ["FAILED"] * 3
-        assert [h.result and h.result["limit_hit"] for h in hogs[:2]] == ["memory", "pids"]
+        limits = [h.result and h.result["limit_hit"] for h in hogs[:2]]
+        # Each gVisor process costs the host ~10 tasks and their memory: at 128 MiB a bomb
+        # there can run out of memory before it runs out of processes. Either ends only it.
+        bomb_limits = ("pids", "memory") if tier == "gvisor" else ("pids",)
+        assert limits[0] == "memory"
+        assert limits[1] in bomb_limits
         assert stdout(succeeded(await sb.finish(calm))) == "calm\n"

@@ -13,6 +13,7 @@ from pathlib import Path
 from sandtree.engine.runtime._base import SandboxExit, SandboxSpec
 from sandtree.engine.runtime._host import CgroupSet, runtime_prefix
 from sandtree.engine.runtime._ocispec import build_config
+from sandtree.engine.runtime._process import AsyncProcess
 from sandtree.errors import RuntimeUnavailableError
 
 __all__ = ["OciRuntime", "OciSandbox"]
@@ -26,9 +27,7 @@ _RUNSC_TASKS_PER_PROCESS = 12
 class OciSandbox:
     """One ``<runtime> run`` process and the cgroups around it."""
 
-    def __init__(
-        self, process: asyncio.subprocess.Process, cgroups: CgroupSet, log_path: Path
-    ) -> None:
+    def __init__(self, process: AsyncProcess, cgroups: CgroupSet, log_path: Path) -> None:
         self._process = process
         self._cgroups = cgroups
         self._log_path = log_path
@@ -38,9 +37,7 @@ class OciSandbox:
     def pid(self) -> int:
         return self._process.pid
 
-    async def _read(self, stream: asyncio.StreamReader | None) -> AsyncIterator[bytes]:
-        if stream is None:
-            return
+    async def _read(self, stream: asyncio.StreamReader) -> AsyncIterator[bytes]:
         while chunk := await stream.read(_CHUNK):
             yield chunk
 
@@ -52,7 +49,7 @@ class OciSandbox:
 
     async def write_stdin(self, data: bytes, *, close: bool) -> None:
         stdin = self._process.stdin
-        if stdin is None or stdin.is_closing():
+        if stdin.is_closing():
             return
         try:
             if data:
@@ -67,9 +64,7 @@ class OciSandbox:
     async def kill(self) -> None:
         self._killed = True
         self._cgroups.kill_all()
-        if self._process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._process.kill()
+        self._process.kill()
 
     async def wait(self) -> SandboxExit:
         rc = await self._process.wait()
@@ -234,12 +229,8 @@ class OciRuntime:
         )
         try:
             self.write_bundle(spec, cgroups)
-            process = await asyncio.create_subprocess_exec(
-                *self.command(spec),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,
+            process = await AsyncProcess.start(
+                self.command(spec),
                 # Join the sandbox's cgroups before exec: the runtime and everything it starts
                 # inherit them, with no window in which a process runs unlimited.
                 preexec_fn=cgroups.join,
