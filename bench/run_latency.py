@@ -435,7 +435,7 @@ class Bench:
         async def timed_compact(target: ImageRecord) -> None:
             # Observation only: how many compactions ran, over how many layers, how long, and
             # how many calls returned at once because one of the same image was in flight.
-            if target.uuid in self.engine._compactions or len(target.layers) <= 2:
+            if target.uuid in self.engine._compactor.in_flight or len(target.layers) <= 2:
                 skipped.append(len(target.layers))
                 await engine_compact(target)
                 return

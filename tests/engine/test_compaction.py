@@ -11,6 +11,7 @@ import anyio
 import pytest
 
 from sandtree.engine import Engine, ImageRecord
+from sandtree.engine._compaction import merge_point
 from sandtree.errors import PathNotFoundError
 from sandtree.testing import make_child, make_engine, read_file
 
@@ -255,3 +256,34 @@ async def test_three_hundred_runs_deep_keep_every_file_and_a_short_stack(
         diff = await engine.diff(after)
         assert diff.added == ["/data/after"]
         assert diff.deleted == ["/data/f300"]
+
+
+@pytest.mark.parametrize(
+    ("spans", "point"),
+    [
+        ([1 << 40, 1, 1, 1], 1),  # a fresh chain: everything above the base merges
+        ([1 << 40, 24, 1, 1], 2),  # small new layers merge among themselves
+        ([1 << 40, 24, 16, 8, 4, 2, 1, 1], 1),  # equal tops carry all the way down
+        ([1 << 40, 1], 2),  # one layer above the base: nothing to merge
+        ([1 << 40, 1 << 40, 1 << 40], 3),  # imported layers are never merged
+    ],
+)
+def test_merge_point_gathers_layers_no_larger_than_what_is_above_them(
+    spans: list[int], point: int
+) -> None:
+    assert merge_point(spans) == point
+
+
+def test_a_two_thousand_run_chain_keeps_short_stacks_at_log_cost() -> None:
+    # Simulate the policy: one new layer per run, compaction past 24 layers.
+    spans, merged = [1 << 40], 0
+    longest = 0
+    for _ in range(2000):
+        spans.append(1)
+        longest = max(longest, len(spans))
+        if len(spans) > 24:
+            k = merge_point(spans)
+            merged += sum(spans[k:])
+            spans = [*spans[:k], sum(spans[k:])]
+    assert longest <= 30
+    assert merged < 2000 * 3  # vs ~86,000 layer-runs when every compaction merges it all

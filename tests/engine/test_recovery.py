@@ -206,7 +206,7 @@ async def test_leftover_runs_mounts_and_staging_dirs_are_swept_at_start(
         layer_paths = [engine.layers.path(image.layers[0]), extra_lower]
         stale_view = engine.layers.views_dir / "stale-view"
     # An inspection view the dead process never unmounted.
-    stale_view.mkdir()
+    stale_view.mkdir(parents=True)  # a clean close removed views/; a crash would not
     mount_overlay(layer_paths, stale_view)
 
     async with _disk_engine(data_dir) as engine:

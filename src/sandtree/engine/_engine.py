@@ -7,7 +7,6 @@ command surface, and each states what it needs and raises from ``sandtree.errors
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import re
@@ -19,6 +18,7 @@ from typing import Any, BinaryIO
 
 from sandtree.config import Settings
 from sandtree.engine._clock import now_iso
+from sandtree.engine._compaction import Compactor
 from sandtree.engine._events import EventHub, EventLog
 from sandtree.engine._files import BlobStore
 from sandtree.engine._imports import import_path
@@ -27,7 +27,6 @@ from sandtree.engine._operations import JobFailed, JobOutcome, OperationQueue
 from sandtree.engine._results import run_outcome
 from sandtree.engine._runs import RunExecutor, RunFailure
 from sandtree.engine.layers import _grep, _inspect as _inspect_ops
-from sandtree.engine.layers._merge import merge_layers
 from sandtree.engine.layers._store import LayerStore
 from sandtree.engine.runtime import OciRuntime, Runtime
 from sandtree.engine.store import FileRecord, ImageQuery, MetadataStore, OperationQuery, SqliteStore
@@ -122,10 +121,7 @@ class Engine:
         )
         self._queue: OperationQueue | None = None
         self._background: set[asyncio.Task[Any]] = set()
-        self._compactions: dict[str, tuple[tuple[str, ...], asyncio.Task[None]]] = {}
-        self._compact_executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="sandtree-compact"
-        )
+        self._compactor = Compactor(self.store, self.layers, max_stack=settings.max_stack_layers)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -150,7 +146,7 @@ class Engine:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        self._compact_executor.shutdown(wait=True, cancel_futures=True)
+        self._compactor.close()
         self.layers.close()
         if self._network is not None:
             await asyncio.to_thread(self._network.teardown)
@@ -288,41 +284,8 @@ class Engine:
             return await asyncio.to_thread(diff_trees, old, new)
 
     async def _compact(self, image: ImageRecord) -> None:
-        """Merge all but the bottom layer of ``image`` into one; wait if already under way."""
-        if len(image.layers) <= 2:
-            return
-        entry = self._compactions.get(image.uuid)
-        if entry is None:
-            task = asyncio.get_running_loop().create_task(self._merge_stack(image))
-            self._compactions[image.uuid] = (image.layers, task)
-            task.add_done_callback(lambda _: self._compactions.pop(image.uuid, None))
-        else:
-            task = entry[1]
-        await asyncio.shield(task)
-
-    async def _merge_stack(self, image: ImageRecord) -> None:
-        loop = asyncio.get_running_loop()
-        staging = self.layers.new_staging_dir()
-        old = image.layers
-        # One compaction at a time on its own thread: runs' mounts and commits never queue
-        # behind it in the shared executor.
-        await loop.run_in_executor(
-            self._compact_executor, merge_layers, self.layers.paths(old[1:]), staging
-        )
-        layer_id, size = await loop.run_in_executor(
-            self._compact_executor, self.layers.adopt, staging
-        )
-        new = (old[0], layer_id)
-        self.store.replace_layers(image.uuid, new, new_layer_size=size)
-        # Descendants made while this ran still carry the old stack as their prefix.
-        pending = [c for c in self.store.children(image.uuid)]
-        while pending:
-            child = pending.pop()
-            if child.layers[: len(old)] == old:
-                self.store.replace_layers(
-                    child.uuid, (*new, *child.layers[len(old) :]), new_layer_size=0
-                )
-                pending.extend(self.store.children(child.uuid))
+        """Compact ``image``'s stack now, whatever its length (tests and the hard limit)."""
+        await self._compactor.compact(image, force=True)
 
     # -- runs and operations ---------------------------------------------------------------------
 
@@ -368,9 +331,10 @@ class Engine:
 
     def _run_job(self, op_id: str, image: ImageRecord, spec: RunSpec, namespace: str) -> Any:
         async def job(log: EventLog, cancel: asyncio.Event) -> JobOutcome:
-            current = image
+            # Re-read: a compaction may have shortened (rebased) the stack since spawn.
+            current = self._reload(image)
             if len(current.layers) > _HARD_STACK:
-                await self._compact(current)
+                await self._compactor.compact(current, force=True)
                 current = self._reload(current)
             try:
                 result, child = await self.runs.execute(
@@ -380,7 +344,7 @@ class Engine:
                 outcome = run_outcome(failure.result) if failure.result else None
                 raise JobFailed(failure.message, outcome, cancelled=failure.cancelled) from None
             if child is not None and len(child.layers) > self.settings.max_stack_layers:
-                self._spawn_background(self._compact(child))
+                self._spawn_background(self._compactor.compact(child))
             return run_outcome(result)
 
         return job

@@ -22,8 +22,11 @@ from sandtree.engine.store import MetadataStore
 from sandtree.engine.types import ImageRecord
 from sandtree.errors import InvalidRequestError
 
-__all__ = ["MAX_IMPORT_BYTES", "import_path"]
+__all__ = ["IMPORTED_SPAN", "MAX_IMPORT_BYTES", "import_path"]
 
+#: Imported layers are never merged by compaction: they may be shared by many images, and
+#: merging into them would copy (link) a whole base image for one run's change.
+IMPORTED_SPAN = 1 << 40
 #: A single layer may not expand past this (decompression bombs stop here).
 MAX_IMPORT_BYTES = 64 * 1024**3
 
@@ -87,7 +90,7 @@ def import_path(
             size=sum(adopted.values()),
             tags=tuple(tags),
         )
-        store.add_image(image, layer_sizes=adopted)
+        store.add_image(image, layer_sizes=adopted, layer_span=IMPORTED_SPAN)
         return image
     except BaseException:
         for layer_id in adopted:

@@ -41,7 +41,9 @@ CREATE INDEX IF NOT EXISTS images_parent ON images(parent);
 CREATE INDEX IF NOT EXISTS images_created ON images(created_at);
 CREATE TABLE IF NOT EXISTS layers (
     id TEXT PRIMARY KEY,
-    size INTEGER NOT NULL
+    size INTEGER NOT NULL,
+    -- how many committed runs the layer stands for (compaction merges by it)
+    span INTEGER NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS image_layers (
     image TEXT NOT NULL REFERENCES images(uuid) ON DELETE CASCADE,
@@ -158,10 +160,15 @@ class SqliteStore:
 
     # -- images -----------------------------------------------------------------------------
 
-    def add_image(self, image: ImageRecord, *, layer_sizes: dict[str, int]) -> None:
+    def add_image(
+        self, image: ImageRecord, *, layer_sizes: dict[str, int], layer_span: int = 1
+    ) -> None:
         with self._tx() as db:
             for layer_id, size in layer_sizes.items():
-                db.execute("INSERT OR IGNORE INTO layers(id, size) VALUES (?, ?)", (layer_id, size))
+                db.execute(
+                    "INSERT OR IGNORE INTO layers(id, size, span) VALUES (?, ?, ?)",
+                    (layer_id, size, layer_span),
+                )
             db.execute(
                 "INSERT INTO images(uuid, namespace, parent, operation, command, depth, env, cwd,"
                 " user, size, public, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -252,12 +259,23 @@ class SqliteStore:
         rows = self._query("SELECT * FROM images WHERE parent=? ORDER BY created_at", (uuid,))
         return [self._image_from_row(r) for r in rows]
 
-    def replace_layers(self, uuid: str, layers: Sequence[str], *, new_layer_size: int) -> None:
-        """Swap an image's physical stack for an equivalent one (after compaction)."""
+    def add_layer(self, layer_id: str, *, size: int, span: int) -> None:
         with self._tx() as db:
             db.execute(
-                "INSERT OR IGNORE INTO layers(id, size) VALUES (?, ?)", (layers[-1], new_layer_size)
+                "INSERT OR IGNORE INTO layers(id, size, span) VALUES (?, ?, ?)",
+                (layer_id, size, span),
             )
+
+    def layer_spans(self, layer_ids: Sequence[str]) -> dict[str, int]:
+        rows = self._query(
+            f"SELECT id, span FROM layers WHERE id IN ({', '.join('?' for _ in layer_ids)})",
+            list(layer_ids),
+        )
+        return {r["id"]: r["span"] for r in rows}
+
+    def replace_layers(self, uuid: str, layers: Sequence[str]) -> None:
+        """Swap an image's physical stack for an equivalent one (after compaction)."""
+        with self._tx() as db:
             db.execute("DELETE FROM image_layers WHERE image=?", (uuid,))
             db.executemany(
                 "INSERT INTO image_layers(image, position, layer) VALUES (?, ?, ?)",
