@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 from collections.abc import Sequence
 
 from sandtree.engine._imports import IMPORTED_SPAN
@@ -54,8 +55,11 @@ class Compactor:
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="sandtree-compact"
         )
-        #: image uuid → the compaction under way for it.
+        #: image uuid → the compaction under way (or waiting its turn) for it.
         self.in_flight: dict[str, asyncio.Task[None]] = {}
+        # One at a time, each reading the stack only when its turn comes: an earlier one may
+        # have rebased it, and a merge planned on a stale stack would be wasted work.
+        self._turn = asyncio.Lock()
 
     async def compact(self, image: ImageRecord, *, force: bool = False) -> None:
         """Shorten ``image``'s stack (when longer than the limit, or always with ``force``);
@@ -71,7 +75,10 @@ class Compactor:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     async def _run(self, uuid: str, *, force: bool) -> None:
-        # Re-read: a compaction that landed while this one waited may have rebased the image.
+        async with self._turn:
+            await self._merge(uuid, force=force)
+
+    async def _merge(self, uuid: str, *, force: bool) -> None:
         image = self._store.get_image(uuid)
         if image is None or (not force and len(image.layers) <= self._max_stack):
             return
@@ -85,7 +92,9 @@ class Compactor:
         await loop.run_in_executor(
             self._executor, merge_layers, self._layers.paths(old[k:]), staging
         )
-        layer_id, size = await loop.run_in_executor(self._executor, self._layers.adopt, staging)
+        layer_id, size = await loop.run_in_executor(
+            self._executor, functools.partial(self._layers.adopt, staging, linked=True)
+        )
         self._store.add_layer(layer_id, size=size, span=sum(spans.get(x, 1) for x in old[k:]))
         new = (*old[:k], layer_id)
         self._store.replace_layers(uuid, new)

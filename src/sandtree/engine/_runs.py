@@ -423,11 +423,15 @@ class RunExecutor:
         new_cwd = cwd if spec.preserve_cwd else image.cwd
         if not changed and new_env == image.env and new_cwd == image.cwd:
             return dataclasses.replace(result, result_image=image.uuid), None
-        layers, size = image.layers, 0
+        # The parent's stack as it is now: a compaction may have landed while this run ran,
+        # and the new layer sits as well on the compacted stack as on the one we mounted.
+        fresh = self._store.get_image(image.uuid)
+        base_layers = fresh.layers if fresh is not None else image.layers
+        layers, size = base_layers, 0
         layer_sizes: dict[str, int] = {}
         if changed:
             layer_id, size = await asyncio.to_thread(self._layers.commit_run, dirs)
-            layers = (*image.layers, layer_id)
+            layers = (*base_layers, layer_id)
             layer_sizes[layer_id] = size
         child = ImageRecord(
             uuid=str(uuid.uuid4()),

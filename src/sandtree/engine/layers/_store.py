@@ -127,9 +127,13 @@ class LayerStore:
         path.mkdir()
         return path
 
-    def adopt(self, staging: Path) -> tuple[str, int]:
-        """Move a fully written staging dir (e.g. an imported layer) into the store."""
-        size = _fsync_tree(staging)
+    def adopt(self, staging: Path, *, linked: bool = False) -> tuple[str, int]:
+        """Move a fully written staging dir (e.g. an imported layer) into the store.
+
+        ``linked``: its files are hard links to files already in the store (a compaction),
+        so only the new directory entries need flushing, not the data.
+        """
+        size = _fsync_tree(staging, files=not linked)
         layer_id = uuid.uuid4().hex
         os.rename(staging, self.path(layer_id))
         _fsync_dir(self.layers_dir)
@@ -265,13 +269,16 @@ def _same_dir_in_stack(lowers_top_first: Sequence[Path], rel: str, upper: os.sta
     return False
 
 
-def _fsync_tree(top: Path) -> int:
-    """fsync every file and directory under ``top``; returns the bytes of regular files."""
+def _fsync_tree(top: Path, *, files: bool = True) -> int:
+    """fsync every directory (and file, with ``files``) under ``top``; returns the bytes of
+    regular files."""
     total = 0
     for st, rel in _walk(top):
         path = top / rel
         if stat.S_ISREG(st.st_mode):
             total += st.st_size
+            if not files:
+                continue
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
             try:
                 os.fsync(fd)
