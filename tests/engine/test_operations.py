@@ -103,10 +103,10 @@ async def test_spawn_returns_a_pending_operation_that_ends_in_success(
     transitions: list[OperationStatus] = []
     update = engine.store.update_operation
 
-    def recording_update(uuid: str, **fields: Any) -> OperationRecord:
+    def recording_update(uuid: str, **fields: Any) -> None:
         if "status" in fields:
             transitions.append(OperationStatus(fields["status"]))
-        return update(uuid, **fields)
+        update(uuid, **fields)
 
     monkeypatch.setattr(engine.store, "update_operation", recording_update)
 

@@ -61,6 +61,7 @@ class OperationQueue:
         self._cancels: dict[str, asyncio.Event] = {}
         self._done: dict[str, asyncio.Event] = {}
         self._closing = False
+        self._started: dict[str, str] = {}
 
     def submit(self, op: OperationRecord, job: Job) -> None:
         """Start ``job`` for an operation already stored as PENDING."""
@@ -81,8 +82,9 @@ class OperationQueue:
                 return
             try:
                 self._store.update_operation(op.uuid, status=OperationStatus.ASSIGNED)
+                self._started[op.uuid] = now_iso()
                 self._store.update_operation(
-                    op.uuid, status=OperationStatus.EXECUTING, started_at=now_iso()
+                    op.uuid, status=OperationStatus.EXECUTING, started_at=self._started[op.uuid]
                 )
                 try:
                     outcome = await job(log, cancel)
@@ -116,13 +118,15 @@ class OperationQueue:
         finally:
             self._tasks.pop(op.uuid, None)
             self._cancels.pop(op.uuid, None)
+            self._started.pop(op.uuid, None)
             done = self._done.pop(op.uuid, None)
             if done is not None:
                 done.set()
 
     def _hub_log(self, op_id: str) -> EventLog:
-        log = self._hub._live.get(op_id)
-        assert log is not None
+        log = self._hub.live(op_id)
+        if log is None:
+            raise RuntimeError(f"operation {op_id} has no open event log")
         return log
 
     async def _finish(
@@ -135,8 +139,7 @@ class OperationQueue:
         outcome: JobOutcome | None = None,
     ) -> None:
         finished = now_iso()
-        current = self._store.get_operation(op.uuid)
-        started = current.started_at if current and current.started_at else op.created_at
+        started = self._started.get(op.uuid, op.created_at)
         duration = (parse_iso(finished) - parse_iso(started)).total_seconds()
         fields: dict[str, Any] = {
             "status": status,

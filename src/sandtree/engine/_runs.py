@@ -210,6 +210,7 @@ class RunExecutor:
                 ),
                 netns=lease.netns_path if lease is not None else None,
                 nameservers=lease.nameservers if lease is not None else (),
+                max_file_bytes=spec.max_layer_bytes or self._settings.max_layer_bytes,
             )
             log.emit(
                 "init",
@@ -345,7 +346,7 @@ class RunExecutor:
         if outcome.disk_exceeded is None:
             # A run can write past the cap and exit (even with 0) before our next look.
             usage = await asyncio.to_thread(self._layers.upper_usage, dirs)
-            if usage > max_layer:
+            if _layer_full(usage, max_layer):
                 outcome.disk_exceeded = usage
         return outcome
 
@@ -353,7 +354,7 @@ class RunExecutor:
         while True:
             await asyncio.sleep(_DISK_POLL)  # periodic usage check, not a wait for state
             usage = await asyncio.to_thread(self._layers.upper_usage, dirs)
-            if usage > limit:
+            if _layer_full(usage, limit):
                 return usage
 
     async def _finish(
@@ -492,6 +493,11 @@ class RunExecutor:
             else:
                 merged[key] = value
         return tuple(f"{k}={v}" for k, v in merged.items())
+
+
+def _layer_full(usage: int, limit: int) -> bool:
+    # At (not only past) the cap: RLIMIT_FSIZE stops a single growing file exactly there.
+    return usage >= limit
 
 
 def _describe(spec: RunSpec) -> str:

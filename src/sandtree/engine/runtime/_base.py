@@ -40,6 +40,8 @@ class SandboxSpec:
     netns: str | None = None
     #: Nameservers to write to the sandbox's /etc/resolv.conf (only with a network).
     nameservers: Sequence[str] = ()
+    #: Largest file any process may write (RLIMIT_FSIZE), or None for no cap.
+    max_file_bytes: int | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

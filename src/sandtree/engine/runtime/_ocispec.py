@@ -100,6 +100,15 @@ def _sys_mount(*, joined_netns: bool) -> dict[str, Any]:
     }
 
 
+def _rlimits(spec: SandboxSpec) -> dict[str, Any]:
+    if spec.max_file_bytes is None:
+        return {}
+    # No single file can outgrow the writable layer: a one-file disk filler stops at the cap
+    # with EFBIG at once instead of between two looks at the layer's size.
+    cap = spec.max_file_bytes
+    return {"rlimits": [{"type": "RLIMIT_FSIZE", "hard": cap, "soft": cap}]}
+
+
 def build_config(spec: SandboxSpec, *, uid_shift: int, seccomp: bool = True) -> dict[str, Any]:
     """The ``config.json`` for ``spec``; identical for crun, runc and runsc."""
     caps = list(_CAPABILITIES)
@@ -136,6 +145,7 @@ def build_config(spec: SandboxSpec, *, uid_shift: int, seccomp: bool = True) -> 
                 "permitted": caps,
             },
             "noNewPrivileges": True,
+            **_rlimits(spec),
         },
         "root": {"path": str(spec.rootfs), "readonly": False},
         "hostname": spec.hostname,

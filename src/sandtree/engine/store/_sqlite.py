@@ -356,7 +356,7 @@ class SqliteStore:
         rows = self._query("SELECT * FROM operations WHERE uuid=?", (uuid,))
         return _op_from_row(rows[0]) if rows else None
 
-    def update_operation(self, uuid: str, **fields: Any) -> OperationRecord:
+    def update_operation(self, uuid: str, **fields: Any) -> None:
         if fields:
             unknown = set(fields) - set(_OP_COLUMNS)
             if unknown:
@@ -369,14 +369,12 @@ class SqliteStore:
                 for c in cols
             ]
             with self._tx() as db:
-                db.execute(
+                cur = db.execute(
                     f"UPDATE operations SET {', '.join(f'{c}=?' for c in cols)} WHERE uuid=?",
                     [*vals, uuid],
                 )
-        op = self.get_operation(uuid)
-        if op is None:
-            raise OperationNotFoundError(f"operation {uuid} does not exist")
-        return op
+                if cur.rowcount == 0:
+                    raise OperationNotFoundError(f"operation {uuid} does not exist")
 
     def list_operations(self, query: OperationQuery) -> list[OperationRecord]:
         where, params = _namespace_clause(query.namespaces, "namespace")
