@@ -168,7 +168,13 @@ class Engine:
     def _spawn_background(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # Nobody awaits background work: its failures must at least reach the log.
+            logger.error("background task failed", exc_info=task.exception())
 
     # -- images ---------------------------------------------------------------------------------
 

@@ -424,16 +424,17 @@ class RunExecutor:
         new_cwd = cwd if spec.preserve_cwd else image.cwd
         if not changed and new_env == image.env and new_cwd == image.cwd:
             return dataclasses.replace(result, result_image=image.uuid), None
-        # The parent's stack as it is now: a compaction may have landed while this run ran,
-        # and the new layer sits as well on the compacted stack as on the one we mounted.
-        fresh = self._store.get_image(image.uuid)
-        base_layers = fresh.layers if fresh is not None else image.layers
-        layers, size = base_layers, 0
+        new_layers: tuple[str, ...] = ()
+        size = 0
         layer_sizes: dict[str, int] = {}
         if changed:
             layer_id, size = await asyncio.to_thread(self._layers.commit_run, dirs)
-            layers = (*base_layers, layer_id)
-            layer_sizes[layer_id] = size
+            new_layers, layer_sizes = (layer_id,), {layer_id: size}
+        # The parent's stack as it is now, read with no await before the image is added: a
+        # compaction may have landed while this run ran (the new layer sits as well on the
+        # compacted stack as on the one we mounted), and one landing later will rebase us.
+        fresh = self._store.get_image(image.uuid)
+        layers = (*(fresh.layers if fresh is not None else image.layers), *new_layers)
         child = ImageRecord(
             uuid=str(uuid.uuid4()),
             created_at=now_iso(),
