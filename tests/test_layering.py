@@ -11,6 +11,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "sandtree"
 FORBIDDEN = {
     "engine": ("sandtree.api", "sandtree.mcp", "sandtree.cli", "sandtree.client", "starlette",
                "httpx", "click", "mcp"),
+    "api": ("sandtree.mcp", "sandtree.cli", "sandtree.client", "click", "mcp"),
 }  # fmt: skip
 
 

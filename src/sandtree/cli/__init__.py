@@ -6,6 +6,7 @@ import click
 
 from sandtree import __version__
 from sandtree.cli._demo import demo
+from sandtree.cli._serve import serve, token
 
 __all__ = ["cli", "main"]
 
@@ -18,10 +19,13 @@ def cli() -> None:
     \b
     Example:
       sandtree demo            # import a tiny image, run, branch and show the lineage
+      sandtree serve           # the REST API on the embedded default
     """
 
 
 cli.add_command(demo)
+cli.add_command(serve)
+cli.add_command(token)
 
 
 def main() -> None:

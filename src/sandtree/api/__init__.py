@@ -1,0 +1,50 @@
+"""The REST API v1 (wire-compatible with the ConTree API): routes parse, delegate to the
+engine and map errors; nothing here runs sandboxes itself."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import Mount
+
+from sandtree.api import images, tokens
+from sandtree.api._auth import AuthMiddleware
+from sandtree.api._errors import exception_handlers
+from sandtree.api._tokens import PERMISSIONS, TokenRecord, TokenStore
+from sandtree.engine import Engine
+
+__all__ = ["PERMISSIONS", "TokenRecord", "TokenStore", "create_app"]
+
+
+def create_app(
+    engine: Engine, *, tokens_store: TokenStore, manage_engine: bool = True
+) -> Starlette:
+    """The ASGI app over ``engine``.
+
+    Args:
+        engine: the engine to serve.
+        tokens_store: where bearer tokens are checked.
+        manage_engine: start the engine with the app and close it on shutdown.
+    """
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if manage_engine:
+            await engine.start()
+        try:
+            yield
+        finally:
+            if manage_engine:
+                await engine.close()
+
+    app = Starlette(
+        routes=[Mount("/v1", routes=[*images.routes, *tokens.routes])],
+        middleware=[Middleware(AuthMiddleware, tokens=tokens_store)],
+        exception_handlers=exception_handlers,
+        lifespan=lifespan,
+    )
+    app.state.engine = engine
+    return app

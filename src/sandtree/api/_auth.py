@@ -1,0 +1,56 @@
+"""Bearer-token authentication and per-route permission checks."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from sandtree.api._errors import error_response
+from sandtree.api._tokens import TokenRecord, TokenStore
+from sandtree.errors import ForbiddenError
+
+__all__ = ["AuthMiddleware", "require"]
+
+#: Paths anyone may read.
+_OPEN_PATHS = frozenset({"/v1/openapi.json"})
+
+
+class AuthMiddleware:
+    """Rejects ``/v1`` requests without a valid ``Authorization: Bearer`` token (401) and
+    hands the token to routes as ``request.state.token``."""
+
+    def __init__(self, app: ASGIApp, *, tokens: TokenStore) -> None:
+        self.app = app
+        self.tokens = tokens
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in _OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        scheme, _, secret = header.partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            message = (
+                "no token: send 'Authorization: Bearer <token>' (`sandtree token create` makes "
+                "one; `sandtree serve` printed the admin token on first start)"
+            )
+            await error_response(401, message)(scope, receive, send)
+            return
+        token = self.tokens.verify(secret.strip())
+        if token is None:
+            message = "this token is unknown or revoked; `sandtree token create` makes a new one"
+            await error_response(401, message)(scope, receive, send)
+            return
+        scope.setdefault("state", {})["token"] = token
+        await self.app(scope, receive, send)
+
+
+def require(request: Request, permission: str) -> TokenRecord:
+    """The caller's token, which must hold ``permission`` (else 403)."""
+    token: TokenRecord = request.state.token
+    if permission not in token.permissions:
+        raise ForbiddenError(
+            f"this token lacks the '{permission}' permission; ask for a token that has it "
+            f"(`sandtree token create --permission {permission}`)"
+        )
+    return token

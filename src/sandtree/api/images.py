@@ -1,0 +1,100 @@
+"""``/v1/images``: list, tag and untag."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from sandtree.api._auth import require
+from sandtree.api._params import int_param, time_param
+from sandtree.engine import Engine, ImageQuery, ImageRecord
+from sandtree.errors import InvalidRequestError
+
+__all__ = ["image_json", "routes"]
+
+
+def image_json(image: ImageRecord, namespace: str) -> dict[str, Any]:
+    """The API's ``Image``: its tag in the caller's namespace, and the operation that made
+    it when the caller may see that operation."""
+    own = image.namespace == namespace
+    return {
+        "uuid": image.uuid,
+        "tag": image.tags[0] if image.tags else None,
+        "created_at": image.created_at,
+        "operation_uuid": image.operation if own else None,
+    }
+
+
+def _engine(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+def _uuid(raw: str, what: str) -> str:
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        raise InvalidRequestError(f"{what} {raw!r} is not a UUID") from None
+
+
+def _tagged(request: Request) -> bool | None:
+    if "tagged" not in request.query_params:
+        return None
+    raw = request.query_params["tagged"]
+    return None if raw == "0" else True
+
+
+async def list_images(request: Request) -> Response:
+    token = require(request, "list")
+    raw_uuid = request.query_params.get("uuid")
+    query = ImageQuery(
+        namespaces=(token.namespace,),
+        limit=int_param(request, "limit", 100, low=1, high=1000),
+        offset=int_param(request, "offset", 0, low=0, high=2**31),
+        tagged=True if request.query_params.get("tag") else _tagged(request),
+        tag_prefix=request.query_params.get("tag") or None,
+        uuid=_uuid(raw_uuid, "uuid") if raw_uuid else None,
+        since=time_param(request, "since"),
+        until=time_param(request, "until"),
+    )
+    images = _engine(request).list_images(query)
+    return JSONResponse({"images": [image_json(i, token.namespace) for i in images]})
+
+
+async def tag_image(request: Request) -> Response:
+    token = require(request, "set_image_tag")
+    engine = _engine(request)
+    image = engine.resolve_image(
+        _uuid(request.path_params["uuid"], "image"), namespaces=(token.namespace,)
+    )
+    try:
+        body = json.loads(await request.body())
+    except ValueError:
+        raise InvalidRequestError('send a JSON body like {"tag": "busybox:latest"}') from None
+    tag = body.get("tag") if isinstance(body, dict) else None
+    if not isinstance(tag, str) or not tag:
+        raise InvalidRequestError('send a JSON body like {"tag": "busybox:latest"}')
+    tagged = engine.tag_image(image, tag, namespace=token.namespace)
+    return JSONResponse(image_json(tagged, token.namespace))
+
+
+async def untag_image(request: Request) -> Response:
+    token = require(request, "set_image_tag")
+    engine = _engine(request)
+    image = engine.resolve_image(
+        _uuid(request.path_params["uuid"], "image"), namespaces=(token.namespace,)
+    )
+    engine.untag_image(image, request.query_params.get("tag") or None, namespace=token.namespace)
+    return Response(status_code=204)
+
+
+routes = [
+    Route("/images", list_images, methods=["GET"]),
+    Route("/images/{uuid}/tag", tag_image, methods=["PATCH"]),
+    Route("/images/{uuid}/tag", untag_image, methods=["DELETE"]),
+]

@@ -1,0 +1,156 @@
+"""``sandtree serve`` (the server on the embedded default) and ``sandtree token``."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+from pathlib import Path
+
+import click
+import uvicorn
+
+from sandtree.api import PERMISSIONS, TokenStore, create_app
+from sandtree.cli._config import write_client_config
+from sandtree.config import Settings
+from sandtree.engine import Engine
+from sandtree.engine.runtime import enter_private_mount_namespace
+from sandtree.engine.runtime._network import NetworkPool
+from sandtree.errors import SandtreeError
+
+__all__ = ["serve", "token"]
+
+_ADMIN_TOKEN_FILE = "admin-token"
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def _tokens(data_dir: Path) -> TokenStore:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return TokenStore(data_dir / "tokens.db")
+
+
+def _first_start(settings: Settings, tokens: TokenStore) -> str | None:
+    """On the first start: an admin token, saved (0600) and returned; later: None."""
+    path = settings.data_dir / _ADMIN_TOKEN_FILE
+    if path.exists():
+        return None
+    _, secret = tokens.create(name="admin", created_at=_now())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(secret + "\n")
+    return secret
+
+
+def _network() -> NetworkPool | None:
+    if shutil.which("ip") and shutil.which("iptables"):
+        return NetworkPool()
+    click.echo("warning: ip or iptables is missing; runs with networking will be refused", err=True)
+    return None
+
+
+@click.command()
+@click.option("--host", default=None, help="Address to listen on [default: 127.0.0.1].")
+@click.option("--port", type=int, default=None, help="Port to listen on [default: 9450].")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where images, operations and tokens live [default: ~/.local/share/sandtree].",
+)
+def serve(host: str | None, port: int | None, data_dir: Path | None) -> None:
+    """Serve the REST API v1 on the embedded default (SQLite, local image store, crun).
+
+    Settings also come from SANDTREE_HOST, SANDTREE_PORT, SANDTREE_DATA_DIR and the other
+    SANDTREE_* variables. On the first start it prints an admin token once, keeps it in
+    <data-dir>/admin-token (0600) and writes the client config the CLI and MCP server read.
+    SIGTERM or Ctrl-C stop it cleanly: running sandboxes are stopped first.
+
+    \b
+    Example:
+      sudo sandtree serve --port 9450 --data-dir /var/lib/sandtree
+    """
+    if not enter_private_mount_namespace():
+        raise click.ClickException("could not enter a private mount namespace; run as root")
+    try:
+        settings = Settings.from_env(host=host, port=port, data_dir=data_dir)
+    except SandtreeError as exc:
+        raise click.ClickException(str(exc)) from exc
+    tokens = _tokens(settings.data_dir)
+    url = f"http://{settings.host}:{settings.port}"
+    secret = _first_start(settings, tokens)
+    if secret is not None:
+        config = write_client_config(url, secret)
+        click.echo(f"admin token (shown once; also in {settings.data_dir / _ADMIN_TOKEN_FILE}):")
+        click.echo(f"  {secret}")
+        click.echo(f"client config written to {config}")
+    engine = Engine(settings, network=_network())
+    app = create_app(engine, tokens_store=tokens)
+    click.echo(f"sandtree listening on {url} (data in {settings.data_dir})")
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+
+
+@click.group()
+def token() -> None:
+    """Create, list and revoke API tokens (run on the server's machine).
+
+    \b
+    Example:
+      sandtree token create --name ci --namespace team-a --permission list --permission spawn
+    """
+
+
+_data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The server's data directory [default: ~/.local/share/sandtree].",
+)
+
+
+@token.command("create")
+@click.option("--name", default="token", show_default=True, help="A label for people.")
+@click.option("--namespace", default="default", show_default=True, help="What it sees.")
+@click.option(
+    "--permission",
+    "permissions",
+    multiple=True,
+    type=click.Choice(PERMISSIONS),
+    help="Grant this permission (repeat); all of them when none is given.",
+)
+@_data_dir_option
+def token_create(
+    name: str, namespace: str, permissions: tuple[str, ...], data_dir: Path | None
+) -> None:
+    """Create a token and print its secret (shown only once)."""
+    settings = Settings.from_env(data_dir=data_dir)
+    record, secret = _tokens(settings.data_dir).create(
+        name=name, namespace=namespace, permissions=permissions or PERMISSIONS, created_at=_now()
+    )
+    click.echo(f"{record.uuid}  {secret}")
+
+
+@token.command("list")
+@_data_dir_option
+def token_list(data_dir: Path | None) -> None:
+    """List tokens (never their secrets)."""
+    settings = Settings.from_env(data_dir=data_dir)
+    for record in _tokens(settings.data_dir).list():
+        state = "revoked" if record.revoked else "active"
+        perms = ",".join(sorted(record.permissions))
+        click.echo(f"{record.uuid}  {record.name:<12} {record.namespace:<12} {state:<8} {perms}")
+
+
+@token.command("revoke")
+@click.argument("token_uuid")
+@_data_dir_option
+def token_revoke(token_uuid: str, data_dir: Path | None) -> None:
+    """Revoke a token by its UUID; requests with it get 401 from then on."""
+    settings = Settings.from_env(data_dir=data_dir)
+    try:
+        _tokens(settings.data_dir).revoke(token_uuid)
+    except SandtreeError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"revoked {token_uuid}")

@@ -1,0 +1,47 @@
+"""The API in process: the app over a fake-runtime engine, reached through httpx."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sandtree.api import PERMISSIONS, TokenStore, create_app
+from sandtree.engine import Engine
+
+
+@dataclasses.dataclass
+class Api:
+    engine: Engine
+    tokens: TokenStore
+    http: httpx.AsyncClient
+    #: A token with every permission in the "default" namespace.
+    admin: str
+
+    def token(self, *permissions: str, namespace: str = "default") -> dict[str, str]:
+        """Headers with a new token holding ``permissions`` (all when none are given)."""
+        _, secret = self.tokens.create(
+            name="test",
+            namespace=namespace,
+            permissions=permissions or PERMISSIONS,
+            created_at="2026-01-01T00:00:00+00:00",
+        )
+        return {"Authorization": f"Bearer {secret}"}
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin}"}
+
+
+@pytest.fixture
+async def api(engine: Engine, tmp_path: Path) -> AsyncIterator[Api]:
+    tokens = TokenStore(tmp_path / "tokens.db")
+    _, admin = tokens.create(name="admin", created_at="2026-01-01T00:00:00+00:00")
+    app = create_app(engine, tokens_store=tokens, manage_engine=False)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://sandtree") as http:
+        yield Api(engine=engine, tokens=tokens, http=http, admin=admin)
+    tokens.close()

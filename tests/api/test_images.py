@@ -1,0 +1,203 @@
+"""``/v1/images`` and ``/v1/whoami`` in process: auth, permissions, namespaces, filters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from sandtree.engine import ImageRecord
+from sandtree.testing import build_mini_rootfs, make_child
+
+if TYPE_CHECKING:
+    from conftest import Api  # the fixture's type, from tests/api/conftest.py
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def image(api: Api, tmp_path: Path) -> ImageRecord:
+    rootfs = build_mini_rootfs(tmp_path / "rootfs")
+    return await api.engine.import_local(rootfs, tag="busybox:latest")
+
+
+async def test_a_request_without_a_token_gets_401_saying_how_to_get_one(api: Api) -> None:
+    response = await api.http.get("/v1/images")
+
+    assert response.status_code == 401
+    body = response.json()
+    assert body["status"] == 401
+    assert "Authorization: Bearer" in body["error"]
+
+
+async def test_an_unknown_or_revoked_token_gets_401(api: Api) -> None:
+    headers = api.token("list")
+    record = api.tokens.list()[-1]
+    assert (await api.http.get("/v1/images", headers=headers)).status_code == 200
+
+    api.tokens.revoke(record.uuid)
+
+    assert (await api.http.get("/v1/images", headers=headers)).status_code == 401
+    unknown = {"Authorization": "Bearer st_not-a-token"}
+    assert (await api.http.get("/v1/images", headers=unknown)).status_code == 401
+
+
+async def test_tokens_are_stored_only_as_hashes(api: Api, tmp_path: Path) -> None:
+    database = (tmp_path / "tokens.db").read_bytes()
+
+    assert api.admin.encode() not in database
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "permission"),
+    [
+        ("GET", "/v1/images", "list"),
+        ("PATCH", "/v1/images/{uuid}/tag", "set_image_tag"),
+        ("DELETE", "/v1/images/{uuid}/tag", "set_image_tag"),
+    ],
+)
+async def test_a_token_without_the_permission_gets_403_naming_it(
+    api: Api, image: ImageRecord, method: str, path: str, permission: str
+) -> None:
+    others = [p for p in ("list", "spawn", "set_image_tag", "inspect") if p != permission]
+    response = await api.http.request(
+        method, path.format(uuid=image.uuid), headers=api.token(*others), json={"tag": "x"}
+    )
+
+    assert response.status_code == 403
+    assert f"'{permission}'" in response.json()["error"]
+
+
+async def test_list_images_returns_the_spec_fields(api: Api, image: ImageRecord) -> None:
+    response = await api.http.get("/v1/images", headers=api.auth)
+
+    assert response.status_code == 200
+    assert response.json() == {
+        "images": [
+            {
+                "uuid": image.uuid,
+                "tag": "busybox:latest",
+                "created_at": image.created_at,
+                "operation_uuid": None,
+            }
+        ]
+    }
+
+
+async def test_list_images_filters_by_tagged_tag_prefix_uuid_and_paging(
+    api: Api, image: ImageRecord
+) -> None:
+    child = await make_child(api.engine, image, "write /x 1")
+
+    async def uuids(**params: str) -> list[str]:
+        response = await api.http.get("/v1/images", headers=api.auth, params=params)
+        assert response.status_code == 200, response.text
+        return [i["uuid"] for i in response.json()["images"]]
+
+    assert set(await uuids()) == {image.uuid, child.uuid}
+    assert await uuids(tagged="1") == [image.uuid]
+    assert await uuids(tagged="") == [image.uuid]  # a bare ?tagged means 1
+    assert set(await uuids(tagged="0")) == {image.uuid, child.uuid}
+    assert await uuids(tag="busy") == [image.uuid]
+    assert await uuids(tag="Busy") == []  # tags are case-sensitive
+    assert await uuids(uuid=child.uuid) == [child.uuid]
+    assert await uuids(limit="1") == [child.uuid]  # newest first
+    assert await uuids(limit="1", offset="1") == [image.uuid]
+    assert await uuids(since="1h") == [child.uuid, image.uuid]
+    assert await uuids(until="2000-01-01T00:00:00Z") == []
+
+
+@pytest.mark.parametrize(
+    ("params", "complaint"),
+    [
+        ({"limit": "0"}, "limit must be between 1 and 1000"),
+        ({"limit": "many"}, "limit must be an integer"),
+        ({"offset": "-1"}, "offset must be between 0"),
+        ({"since": "yesterday"}, "since='yesterday' is not a time"),
+        ({"uuid": "nope"}, "is not a UUID"),
+    ],
+)
+async def test_bad_list_parameters_get_400_saying_what_to_send(
+    api: Api, params: dict[str, str], complaint: str
+) -> None:
+    response = await api.http.get("/v1/images", headers=api.auth, params=params)
+
+    assert response.status_code == 400
+    assert complaint in response.json()["error"]
+
+
+async def test_tagging_moves_the_tag_and_untagging_removes_it(api: Api, image: ImageRecord) -> None:
+    child = await make_child(api.engine, image, "write /x 1")
+
+    moved = await api.http.patch(
+        f"/v1/images/{child.uuid}/tag", headers=api.auth, json={"tag": "busybox:latest"}
+    )
+    assert moved.status_code == 200
+    assert moved.json()["uuid"] == child.uuid
+    assert moved.json()["tag"] == "busybox:latest"
+    assert api.engine.resolve_image("tag:busybox:latest").uuid == child.uuid
+
+    removed = await api.http.delete(
+        f"/v1/images/{child.uuid}/tag", headers=api.auth, params={"tag": "busybox:latest"}
+    )
+    assert removed.status_code == 204
+    assert api.engine.resolve_image(child.uuid).tags == ()
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [(b"not json", 400), (b'{"label": "x"}', 400), (b'{"tag": "bad tag!"}', 400)],
+)
+async def test_a_bad_tag_request_gets_400(
+    api: Api, image: ImageRecord, body: bytes, status: int
+) -> None:
+    response = await api.http.patch(f"/v1/images/{image.uuid}/tag", headers=api.auth, content=body)
+
+    assert response.status_code == status
+    assert response.json()["status"] == status
+
+
+async def test_tagging_an_unknown_image_gets_404(api: Api) -> None:
+    response = await api.http.patch(
+        "/v1/images/00000000-0000-0000-0000-000000000000/tag",
+        headers=api.auth,
+        json={"tag": "x"},
+    )
+
+    assert response.status_code == 404
+    assert "list_images" in response.json()["error"]
+
+
+async def test_a_namespace_sees_neither_the_images_nor_the_tags_of_another(
+    api: Api, image: ImageRecord
+) -> None:
+    other = api.token(namespace="team-b")
+
+    listed = await api.http.get("/v1/images", headers=other)
+    tagged = await api.http.patch(
+        f"/v1/images/{image.uuid}/tag", headers=other, json={"tag": "mine"}
+    )
+
+    assert listed.json() == {"images": []}
+    assert tagged.status_code == 404
+
+
+async def test_whoami_reports_every_permission_and_the_limits(api: Api) -> None:
+    response = await api.http.get("/v1/whoami", headers=api.token("list", "spawn"))
+
+    body = response.json()
+    assert response.status_code == 200
+    assert body["permissions"]["list"] is True
+    assert body["permissions"]["spawn"] is True
+    assert body["permissions"]["import"] is False
+    assert body["limits"]["instance_max_timeout"] == 3600
+    assert body["token_expiration"] is None
+    assert body["namespace"] == "default"
+
+
+async def test_an_unknown_endpoint_gets_a_json_404(api: Api) -> None:
+    response = await api.http.get("/v1/nothing-here", headers=api.auth)
+
+    assert response.status_code == 404
+    assert response.json()["error"] == "no such endpoint: GET /v1/nothing-here"

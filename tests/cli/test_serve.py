@@ -1,0 +1,125 @@
+"""``sandtree serve`` as a real process, driven by the public ConTree client from PyPI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from contree_client import AuthenticationError
+from contree_client.httpx import ContreeClient
+
+pytestmark = [
+    pytest.mark.isolation,
+    pytest.mark.skipif(shutil.which("crun") is None, reason="crun is not installed"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Server:
+    def __init__(self, data_dir: Path, config_home: Path) -> None:
+        self.data_dir = data_dir
+        self.config_home = config_home
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "XDG_CONFIG_HOME": str(config_home), "PYTHONUNBUFFERED": "1"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "sandtree", "serve", "--port", str(self.port),
+             "--data-dir", str(data_dir)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )  # fmt: skip
+        self.output: list[str] = []
+
+    def wait_until_ready(self) -> None:
+        """Read the server's output until uvicorn says startup is complete (or it dies)."""
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.output.append(line)
+            if "Application startup complete" in line:
+                return
+        raise AssertionError("sandtree serve exited before it was ready:\n" + "".join(self.output))
+
+    def stop(self) -> bool:
+        """SIGTERM; True when the server shut down cleanly (uvicorn re-raises the signal
+        after its shutdown, so the status is -15 either way)."""
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        finally:
+            if self.process.stdout is not None:
+                self.output.extend(self.process.stdout.readlines())
+                self.process.stdout.close()
+        return any("Application shutdown complete" in line for line in self.output)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    srv = Server(tmp_path / "data", tmp_path / "config")
+    try:
+        srv.wait_until_ready()
+        yield srv
+    finally:
+        if srv.process.poll() is None:
+            srv.stop()
+
+
+def test_first_start_prints_an_admin_token_saves_it_0600_and_writes_the_client_config(
+    server: Server,
+) -> None:
+    token_file = server.data_dir / "admin-token"
+    secret = token_file.read_text(encoding="utf-8").strip()
+
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert any(secret in line for line in server.output)
+    config = (server.config_home / "sandtree" / "config.json").read_text(encoding="utf-8")
+    assert secret in config
+    assert server.url in config
+
+
+def test_the_contree_client_authenticates_and_lists_images(server: Server) -> None:
+    secret = (server.data_dir / "admin-token").read_text(encoding="utf-8").strip()
+
+    with ContreeClient(secret, base_url=server.url) as client:
+        me = client.whoami()
+        images = client.list_images(tagged=True)
+
+    assert me.permissions["spawn"] is True
+    assert images.images == []
+    with (
+        ContreeClient("st_wrong", base_url=server.url) as client,
+        pytest.raises(AuthenticationError),
+    ):
+        client.whoami()
+
+
+def test_sigterm_stops_the_server_cleanly_and_a_restart_keeps_the_admin_token(
+    server: Server, tmp_path: Path
+) -> None:
+    secret = (server.data_dir / "admin-token").read_text(encoding="utf-8").strip()
+
+    assert server.stop()
+
+    again = Server(server.data_dir, server.config_home)
+    try:
+        again.wait_until_ready()
+        assert not any(secret in line for line in again.output)  # shown only once
+        with ContreeClient(secret, base_url=again.url) as client:
+            assert client.whoami().permissions["list"] is True
+    finally:
+        assert again.stop()
