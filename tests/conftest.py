@@ -9,7 +9,7 @@ import pytest
 
 from sandtree.engine import Engine
 from sandtree.engine.runtime import enter_private_mount_namespace
-from sandtree.testing import build_busybox_rootfs, make_engine
+from sandtree.testing import build_busybox_rootfs, build_mini_rootfs, make_engine
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -21,6 +21,12 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny root filesystem with no real binaries: enough for the fake runtime."""
+    return build_mini_rootfs(tmp_path_factory.mktemp("mini") / "rootfs")
 
 
 @pytest.fixture(scope="session")

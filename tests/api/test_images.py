@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from sandtree.engine import ImageRecord
-from sandtree.testing import build_mini_rootfs, make_child
+from sandtree.testing import make_child
 
 if TYPE_CHECKING:
     from conftest import Api  # the fixture's type, from tests/api/conftest.py
@@ -17,8 +17,7 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-async def image(api: Api, tmp_path: Path) -> ImageRecord:
-    rootfs = build_mini_rootfs(tmp_path / "rootfs")
+async def image(api: Api, rootfs: Path) -> ImageRecord:
     return await api.engine.import_local(rootfs, tag="busybox:latest")
 
 

@@ -1,4 +1,4 @@
-"""Fixtures for the engine tests: a tiny root filesystem and an image made from it."""
+"""Fixtures for the engine tests: an image made from the tiny root filesystem."""
 
 from __future__ import annotations
 
@@ -7,12 +7,6 @@ from pathlib import Path
 import pytest
 
 from sandtree.engine import Engine, ImageRecord
-from sandtree.testing import build_mini_rootfs
-
-
-@pytest.fixture(scope="session")
-def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_mini_rootfs(tmp_path_factory.mktemp("mini") / "rootfs")
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Mount
 
-from sandtree.api import images, tokens
+from sandtree.api import images, instances, operations, tokens
 from sandtree.api._auth import AuthMiddleware
 from sandtree.api._errors import exception_handlers
 from sandtree.api._tokens import PERMISSIONS, TokenRecord, TokenStore
@@ -41,7 +41,12 @@ def create_app(
                 await engine.close()
 
     app = Starlette(
-        routes=[Mount("/v1", routes=[*images.routes, *tokens.routes])],
+        routes=[
+            Mount(
+                "/v1",
+                routes=[*images.routes, *instances.routes, *operations.routes, *tokens.routes],
+            )
+        ],
         middleware=[Middleware(AuthMiddleware, tokens=tokens_store)],
         exception_handlers=exception_handlers,
         lifespan=lifespan,

@@ -1,0 +1,165 @@
+"""``POST /v1/instances``: parse an ``InstanceSpawnRequest`` and queue the run."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from sandtree.api._auth import require
+from sandtree.engine import Engine, PlacedFile, RunSpec
+from sandtree.errors import ForbiddenError, InvalidRequestError, LimitExceededError
+
+__all__ = ["parse_spawn_request", "routes"]
+
+_MAX_TRUNCATE = 10 * 1024 * 1024
+_CWD = re.compile(r"^((/[^/]*)+/?)?$")
+
+
+def _field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any) -> Any:
+    value = body.get(name, default)
+    if value is None:
+        return default
+    # bool is an int in Python; the API's integers are not booleans.
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind)):
+        expected = " or ".join(k.__name__ for k in _as_tuple(kind))
+        raise InvalidRequestError(f"'{name}' must be {expected}, not {json.dumps(value)}")
+    return value
+
+
+def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _stdin(raw: Any) -> bytes:
+    if raw is None:
+        return b""
+    if not isinstance(raw, dict) or not isinstance(raw.get("value"), str):
+        raise InvalidRequestError('stdin must be {"value": "...", "encoding": "ascii"|"base64"}')
+    if raw.get("encoding", "ascii") == "base64":
+        try:
+            return base64.b64decode(raw["value"], validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidRequestError("stdin.value is not valid base64") from None
+    if raw.get("encoding", "ascii") != "ascii":
+        raise InvalidRequestError("stdin.encoding must be 'ascii' or 'base64'")
+    return str(raw["value"]).encode()
+
+
+def _files(raw: Any) -> tuple[PlacedFile, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise InvalidRequestError('files must map absolute paths to {"uuid": ..., "mode": "0644"}')
+    placed = []
+    for path, meta in raw.items():
+        if not path.startswith("/") or not isinstance(meta, dict) or "uuid" not in meta:
+            raise InvalidRequestError(
+                f'files[{path!r}] must be an absolute path mapped to {{"uuid": "<file uuid>"}}'
+            )
+        try:
+            mode = int(str(meta.get("mode", "0644")), 8)
+        except ValueError:
+            raise InvalidRequestError(
+                f'files[{path!r}].mode must be octal text such as "0644"'
+            ) from None
+        placed.append(
+            PlacedFile(
+                uuid=str(meta["uuid"]),
+                path=path,
+                mode=mode,
+                uid=_field(meta, "uid", int, 0),
+                gid=_field(meta, "gid", int, 0),
+            )
+        )
+    return tuple(placed)
+
+
+def parse_spawn_request(body: Any, *, default_timeout: int) -> RunSpec:
+    """An ``InstanceSpawnRequest`` as a ``RunSpec``; every problem is a 400 naming the field."""
+    if not isinstance(body, dict):
+        raise InvalidRequestError('send a JSON object with at least "command" and "image"')
+    for required in ("command", "image"):
+        if not isinstance(body.get(required), str) or not body[required]:
+            raise InvalidRequestError(f"'{required}' is required and must be a non-empty string")
+    shell = _field(body, "shell", bool, False)
+    args = _field(body, "args", list, [])
+    if not all(isinstance(a, str) for a in args):
+        raise InvalidRequestError("'args' must be a list of strings")
+    env = _field(body, "env", dict, {})
+    if not all(isinstance(v, str | None) for v in env.values()):
+        raise InvalidRequestError("'env' values must be strings (or null to unset)")
+    cwd = _field(body, "cwd", str, "")
+    if not _CWD.match(cwd):
+        raise InvalidRequestError(f"'cwd' must be an absolute path or empty, not {cwd!r}")
+    truncate = _field(body, "truncate_output_at", int, 1024 * 1024)
+    if not 0 <= truncate <= _MAX_TRUNCATE:
+        raise InvalidRequestError(f"'truncate_output_at' must be between 0 and {_MAX_TRUNCATE}")
+    limits = _field(body, "resources_limits", dict, {})
+    max_layer = _field(limits, "max_layer_bytes", int, None)
+    if max_layer is not None and max_layer < 1:
+        raise InvalidRequestError("'resources_limits.max_layer_bytes' must be at least 1")
+    networking = _field(body, "networking", dict, {})
+    uid, gid = _field(body, "uid", int, 0), _field(body, "gid", int, 0)
+    if uid < 0 or gid < 0 or uid > 65535 or gid > 65535:
+        raise InvalidRequestError("'uid' and 'gid' must be between 0 and 65535")
+    return RunSpec(
+        image=body["image"],
+        command=body["command"],
+        args=tuple(args),
+        shell=shell,
+        env=env,
+        cwd=cwd,
+        uid=uid,
+        gid=gid,
+        hostname=_field(body, "hostname", str, "linuxkit"),
+        stdin=_stdin(body.get("stdin")),
+        timeout=_field(body, "timeout", int, default_timeout),
+        truncate_output_at=truncate,
+        files=_files(body.get("files")),
+        disposable=_field(body, "disposable", bool, False),
+        preserve_env=_field(body, "preserve_env", bool, False),
+        preserve_cwd=_field(body, "preserve_cwd", bool, False),
+        max_layer_bytes=max_layer,
+        network=_field(networking, "enabled", bool, False),
+        # Ours: the isolation tier ("container" or "gvisor").
+        isolation=_field(body, "isolation", str, None),
+    )
+
+
+async def spawn_instance(request: Request) -> Response:
+    try:
+        body = json.loads(await request.body())
+    except ValueError:
+        raise InvalidRequestError('send a JSON body like {"command": "echo hi", "image": '
+                                  '"tag:busybox:latest", "shell": true}') from None  # fmt: skip
+    engine: Engine = request.app.state.engine
+    spec = parse_spawn_request(body, default_timeout=engine.settings.default_timeout)
+    token = request.state.token
+    if spec.disposable and "spawn" not in token.permissions:
+        token = require(request, "spawn_disposable")
+    elif not spec.disposable:
+        try:
+            token = require(request, "spawn")
+        except ForbiddenError:
+            raise ForbiddenError(
+                'this token may only run disposable instances; send "disposable": true '
+                "or use a token with the 'spawn' permission"
+            ) from None
+    max_timeout = token.limits.get("instance_max_timeout")
+    if max_timeout is not None and spec.timeout > max_timeout:
+        raise LimitExceededError(
+            f"timeout {spec.timeout} s is above this token's limit of {max_timeout} s"
+        )
+    op = await engine.spawn(spec, namespace=token.namespace, request=body)
+    payload = {**body, "uuid": op.uuid, "image": op.image, "result": None}
+    return JSONResponse(payload, status_code=201, headers={"Location": f"/v1/operations/{op.uuid}"})
+
+
+routes = [Route("/instances", spawn_instance, methods=["POST"])]
