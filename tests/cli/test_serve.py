@@ -16,6 +16,9 @@ import pytest
 from contree_client import AuthenticationError
 from contree_client.httpx import ContreeClient
 
+from sandtree.config import Settings
+from sandtree.engine import Engine, default_runtimes
+
 pytestmark = [
     pytest.mark.isolation,
     pytest.mark.skipif(shutil.which("crun") is None, reason="crun is not installed"),
@@ -106,6 +109,41 @@ def test_the_contree_client_authenticates_and_lists_images(server: Server) -> No
         pytest.raises(AuthenticationError),
     ):
         client.whoami()
+
+
+async def _import_busybox(data_dir: Path, rootfs: Path) -> None:
+    settings = Settings(data_dir=data_dir)
+    async with Engine(settings, runtimes=default_runtimes(settings)) as engine:
+        await engine.import_local(rootfs, tag="busybox:latest")
+
+
+@pytest.mark.anyio
+async def test_the_contree_client_runs_a_command_and_keeps_its_result(
+    tmp_path: Path, busybox_rootfs: Path
+) -> None:
+    # An image made before the server starts, on its data directory.
+    await _import_busybox(tmp_path / "data", busybox_rootfs)
+    server = Server(tmp_path / "data", tmp_path / "config")
+    try:
+        server.wait_until_ready()
+        secret = (server.data_dir / "admin-token").read_text(encoding="utf-8").strip()
+        with ContreeClient(secret, base_url=server.url) as client:
+            spawned = client.spawn_instance(
+                "echo hello from $(hostname); echo kept > /root/kept",
+                "tag:busybox:latest",
+                shell=True,
+                disposable=False,
+            )
+            assert spawned.uuid is not None
+            done = client.wait_operation(spawned.uuid, timeout=60, follow_events=False)
+    finally:
+        assert server.stop()
+    assert done.status == "SUCCESS", done.error
+    assert done.metadata is not None
+    result = done.metadata.result  # type: ignore[union-attr]
+    assert result.stdout.value == "hello from linuxkit\n"
+    assert done.result_image_uuid is not None
+    assert done.result_image_uuid != done.image_uuid
 
 
 def test_sigterm_stops_the_server_cleanly_and_a_restart_keeps_the_admin_token(
