@@ -135,7 +135,8 @@ async def test_the_contree_client_runs_a_command_and_keeps_its_result(
                 disposable=False,
             )
             assert spawned.uuid is not None
-            done = client.wait_operation(spawned.uuid, timeout=60, follow_events=False)
+            # The client follows the SSE event stream until the completion event.
+            done = client.wait_operation(spawned.uuid, timeout=60)
     finally:
         assert server.stop()
     assert done.status == "SUCCESS", done.error

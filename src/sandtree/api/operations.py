@@ -6,11 +6,12 @@ import uuid
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from sandtree.api._auth import require
 from sandtree.api._params import int_param, time_param
+from sandtree.api._sse import sse_frames
 from sandtree.engine import (
     Engine,
     OperationKind,
@@ -18,7 +19,7 @@ from sandtree.engine import (
     OperationRecord,
     OperationStatus,
 )
-from sandtree.errors import InvalidRequestError, OperationNotFoundError
+from sandtree.errors import ForbiddenError, InvalidRequestError, OperationNotFoundError
 
 __all__ = ["operation_json", "routes"]
 
@@ -108,8 +109,47 @@ async def cancel_operation(request: Request) -> Response:
     return Response(status_code=202)
 
 
+def _flag(request: Request, name: str) -> bool:
+    """HTTP-flag booleans: ``?x`` and ``?x=1`` enable, ``?x=0`` and absence disable."""
+    if name not in request.query_params:
+        return False
+    raw = request.query_params[name]
+    if raw not in ("", "0", "1"):
+        raise InvalidRequestError(f"{name} must be empty, 0 or 1, not {raw!r}")
+    return raw != "0"
+
+
+def _event_filters(request: Request) -> tuple[int, int | None]:
+    raw_since = request.headers.get("last-event-id") or request.query_params.get("since") or "0"
+    raw_spid = request.query_params.get("spid")
+    try:
+        since = int(raw_since)
+        spid = int(raw_spid) if raw_spid not in (None, "") else None
+    except ValueError:
+        raise InvalidRequestError("since, spid and Last-Event-Id must be integers") from None
+    return since, spid
+
+
+async def operation_events(request: Request) -> Response:
+    engine, op = _operation(request, "list")
+    follow = _flag(request, "follow")
+    if follow and not {"spawn", "spawn_disposable"} & request.state.token.permissions:
+        raise ForbiddenError(
+            "follow=1 needs the 'spawn' or 'spawn_disposable' permission; "
+            "without it, read the log so far with follow=0"
+        )
+    since, spid = _event_filters(request)
+    events = engine.follow_events(op, after=since, follow=follow)
+    return StreamingResponse(
+        sse_frames(events, spid=spid),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
 routes = [
     Route("/operations", list_operations, methods=["GET"]),
+    Route("/operations/{operation_id}/events", operation_events, methods=["GET"]),
     Route("/operations/{operation_id}", get_operation, methods=["GET"]),
     Route("/operations/{operation_id}", cancel_operation, methods=["DELETE"]),
 ]
