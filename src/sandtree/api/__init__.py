@@ -10,7 +10,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Mount
 
-from sandtree.api import images, instances, operations, tokens
+from sandtree.api import files, images, instances, operations, tokens
 from sandtree.api._auth import AuthMiddleware
 from sandtree.api._errors import exception_handlers
 from sandtree.api._tokens import PERMISSIONS, TokenRecord, TokenStore
@@ -44,7 +44,13 @@ def create_app(
         routes=[
             Mount(
                 "/v1",
-                routes=[*images.routes, *instances.routes, *operations.routes, *tokens.routes],
+                routes=[
+                    *files.routes,
+                    *images.routes,
+                    *instances.routes,
+                    *operations.routes,
+                    *tokens.routes,
+                ],
             )
         ],
         middleware=[Middleware(AuthMiddleware, tokens=tokens_store)],

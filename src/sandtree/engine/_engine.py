@@ -409,9 +409,17 @@ class Engine:
         return record
 
     def list_files(
-        self, *, namespace: str = "default", limit: int = 100, offset: int = 0
+        self,
+        *,
+        namespace: str = "default",
+        limit: int = 100,
+        offset: int = 0,
+        since: str | None = None,
+        until: str | None = None,
     ) -> list[FileRecord]:
-        return self.store.list_files(namespace, limit=limit, offset=offset)
+        """Uploaded files of ``namespace``, newest first, created within [since, until]."""
+        return self.store.list_files(namespace, limit=limit, offset=offset, since=since,
+                                     until=until)  # fmt: skip
 
     def file_path(self, record: FileRecord) -> Path:
         return self.blobs.path(record.sha256)

@@ -448,10 +448,19 @@ class SqliteStore:
         )
         return _file_from_row(rows[0]) if rows else None
 
-    def list_files(self, namespace: str, *, limit: int, offset: int) -> list[FileRecord]:
+    def list_files(
+        self,
+        namespace: str,
+        *,
+        limit: int,
+        offset: int,
+        since: str | None = None,
+        until: str | None = None,
+    ) -> list[FileRecord]:
         rows = self._query(
-            "SELECT * FROM files WHERE namespace=? ORDER BY created_at DESC, uuid LIMIT ? OFFSET ?",
-            (namespace, limit, offset),
+            "SELECT * FROM files WHERE namespace=? AND created_at >= ? AND created_at <= ?"
+            " ORDER BY created_at DESC, uuid LIMIT ? OFFSET ?",
+            (namespace, since or "", until or "~", limit, offset),
         )
         return [_file_from_row(r) for r in rows]
 
