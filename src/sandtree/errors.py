@@ -15,6 +15,7 @@ and what to do next, because the reader is often an agent::
     │   └── PathNotFoundError
     ├── ConflictError (409)
     ├── GoneError (410)
+    ├── UnprocessableError (422)
     ├── NotReadyError (425)
     ├── RuntimeUnavailableError (503)
     └── InternalError (500)
@@ -43,6 +44,7 @@ __all__ = [
     "RuntimeUnavailableError",
     "SandtreeError",
     "UnauthorizedError",
+    "UnprocessableError",
 ]
 
 
@@ -122,6 +124,13 @@ class GoneError(SandtreeError):
 
     status = 410
     code = "gone"
+
+
+class UnprocessableError(SandtreeError):
+    """The request is well-formed but names the wrong kind of thing (a directory to download)."""
+
+    status = 422
+    code = "unprocessable"
 
 
 class NotReadyError(SandtreeError):

@@ -59,7 +59,7 @@ async def test_tokens_are_stored_only_as_hashes(api: Api, tmp_path: Path) -> Non
 async def test_a_token_without_the_permission_gets_403_naming_it(
     api: Api, image: ImageRecord, method: str, path: str, permission: str
 ) -> None:
-    others = [p for p in ("list", "spawn", "set_image_tag", "inspect") if p != permission]
+    others = [p for p in ("list", "spawn", "set_image_tag", "upload") if p != permission]
     response = await api.http.request(
         method, path.format(uuid=image.uuid), headers=api.token(*others), json={"tag": "x"}
     )

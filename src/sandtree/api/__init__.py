@@ -10,7 +10,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Mount
 
-from sandtree.api import files, images, instances, operations, tokens
+from sandtree.api import files, images, inspect, instances, operations, tokens
 from sandtree.api._auth import AuthMiddleware
 from sandtree.api._errors import exception_handlers
 from sandtree.api._tokens import PERMISSIONS, TokenRecord, TokenStore
@@ -47,6 +47,7 @@ def create_app(
                 routes=[
                     *files.routes,
                     *images.routes,
+                    *inspect.routes,
                     *instances.routes,
                     *operations.routes,
                     *tokens.routes,

@@ -25,7 +25,6 @@ PERMISSIONS = (
     "cancel",
     "set_image_tag",
     "upload",
-    "inspect",
 )
 
 #: Limits a token carries unless created with others.

@@ -1,0 +1,231 @@
+"""``/v1/inspect``: read an image without starting a sandbox (find by tag, list, download,
+archive, grep). Paths resolve inside the image, never on the host (see engine.layers)."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import (
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
+from starlette.routing import Route
+
+from sandtree.api._auth import require
+from sandtree.api._params import int_param
+from sandtree.api.images import image_json
+from sandtree.engine import Engine, ImageRecord, format_ls
+from sandtree.errors import (
+    ImageNotFoundError,
+    InvalidRequestError,
+    UnprocessableError,
+)
+
+__all__ = ["routes"]
+
+_CHUNK = 256 * 1024
+_GREP_SECONDS = 10.0
+_MAX_PATTERNS = 16
+_MAX_PATTERN_LENGTH = 1024
+
+
+def _image(request: Request) -> tuple[Engine, ImageRecord, str]:
+    token = require(request, "list")
+    engine: Engine = request.app.state.engine
+    raw = request.path_params["uuid"]
+    try:
+        image_id = str(uuid.UUID(raw))
+    except ValueError:
+        raise ImageNotFoundError(f"{raw!r} is not an image UUID; list_images shows them") from None
+    return engine, engine.resolve_image(image_id, namespaces=(token.namespace,)), token.namespace
+
+
+def _path(request: Request) -> str:
+    path = request.query_params.get("path")
+    if not path:
+        raise InvalidRequestError("send the path inside the image, e.g. ?path=/etc/hosts")
+    return path
+
+
+def _text(request: Request) -> bool:
+    return "text" in request.query_params and request.query_params["text"] not in ("0", "false")
+
+
+async def inspect_root(request: Request) -> Response:
+    return RedirectResponse("/v1/inspect/", status_code=307)
+
+
+async def find_by_tag(request: Request) -> Response:
+    token = require(request, "list")
+    tag = request.query_params.get("tag")
+    if not tag:
+        raise InvalidRequestError("send the tag to look up, e.g. /v1/inspect/?tag=busybox:latest")
+    engine: Engine = request.app.state.engine
+    image = engine.resolve_image(f"tag:{tag}", namespaces=(token.namespace,))
+    return RedirectResponse(f"/v1/inspect/{image.uuid}/", status_code=302)
+
+
+async def image_redirect(request: Request) -> Response:
+    return RedirectResponse(f"/v1/inspect/{request.path_params['uuid']}/", status_code=307)
+
+
+async def inspect_image(request: Request) -> Response:
+    _, image, namespace = _image(request)
+    return JSONResponse(image_json(image, namespace))
+
+
+async def list_directory(request: Request) -> Response:
+    engine, image, _ = _image(request)
+    path = request.query_params.get("path") or "/"
+    items = await asyncio.to_thread(engine.list_dir, image, path)
+    if _text(request):
+        return PlainTextResponse(format_ls(items))
+    return JSONResponse({"path": path, "files": [item.to_json() for item in items]})
+
+
+async def download(request: Request) -> Response:
+    engine, image, _ = _image(request)
+    path = _path(request)
+    item = await asyncio.to_thread(engine.stat_path, image, path)
+    if not item.is_regular:
+        raise UnprocessableError(
+            f"{path} is not a regular file; list a directory with /list or fetch it with /archive"
+        )
+    if request.method == "HEAD":
+        return Response(status_code=200, headers={"Content-Length": str(item.size)})
+    stream = await asyncio.to_thread(engine.open_file, image, path)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        try:
+            while chunk := await asyncio.to_thread(stream.read, _CHUNK):
+                yield chunk
+        finally:
+            stream.close()
+
+    media = "text/plain; charset=utf-8" if _text(request) else "application/octet-stream"
+    return StreamingResponse(chunks(), media_type=media, headers={"Content-Length": str(item.size)})
+
+
+async def archive(request: Request) -> Response:
+    engine, image, _ = _image(request)
+    path = _path(request)
+    item = await asyncio.to_thread(engine.stat_path, image, path)
+    if not (item.is_regular or item.is_dir):
+        raise UnprocessableError(f"{path} is neither a regular file nor a directory")
+    if request.method == "HEAD":
+        return Response(status_code=200)
+    name = path.strip("/").replace("/", "_") or "root"
+    return StreamingResponse(
+        _tar_chunks(engine, image, path),
+        media_type="application/x-tar",
+        headers={"Content-Disposition": f'attachment; filename="{name}.tar"'},
+    )
+
+
+class _QueueWriter:
+    """A write-only file whose chunks a thread hands to the event loop through a queue."""
+
+    def __init__(self, sink: queue.Queue[bytes | BaseException | None]) -> None:
+        self._sink = sink
+        self._buffer = bytearray()
+        self.closed = threading.Event()
+
+    def write(self, data: bytes) -> int:
+        if self.closed.is_set():
+            raise BrokenPipeError("the client went away")
+        self._buffer += data
+        if len(self._buffer) >= _CHUNK:
+            self.flush()
+        return len(data)
+
+    def flush(self) -> None:
+        if self._buffer:
+            self._sink.put(bytes(self._buffer))
+            self._buffer.clear()
+
+
+async def _tar_chunks(engine: Engine, image: ImageRecord, path: str) -> AsyncIterator[bytes]:
+    # A bounded queue: the tar writer waits for a slow client instead of filling memory.
+    sink: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=8)
+    writer = _QueueWriter(sink)
+
+    def produce() -> None:
+        try:
+            engine.write_tar(image, path, writer)  # type: ignore[arg-type]
+            writer.flush()
+            sink.put(None)
+        except BaseException as exc:  # delivered to the response below
+            sink.put(exc)
+
+    thread = threading.Thread(target=produce, name="sandtree-archive", daemon=True)
+    thread.start()
+    try:
+        while (item := await asyncio.to_thread(sink.get)) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        writer.closed.set()
+        while thread.is_alive():  # unblock a writer stuck on a full queue
+            try:
+                sink.get_nowait()
+            except queue.Empty:
+                await asyncio.to_thread(thread.join, 0.05)
+
+
+def _grep_options(request: Request) -> dict[str, Any]:
+    params = request.query_params
+    patterns = params.getlist("pattern")
+    if not patterns:
+        raise InvalidRequestError("send at least one pattern, e.g. ?pattern=^root")
+    if len(patterns) > _MAX_PATTERNS or any(len(p) > _MAX_PATTERN_LENGTH for p in patterns):
+        raise InvalidRequestError(
+            f"send at most {_MAX_PATTERNS} patterns of at most {_MAX_PATTERN_LENGTH} characters"
+        )
+    case = params.get("case", "sensitive")
+    if case not in ("sensitive", "insensitive", "smart"):
+        raise InvalidRequestError("case must be sensitive, insensitive or smart")
+    has_max_count = params.get("max_count") not in (None, "")
+    return {
+        "patterns": patterns,
+        "paths": params.getlist("path") or ["/"],
+        "glob": params.getlist("glob") or None,
+        "case": case,
+        "max_count": int_param(request, "max_count", 1, low=1, high=10000)
+        if has_max_count
+        else None,
+        "max_total": int_param(request, "max_total", 1000, low=1, high=10000),
+        "before": int_param(request, "before", 0, low=0, high=50),
+        "after": int_param(request, "after", 0, low=0, high=50),
+    }
+
+
+async def grep(request: Request) -> Response:
+    engine, image, _ = _image(request)
+    options = _grep_options(request)
+    patterns = options.pop("patterns")
+    deadline = time.monotonic() + _GREP_SECONDS
+    result = await asyncio.to_thread(engine.grep, image, patterns, deadline=deadline, **options)
+    return JSONResponse(result.to_json())
+
+
+routes = [
+    Route("/inspect", inspect_root, methods=["GET"]),
+    Route("/inspect/", find_by_tag, methods=["GET"]),
+    Route("/inspect/{uuid}", image_redirect, methods=["GET"]),
+    Route("/inspect/{uuid}/", inspect_image, methods=["GET"]),
+    Route("/inspect/{uuid}/list", list_directory, methods=["GET"]),
+    Route("/inspect/{uuid}/download", download, methods=["GET", "HEAD"]),
+    Route("/inspect/{uuid}/archive", archive, methods=["GET", "HEAD"]),
+    Route("/inspect/{uuid}/grep", grep, methods=["GET"]),
+]
