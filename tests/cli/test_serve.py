@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import socket
 import stat
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +11,7 @@ import pytest
 from contree_client import AuthenticationError
 from contree_client.httpx import ContreeClient
 
+from _server import Server
 from sandtree.config import Settings
 from sandtree.engine import Engine, default_runtimes
 
@@ -23,52 +19,6 @@ pytestmark = [
     pytest.mark.isolation,
     pytest.mark.skipif(shutil.which("crun") is None, reason="crun is not installed"),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class Server:
-    def __init__(self, data_dir: Path, config_home: Path) -> None:
-        self.data_dir = data_dir
-        self.config_home = config_home
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "XDG_CONFIG_HOME": str(config_home), "PYTHONUNBUFFERED": "1"}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "sandtree", "serve", "--port", str(self.port),
-             "--data-dir", str(data_dir)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-        )  # fmt: skip
-        self.output: list[str] = []
-
-    def wait_until_ready(self) -> None:
-        """Read the server's output until uvicorn says startup is complete (or it dies)."""
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.output.append(line)
-            if "Application startup complete" in line:
-                return
-        raise AssertionError("sandtree serve exited before it was ready:\n" + "".join(self.output))
-
-    def stop(self) -> bool:
-        """SIGTERM; True when the server shut down cleanly (uvicorn re-raises the signal
-        after its shutdown, so the status is -15 either way)."""
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        finally:
-            if self.process.stdout is not None:
-                self.output.extend(self.process.stdout.readlines())
-                self.process.stdout.close()
-        return any("Application shutdown complete" in line for line in self.output)
 
 
 @pytest.fixture

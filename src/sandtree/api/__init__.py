@@ -10,7 +10,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Mount
 
-from sandtree.api import files, images, inspect, instances, operations, tokens
+from sandtree.api import files, images, inspect, instances, lineage, openapi, operations, tokens
 from sandtree.api._auth import AuthMiddleware
 from sandtree.api._errors import exception_handlers
 from sandtree.api._tokens import PERMISSIONS, TokenRecord, TokenStore
@@ -48,6 +48,8 @@ def create_app(
                     *files.routes,
                     *images.routes,
                     *inspect.routes,
+                    *lineage.routes,
+                    *openapi.routes,
                     *instances.routes,
                     *operations.routes,
                     *tokens.routes,

@@ -15,7 +15,7 @@ from sandtree.api._params import int_param, time_param
 from sandtree.engine import Engine, ImageQuery, ImageRecord
 from sandtree.errors import InvalidRequestError
 
-__all__ = ["image_json", "routes"]
+__all__ = ["image_json", "parse_uuid", "routes"]
 
 
 def image_json(image: ImageRecord, namespace: str) -> dict[str, Any]:
@@ -35,7 +35,8 @@ def _engine(request: Request) -> Engine:
     return engine
 
 
-def _uuid(raw: str, what: str) -> str:
+def parse_uuid(raw: str, what: str) -> str:
+    """``raw`` as a canonical UUID, or a 400 naming ``what`` it should have been."""
     try:
         return str(uuid.UUID(raw))
     except ValueError:
@@ -58,7 +59,7 @@ async def list_images(request: Request) -> Response:
         offset=int_param(request, "offset", 0, low=0, high=2**31),
         tagged=True if request.query_params.get("tag") else _tagged(request),
         tag_prefix=request.query_params.get("tag") or None,
-        uuid=_uuid(raw_uuid, "uuid") if raw_uuid else None,
+        uuid=parse_uuid(raw_uuid, "uuid") if raw_uuid else None,
         since=time_param(request, "since"),
         until=time_param(request, "until"),
     )
@@ -70,7 +71,7 @@ async def tag_image(request: Request) -> Response:
     token = require(request, "set_image_tag")
     engine = _engine(request)
     image = engine.resolve_image(
-        _uuid(request.path_params["uuid"], "image"), namespaces=(token.namespace,)
+        parse_uuid(request.path_params["uuid"], "image"), namespaces=(token.namespace,)
     )
     try:
         body = json.loads(await request.body())
@@ -87,7 +88,7 @@ async def untag_image(request: Request) -> Response:
     token = require(request, "set_image_tag")
     engine = _engine(request)
     image = engine.resolve_image(
-        _uuid(request.path_params["uuid"], "image"), namespaces=(token.namespace,)
+        parse_uuid(request.path_params["uuid"], "image"), namespaces=(token.namespace,)
     )
     engine.untag_image(image, request.query_params.get("tag") or None, namespace=token.namespace)
     return Response(status_code=204)
