@@ -42,6 +42,13 @@ async def _run(api: Api, command: str) -> str:
     return op_id
 
 
+async def _run_to_end(api: Api, command: str) -> str:
+    op_id = await _run(api, command)
+    with anyio.fail_after(10):
+        await api.engine.wait_operation(api.engine.get_operation(op_id))
+    return op_id
+
+
 async def _events(api: Api, op_id: str, **params: str) -> list[dict[str, Any]]:
     headers = {**api.auth, **params.pop("headers", {})}  # type: ignore[arg-type]
     response = await api.http.get(f"/v1/operations/{op_id}/events", headers=headers, params=params)
@@ -53,9 +60,7 @@ async def _events(api: Api, op_id: str, **params: str) -> list[dict[str, Any]]:
 async def test_a_finished_operation_streams_its_whole_log_ending_with_completion(
     api: Api, image: ImageRecord
 ) -> None:
-    op_id = await _run(api, "echo one; echoerr two")
-    with anyio.fail_after(10):
-        await api.engine.wait_operation(api.engine.get_operation(op_id))
+    op_id = await _run_to_end(api, "echo one; echoerr two")
 
     frames = await _events(api, op_id)
 
@@ -72,9 +77,7 @@ async def test_a_finished_operation_streams_its_whole_log_ending_with_completion
 async def test_since_and_last_event_id_resume_and_spid_filters(
     api: Api, image: ImageRecord
 ) -> None:
-    op_id = await _run(api, "echo one")
-    with anyio.fail_after(10):
-        await api.engine.wait_operation(api.engine.get_operation(op_id))
+    op_id = await _run_to_end(api, "echo one")
     everything = await _events(api, op_id)
     middle = everything[2]["id"]
 
