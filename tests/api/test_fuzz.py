@@ -11,7 +11,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
-from _server import Server
+from sandtree.testing import ServerProcess
 
 pytestmark = [
     pytest.mark.isolation,
@@ -24,9 +24,9 @@ IMPLEMENTED = r"^/(images|instances|operations|files|inspect|whoami)"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     base = tmp_path_factory.mktemp("fuzz")
-    srv = Server(base / "data", base / "config")
+    srv = ServerProcess(base / "data", base / "config")
     try:
         srv.wait_until_ready()
         yield srv
@@ -35,7 +35,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 @pytest.fixture(scope="module")
-def api_schema(server: Server) -> schemathesis.BaseSchema:
+def api_schema(server: ServerProcess) -> schemathesis.BaseSchema:
     token = (server.data_dir / "admin-token").read_text(encoding="utf-8").strip()
     schema = schemathesis.openapi.from_url(f"{server.url}/v1/openapi.json")
     schema = schema.include(path_regex=IMPLEMENTED)

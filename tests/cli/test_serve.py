@@ -11,9 +11,9 @@ import pytest
 from contree_client import AuthenticationError
 from contree_client.httpx import ContreeClient
 
-from _server import Server
 from sandtree.config import Settings
 from sandtree.engine import Engine, default_runtimes
+from sandtree.testing import ServerProcess
 
 pytestmark = [
     pytest.mark.isolation,
@@ -22,8 +22,8 @@ pytestmark = [
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    srv = Server(tmp_path / "data", tmp_path / "config")
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    srv = ServerProcess(tmp_path / "data", tmp_path / "config")
     try:
         srv.wait_until_ready()
         yield srv
@@ -33,7 +33,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
 
 
 def test_first_start_prints_an_admin_token_saves_it_0600_and_writes_the_client_config(
-    server: Server,
+    server: ServerProcess,
 ) -> None:
     token_file = server.data_dir / "admin-token"
     secret = token_file.read_text(encoding="utf-8").strip()
@@ -45,7 +45,7 @@ def test_first_start_prints_an_admin_token_saves_it_0600_and_writes_the_client_c
     assert server.url in config
 
 
-def test_the_contree_client_authenticates_and_lists_images(server: Server) -> None:
+def test_the_contree_client_authenticates_and_lists_images(server: ServerProcess) -> None:
     secret = (server.data_dir / "admin-token").read_text(encoding="utf-8").strip()
 
     with ContreeClient(secret, base_url=server.url) as client:
@@ -73,7 +73,7 @@ async def test_the_contree_client_runs_a_command_and_keeps_its_result(
 ) -> None:
     # An image made before the server starts, on its data directory.
     await _import_busybox(tmp_path / "data", busybox_rootfs)
-    server = Server(tmp_path / "data", tmp_path / "config")
+    server = ServerProcess(tmp_path / "data", tmp_path / "config")
     try:
         server.wait_until_ready()
         secret = (server.data_dir / "admin-token").read_text(encoding="utf-8").strip()
@@ -98,13 +98,13 @@ async def test_the_contree_client_runs_a_command_and_keeps_its_result(
 
 
 def test_sigterm_stops_the_server_cleanly_and_a_restart_keeps_the_admin_token(
-    server: Server, tmp_path: Path
+    server: ServerProcess, tmp_path: Path
 ) -> None:
     secret = (server.data_dir / "admin-token").read_text(encoding="utf-8").strip()
 
     assert server.stop()
 
-    again = Server(server.data_dir, server.config_home)
+    again = ServerProcess(server.data_dir, server.config_home)
     try:
         again.wait_until_ready()
         assert not any(secret in line for line in again.output)  # shown only once
