@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 
+from sandtree.api import _params
 from sandtree.engine import ImageRecord
 
 if TYPE_CHECKING:
@@ -148,3 +149,15 @@ async def test_operations_of_another_namespace_are_not_found(api: Api, image: Im
 
     assert response.status_code == 404
     assert (await api.http.get("/v1/operations", headers=other)).json() == []
+
+
+async def test_a_body_past_the_size_cap_is_refused_pointing_at_file_uploads(
+    api: Api, image: ImageRecord, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_params, "MAX_JSON_BYTES", 1000)
+    stdin = {"value": "x" * 2000}
+
+    response = await _spawn(api, {"command": "cat", "image": "tag:base", "stdin": stdin})
+
+    assert response.status_code == 400
+    assert "POST /v1/files" in response.json()["error"]

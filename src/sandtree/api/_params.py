@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import datetime
+import json
 import re
+from typing import Any
 
 from starlette.requests import Request
 
-from sandtree.errors import InvalidRequestError
+from sandtree.errors import InvalidRequestError, LimitExceededError
 
-__all__ = ["int_param", "time_param"]
+__all__ = ["MAX_JSON_BYTES", "int_param", "json_body", "time_param"]
+
+#: A JSON request body may not be larger (a spawn's stdin travels inside it).
+MAX_JSON_BYTES = 64 * 1024 * 1024
 
 _INTERVAL = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -50,3 +55,20 @@ def time_param(request: Request, name: str) -> str | None:
             "('2025-01-01T12:00:00+00:00'), a Unix timestamp or an interval like '15m' or '2h'"
         ) from None
     return moment.astimezone(datetime.UTC).isoformat(timespec="microseconds")
+
+
+async def json_body(request: Request, *, example: str) -> Any:
+    """The request's JSON body, read up to ``MAX_JSON_BYTES``; ``example`` shows what to send."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_JSON_BYTES:
+            raise LimitExceededError(
+                f"the request body is larger than {MAX_JSON_BYTES} bytes; upload large inputs "
+                "with POST /v1/files and place them with 'files'"
+            )
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks))
+    except ValueError:
+        raise InvalidRequestError(f"send a JSON body like {example}") from None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
@@ -11,7 +10,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from sandtree.api._auth import require
-from sandtree.api._params import int_param, time_param
+from sandtree.api._params import int_param, json_body, time_param
 from sandtree.engine import Engine, ImageQuery, ImageRecord
 from sandtree.errors import InvalidRequestError
 
@@ -73,10 +72,7 @@ async def tag_image(request: Request) -> Response:
     image = engine.resolve_image(
         parse_uuid(request.path_params["uuid"], "image"), namespaces=(token.namespace,)
     )
-    try:
-        body = json.loads(await request.body())
-    except ValueError:
-        raise InvalidRequestError('send a JSON body like {"tag": "busybox:latest"}') from None
+    body = await json_body(request, example='{"tag": "busybox:latest"}')
     tag = body.get("tag") if isinstance(body, dict) else None
     if not isinstance(tag, str) or not tag:
         raise InvalidRequestError('send a JSON body like {"tag": "busybox:latest"}')

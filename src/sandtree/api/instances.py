@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from sandtree.api._auth import require
+from sandtree.api._params import json_body
 from sandtree.engine import Engine, PlacedFile, RunSpec
 from sandtree.errors import ForbiddenError, InvalidRequestError, LimitExceededError
 
@@ -134,11 +135,9 @@ def parse_spawn_request(body: Any, *, default_timeout: int) -> RunSpec:
 
 
 async def spawn_instance(request: Request) -> Response:
-    try:
-        body = json.loads(await request.body())
-    except ValueError:
-        raise InvalidRequestError('send a JSON body like {"command": "echo hi", "image": '
-                                  '"tag:busybox:latest", "shell": true}') from None  # fmt: skip
+    body = await json_body(
+        request, example='{"command": "echo hi", "image": "tag:busybox:latest", "shell": true}'
+    )
     engine: Engine = request.app.state.engine
     spec = parse_spawn_request(body, default_timeout=engine.settings.default_timeout)
     token = request.state.token
