@@ -161,3 +161,14 @@ async def test_a_body_past_the_size_cap_is_refused_pointing_at_file_uploads(
 
     assert response.status_code == 400
     assert "POST /v1/files" in response.json()["error"]
+
+
+async def test_a_live_operation_reports_its_duration_so_far(api: Api, image: ImageRecord) -> None:
+    # contree-sdk reads `duration` as a number on every poll, live operations included.
+    created = (await _spawn(api, {"command": "block", "image": "tag:base"})).json()
+
+    live = (await api.http.get(f"/v1/operations/{created['uuid']}", headers=api.auth)).json()
+    await api.engine.cancel_operation(api.engine.get_operation(created["uuid"]))
+
+    assert isinstance(live["duration"], float)
+    assert live["duration"] >= 0

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from contree_client import AuthenticationError
 from contree_client.httpx import ContreeClient
+from contree_sdk import ContreeSync
 
 from sandtree.config import Settings
 from sandtree.engine import Engine, default_runtimes
@@ -112,3 +113,26 @@ def test_sigterm_stops_the_server_cleanly_and_a_restart_keeps_the_admin_token(
             assert client.whoami().permissions["list"] is True
     finally:
         assert again.stop()
+
+
+@pytest.mark.anyio
+async def test_the_contree_sdk_runs_keeps_reads_and_chains(
+    tmp_path: Path, busybox_rootfs: Path
+) -> None:
+    await _import_busybox(tmp_path / "data", busybox_rootfs)
+    server = ServerProcess(tmp_path / "data", tmp_path / "config")
+    try:
+        server.wait_until_ready()
+        secret = (server.data_dir / "admin-token").read_text(encoding="utf-8").strip()
+        client = ContreeSync(base_url=server.url, token=secret)
+        image = client.images.use("busybox:latest")
+        kept = image.run(shell="echo hi; echo x > /root/f", disposable=False).wait()
+        chained = kept.run(shell="cat /root/f").wait()
+        content = kept.read("/root/f")
+        names = [entry.path for entry in kept.ls("/root")]
+    finally:
+        assert server.stop()
+    assert (kept.stdout, kept.exit_code) == ("hi\n", 0)
+    assert content == b"x\n"
+    assert names == ["f"]
+    assert chained.stdout == "x\n"

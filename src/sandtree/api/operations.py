@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import uuid
 from typing import Any
 
@@ -19,12 +20,22 @@ from sandtree.engine import (
     OperationRecord,
     OperationStatus,
 )
+from sandtree.engine._clock import parse_iso
 from sandtree.errors import ForbiddenError, InvalidRequestError, OperationNotFoundError
 
 __all__ = ["operation_json", "routes"]
 
 #: What a client polling a live operation should wait before asking again (seconds).
 _RETRY_AFTER = "1"
+
+
+def _duration(op: OperationRecord) -> float:
+    # Nullable in the spec, but contree-sdk parses it as a float on every poll: report the
+    # time so far while the operation is live.
+    if op.duration is not None:
+        return op.duration
+    elapsed = datetime.datetime.now(datetime.UTC) - parse_iso(op.started_at or op.created_at)
+    return max(elapsed.total_seconds(), 0.0)
 
 
 def summary_json(op: OperationRecord) -> dict[str, Any]:
@@ -35,7 +46,7 @@ def summary_json(op: OperationRecord) -> dict[str, Any]:
         "status": str(op.status),
         "error": op.error,
         "created_at": op.created_at,
-        "duration": op.duration,
+        "duration": _duration(op),
         "image_size": op.image_size if op.status == OperationStatus.SUCCESS else None,
         "consumed_cpu": op.consumed_cpu,
         "consumed_memory": op.consumed_memory,
