@@ -200,3 +200,26 @@ async def test_an_unknown_endpoint_gets_a_json_404(api: Api) -> None:
 
     assert response.status_code == 404
     assert response.json()["error"] == "no such endpoint: GET /v1/nothing-here"
+
+
+async def test_public_images_are_seen_and_run_by_every_namespace_their_children_are_not(
+    api: Api, rootfs: Path
+) -> None:
+    public = await api.engine.import_local(rootfs, tag="shared:1", namespace="public")
+    team_b, team_c = api.token(namespace="team-b"), api.token(namespace="team-c")
+
+    listed = (await api.http.get("/v1/images", headers=team_b)).json()["images"]
+    spawned = await api.http.post(
+        "/v1/instances", headers=team_b, json={"command": "write /b 1", "image": "tag:shared:1"}
+    )
+    op = await api.engine.wait_operation(
+        api.engine.get_operation(spawned.json()["uuid"], namespaces=("team-b",)), timeout=10
+    )
+
+    assert [i["uuid"] for i in listed] == [public.uuid]
+    assert listed[0]["operation_uuid"] is None
+    assert op.result_image is not None
+    seen_by_c = (await api.http.get("/v1/images", headers=team_c)).json()["images"]
+    assert [i["uuid"] for i in seen_by_c] == [public.uuid]  # not team-b's child
+    seen_by_b = (await api.http.get("/v1/images", headers=team_b)).json()["images"]
+    assert {i["uuid"] for i in seen_by_b} == {public.uuid, op.result_image}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from sandtree.engine._runs import DEFAULT_PATH
 from sandtree.engine.runtime import FakeRuntime
 from sandtree.engine.runtime._base import SandboxExit, SandboxSpec
 from sandtree.engine.runtime._fake import FakeSandbox
+from sandtree.engine.types import PUBLIC_NAMESPACE
 from sandtree.errors import (
     FileNotFoundInStoreError,
     ImageNotFoundError,
@@ -586,9 +586,7 @@ async def test_image_of_another_namespace_is_not_found(engine: Engine, rootfs: P
 async def test_child_of_a_public_image_belongs_to_the_namespace_that_ran_it(
     engine: Engine, rootfs: Path
 ) -> None:
-    library = await engine.import_local(rootfs, namespace="library")
-    public = dataclasses.replace(library, uuid=str(uuid.uuid4()), public=True, tags=())
-    engine.store.add_image(public, layer_sizes={})
+    public = await engine.import_local(rootfs, namespace=PUBLIC_NAMESPACE)
     op = await engine.spawn(
         RunSpec(image=public.uuid, command="write /mine 1", shell=True), namespace="team"
     )
@@ -598,12 +596,13 @@ async def test_child_of_a_public_image_belongs_to_the_namespace_that_ran_it(
     assert done.status == OperationStatus.SUCCESS, done.error
     assert done.namespace == "team"
     assert done.result_image is not None
-    # The team made it, so the team must see it, and the library's owner must not.
+    # The team made it, so the team must see it, and another namespace must not.
     child = engine.resolve_image(done.result_image, namespaces=("team",))
     assert child.namespace == "team"
     assert child.parent == public.uuid
+    assert not child.public
     with pytest.raises(ImageNotFoundError):
-        engine.resolve_image(done.result_image, namespaces=("library",))
+        engine.resolve_image(done.result_image, namespaces=("other",))
 
 
 # -- placed files ----------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from sandtree.engine.layers._store import LayerStore
 from sandtree.engine.runtime import OciRuntime, Runtime
 from sandtree.engine.store import FileRecord, ImageQuery, MetadataStore, OperationQuery, SqliteStore
 from sandtree.engine.types import (
+    PUBLIC_NAMESPACE,
     ImageRecord,
     OperationEvent,
     OperationKind,
@@ -182,7 +183,7 @@ class Engine:
         """An image by UUID or ``tag:NAME``, visible from ``namespaces`` (or public)."""
         if ref.startswith("tag:"):
             tag = ref[4:]
-            image_id = self.store.resolve_tag([*namespaces, "public"], tag)
+            image_id = self.store.resolve_tag([*namespaces, PUBLIC_NAMESPACE], tag)
             if image_id is None:
                 raise ImageNotFoundError(
                     f"no image is tagged {tag!r}; list_images(tag_prefix=...) shows the tags "

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
+    "PUBLIC_NAMESPACE",
     "ImageRecord",
     "LayerRecord",
     "OperationEvent",
@@ -21,6 +22,10 @@ __all__ = [
     "RunSpec",
     "StreamOutput",
 ]
+
+
+#: Images in this namespace are public: every namespace can list, inspect and run them.
+PUBLIC_NAMESPACE = "public"
 
 
 class OperationStatus(enum.StrEnum):
@@ -76,7 +81,10 @@ class ImageRecord:
     #: Bytes the image's own top layer adds (0 for an unchanged or imported-from-nothing image).
     size: int = 0
     tags: tuple[str, ...] = ()
-    public: bool = False
+
+    @property
+    def public(self) -> bool:
+        return self.namespace == PUBLIC_NAMESPACE
 
     @property
     def env_map(self) -> dict[str, str]:

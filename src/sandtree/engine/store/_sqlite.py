@@ -215,7 +215,6 @@ class SqliteStore:
             user=row["user"],
             size=row["size"],
             tags=tuple(r["tag"] for r in tags),
-            public=bool(row["public"]),
             created_at=row["created_at"],
         )
 
