@@ -17,6 +17,7 @@ and what to do next, because the reader is often an agent::
     ├── GoneError (410)
     ├── UnprocessableError (422)
     ├── NotReadyError (425)
+    ├── TooManyRequestsError (429)
     ├── RuntimeUnavailableError (503)
     └── InternalError (500)
 
@@ -43,6 +44,7 @@ __all__ = [
     "PathNotFoundError",
     "RuntimeUnavailableError",
     "SandtreeError",
+    "TooManyRequestsError",
     "UnauthorizedError",
     "UnprocessableError",
 ]
@@ -138,6 +140,13 @@ class NotReadyError(SandtreeError):
 
     status = 425
     code = "not_ready"
+
+
+class TooManyRequestsError(SandtreeError):
+    """A per-token limit on work in flight is reached; retry when some of it has ended."""
+
+    status = 429
+    code = "too_many_requests"
 
 
 class RuntimeUnavailableError(SandtreeError):

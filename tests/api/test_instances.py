@@ -172,3 +172,23 @@ async def test_a_live_operation_reports_its_duration_so_far(api: Api, image: Ima
 
     assert isinstance(live["duration"], float)
     assert live["duration"] >= 0
+
+
+async def test_a_token_past_its_concurrency_limit_gets_429_until_one_ends(
+    api: Api, image: ImageRecord
+) -> None:
+    _, secret = api.tokens.create(
+        name="small", limits={"instance_max_concurrency": 1}, created_at="2026-01-01T00:00:00"
+    )
+    headers = {"Authorization": f"Bearer {secret}"}
+    first = (await _spawn(api, {"command": "block", "image": "tag:base"}, headers)).json()
+
+    refused = await _spawn(api, {"command": "true", "image": "tag:base"}, headers)
+    other_token = await _spawn(api, {"command": "true", "image": "tag:base"})
+    await api.engine.cancel_operation(api.engine.get_operation(first["uuid"]))
+    accepted = await _spawn(api, {"command": "true", "image": "tag:base"}, headers)
+
+    assert refused.status_code == 429
+    assert "limit is 1" in refused.json()["error"]
+    assert other_token.status_code == 201
+    assert accepted.status_code == 201

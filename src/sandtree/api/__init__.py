@@ -61,4 +61,5 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.engine = engine
+    app.state.instances_in_flight = {}
     return app
