@@ -10,7 +10,17 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Mount
 
-from sandtree.api import files, images, inspect, instances, lineage, openapi, operations, tokens
+from sandtree.api import (
+    files,
+    images,
+    inspect,
+    instances,
+    lineage,
+    openapi,
+    operations,
+    subprocesses,
+    tokens,
+)
 from sandtree.api._auth import AuthMiddleware
 from sandtree.api._errors import exception_handlers
 from sandtree.api._tokens import PERMISSIONS, TokenRecord, TokenStore
@@ -52,6 +62,7 @@ def create_app(
                     *openapi.routes,
                     *instances.routes,
                     *operations.routes,
+                    *subprocesses.routes,
                     *tokens.routes,
                 ],
             )

@@ -22,7 +22,7 @@ from sandtree.errors import (
     TooManyRequestsError,
 )
 
-__all__ = ["parse_spawn_request", "routes"]
+__all__ = ["parse_exec_spec", "parse_spawn_request", "parse_stdin", "routes"]
 
 _MAX_TRUNCATE = 10 * 1024 * 1024
 _CWD = re.compile(r"^((/[^/]*)+/?)?$")
@@ -43,7 +43,8 @@ def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
     return kind if isinstance(kind, tuple) else (kind,)
 
 
-def _stdin(raw: Any) -> bytes:
+def parse_stdin(raw: Any) -> bytes:
+    """A ``ClosableStreamRepr``'s bytes (``close`` is read by the caller)."""
     if raw is None:
         return b""
     if not isinstance(raw, dict) or not isinstance(raw.get("value"), str):
@@ -87,14 +88,17 @@ def _files(raw: Any) -> tuple[PlacedFile, ...]:
     return tuple(placed)
 
 
-def parse_spawn_request(body: Any, *, default_timeout: int) -> RunSpec:
-    """An ``InstanceSpawnRequest`` as a ``RunSpec``; every problem is a 400 naming the field."""
-    if not isinstance(body, dict):
-        raise InvalidRequestError('send a JSON object with at least "command" and "image"')
-    for required in ("command", "image"):
-        if not isinstance(body.get(required), str) or not body[required]:
-            raise InvalidRequestError(f"'{required}' is required and must be a non-empty string")
-    shell = _field(body, "shell", bool, False)
+def _stdin_close(raw: Any) -> bool:
+    close = raw.get("close", True) if isinstance(raw, dict) else True
+    if not isinstance(close, bool):
+        raise InvalidRequestError("stdin.close must be true or false")
+    return close
+
+
+def _process_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """The ``ExecSpec`` fields shared by instances and subprocesses."""
+    if not isinstance(body.get("command"), str) or not body["command"]:
+        raise InvalidRequestError("'command' is required and must be a non-empty string")
     args = _field(body, "args", list, [])
     if not all(isinstance(a, str) for a in args):
         raise InvalidRequestError("'args' must be a list of strings")
@@ -107,27 +111,47 @@ def parse_spawn_request(body: Any, *, default_timeout: int) -> RunSpec:
     truncate = _field(body, "truncate_output_at", int, 1024 * 1024)
     if not 0 <= truncate <= _MAX_TRUNCATE:
         raise InvalidRequestError(f"'truncate_output_at' must be between 0 and {_MAX_TRUNCATE}")
+    uid, gid = _field(body, "uid", int, 0), _field(body, "gid", int, 0)
+    if uid < 0 or gid < 0 or uid > 65535 or gid > 65535:
+        raise InvalidRequestError("'uid' and 'gid' must be between 0 and 65535")
+    return {
+        "command": body["command"],
+        "args": tuple(args),
+        "shell": _field(body, "shell", bool, False),
+        "env": env,
+        "cwd": cwd,
+        "uid": uid,
+        "gid": gid,
+        "stdin": parse_stdin(body.get("stdin")),
+        "stdin_close": _stdin_close(body.get("stdin")),
+        "truncate_output_at": truncate,
+    }
+
+
+def parse_exec_spec(body: Any) -> dict[str, Any]:
+    """An ``ExecSpec`` as keyword arguments of ``Engine.exec_process``."""
+    if not isinstance(body, dict):
+        raise InvalidRequestError('send a JSON object with at least "command"')
+    return _process_fields(body)
+
+
+def parse_spawn_request(body: Any, *, default_timeout: int) -> RunSpec:
+    """An ``InstanceSpawnRequest`` as a ``RunSpec``; every problem is a 400 naming the field."""
+    if not isinstance(body, dict):
+        raise InvalidRequestError('send a JSON object with at least "command" and "image"')
+    if not isinstance(body.get("image"), str) or not body["image"]:
+        raise InvalidRequestError("'image' is required and must be a non-empty string")
+    process = _process_fields(body)
     limits = _field(body, "resources_limits", dict, {})
     max_layer = _field(limits, "max_layer_bytes", int, None)
     if max_layer is not None and max_layer < 1:
         raise InvalidRequestError("'resources_limits.max_layer_bytes' must be at least 1")
     networking = _field(body, "networking", dict, {})
-    uid, gid = _field(body, "uid", int, 0), _field(body, "gid", int, 0)
-    if uid < 0 or gid < 0 or uid > 65535 or gid > 65535:
-        raise InvalidRequestError("'uid' and 'gid' must be between 0 and 65535")
     return RunSpec(
         image=body["image"],
-        command=body["command"],
-        args=tuple(args),
-        shell=shell,
-        env=env,
-        cwd=cwd,
-        uid=uid,
-        gid=gid,
+        **process,
         hostname=_field(body, "hostname", str, "linuxkit"),
-        stdin=_stdin(body.get("stdin")),
         timeout=_field(body, "timeout", int, default_timeout),
-        truncate_output_at=truncate,
         files=_files(body.get("files")),
         disposable=_field(body, "disposable", bool, False),
         preserve_env=_field(body, "preserve_env", bool, False),

@@ -23,7 +23,7 @@ from sandtree.engine import (
 from sandtree.engine._clock import parse_iso
 from sandtree.errors import ForbiddenError, InvalidRequestError, OperationNotFoundError
 
-__all__ = ["operation_json", "routes"]
+__all__ = ["find_operation", "operation_json", "routes"]
 
 #: What a client polling a live operation should wait before asking again (seconds).
 _RETRY_AFTER = "1"
@@ -69,7 +69,8 @@ def operation_json(op: OperationRecord) -> dict[str, Any]:
     }
 
 
-def _operation(request: Request, permission: str) -> tuple[Engine, OperationRecord]:
+def find_operation(request: Request, permission: str) -> tuple[Engine, OperationRecord]:
+    """The operation named in the path, visible to the caller's token holding ``permission``."""
     token = require(request, permission)
     engine: Engine = request.app.state.engine
     raw = request.path_params["operation_id"]
@@ -109,13 +110,13 @@ async def list_operations(request: Request) -> Response:
 
 
 async def get_operation(request: Request) -> Response:
-    _, op = _operation(request, "list")
+    _, op = find_operation(request, "list")
     headers = {} if op.status.terminal else {"Retry-After": _RETRY_AFTER}
     return JSONResponse(operation_json(op), headers=headers)
 
 
 async def cancel_operation(request: Request) -> Response:
-    engine, op = _operation(request, "cancel")
+    engine, op = find_operation(request, "cancel")
     await engine.cancel_operation(op)
     return Response(status_code=202)
 
@@ -142,7 +143,7 @@ def _event_filters(request: Request) -> tuple[int, int | None]:
 
 
 async def operation_events(request: Request) -> Response:
-    engine, op = _operation(request, "list")
+    engine, op = find_operation(request, "list")
     follow = _flag(request, "follow")
     if follow and not {"spawn", "spawn_disposable"} & request.state.token.permissions:
         raise ForbiddenError(

@@ -24,6 +24,7 @@ from sandtree.engine._files import BlobStore
 from sandtree.engine._imports import import_path
 from sandtree.engine._lineage import Diff, Lineage, diff_layer, diff_trees, lineage
 from sandtree.engine._operations import JobFailed, JobOutcome, OperationQueue
+from sandtree.engine._processes import process_result
 from sandtree.engine._results import run_outcome
 from sandtree.engine._runs import RunExecutor, RunFailure
 from sandtree.engine.layers import _grep, _inspect as _inspect_ops
@@ -381,6 +382,51 @@ class Engine:
         self, op: OperationRecord, *, after: int = 0, follow: bool = True
     ) -> AsyncIterator[OperationEvent]:
         return self.events.follow(op.uuid, after=after, follow=follow)
+
+    # -- processes of running instances -------------------------------------------------------
+
+    async def exec_process(
+        self,
+        op: OperationRecord,
+        *,
+        command: str,
+        args: Sequence[str] = (),
+        shell: bool = False,
+        env: Mapping[str, str | None] | None = None,
+        cwd: str = "",
+        uid: int = 0,
+        gid: int = 0,
+        stdin: bytes = b"",
+        stdin_close: bool = True,
+        truncate_output_at: int | None = None,
+    ) -> int:
+        """Start another process in ``op``'s running sandbox; returns its spid (2, 3, …).
+
+        Raises:
+            ConflictError: the operation is not running a sandbox (queued or ended).
+        """
+        argv = ["/bin/sh", "-c", command] if shell else [command, *args]
+        return await self.runs.processes.exec(
+            op.uuid, args=argv, env=env or {}, cwd=cwd, uid=uid, gid=gid, stdin=stdin,
+            stdin_close=stdin_close, truncate=truncate_output_at,
+        )  # fmt: skip
+
+    async def write_stdin(
+        self, op: OperationRecord, spid: int, data: bytes, *, close: bool
+    ) -> None:
+        """Feed a running process's stdin, closing it after ``data`` when ``close``."""
+        await self.runs.processes.write_stdin(op.uuid, spid, data, close=close)
+
+    async def signal_process(self, op: OperationRecord, spid: int, signum: int) -> None:
+        """Signal a process; spid 1 (the main process) ends the whole run."""
+        await self.runs.processes.signal(op.uuid, spid, signum)
+
+    def process_result(self, op: OperationRecord, spid: int) -> dict[str, Any]:
+        """The ``InstanceResult`` of one process, from the events so far."""
+        log = self.events.live(op.uuid)
+        if log is not None:
+            log.flush()
+        return process_result(self.store.events(op.uuid), spid)
 
     # -- files ----------------------------------------------------------------------------------
 

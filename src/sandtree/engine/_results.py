@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sandtree.engine._operations import JobOutcome
-from sandtree.engine._runs import encode_stream
+from sandtree.engine._streams import encode_stream
 from sandtree.engine.types import RunResult, StreamOutput
 
 __all__ = ["result_document", "run_outcome"]

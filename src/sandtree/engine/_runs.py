@@ -5,19 +5,20 @@ upper dir as a child image or throw it away."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
 import os
 import platform
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sandtree.config import Settings
 from sandtree.engine._clock import now_iso
 from sandtree.engine._events import EventLog
 from sandtree.engine._files import BlobStore
+from sandtree.engine._processes import LiveRun, ProcessTable
+from sandtree.engine._streams import Collector
 from sandtree.engine.layers._paths import make_parents_in_root, open_root, write_file_in_root
 from sandtree.engine.layers._store import LayerStore, RunDirs
 from sandtree.engine.runtime import Limits, Runtime, Sandbox, SandboxExit, SandboxSpec
@@ -28,11 +29,10 @@ from sandtree.engine.types import (
     ResourceUsage,
     RunResult,
     RunSpec,
-    StreamOutput,
 )
 from sandtree.errors import FileNotFoundInStoreError, InvalidRequestError
 
-__all__ = ["DEFAULT_PATH", "RunExecutor", "RunFailure", "encode_stream"]
+__all__ = ["DEFAULT_PATH", "RunExecutor", "RunFailure"]
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _SECRET_SUFFIXES = ("TOKEN", "SECRET", "PASSWORD", "API_KEY", "CREDENTIALS", "AUTHORIZATION")
@@ -53,51 +53,8 @@ class RunFailure(Exception):
         self.cancelled = cancelled
 
 
-def encode_stream(data: bytes) -> tuple[str, str]:
-    """``(value, encoding)``: ``ascii`` when printable (plus newline, CR, tab), else base64."""
-    if all(32 <= b < 127 or b in (9, 10, 13) for b in data):
-        return data.decode("ascii"), "ascii"
-    return base64.b64encode(data).decode("ascii"), "base64"
-
-
 def _masked(env: Mapping[str, str]) -> dict[str, str]:
     return {k: ("<MASKED>" if k.upper().endswith(_SECRET_SUFFIXES) else v) for k, v in env.items()}
-
-
-class _Collector:
-    """Keeps the first ``cap`` bytes of a stream for the result and the event log."""
-
-    def __init__(self, name: str, cap: int, log: EventLog) -> None:
-        self.name = name
-        self.cap = cap
-        self.log = log
-        self.data = bytearray()
-        self.dropped = 0
-
-    async def pump(self, chunks: AsyncIterator[bytes]) -> None:
-        async for chunk in chunks:
-            room = self.cap - len(self.data)
-            keep = chunk[: max(room, 0)]
-            self.dropped += len(chunk) - len(keep)
-            if keep:
-                self.data += keep
-                value, encoding = encode_stream(bytes(keep))
-                self.log.emit(
-                    self.name, {"value": value, "encoding": encoding, "truncated": False}, spid=1
-                )
-
-    def finish(self) -> StreamOutput:
-        if self.dropped:
-            self.log.emit(
-                "truncated",
-                {
-                    "stream": self.name,
-                    "bytes_emitted": len(self.data),
-                    "bytes_dropped": self.dropped,
-                },
-                spid=1,
-            )
-        return StreamOutput(data=bytes(self.data), truncated=self.dropped > 0)
 
 
 @dataclasses.dataclass
@@ -128,6 +85,8 @@ class RunExecutor:
         self._runtime_factories = runtimes
         self._runtimes: dict[str, Runtime] = {}
         self._network = network
+        #: The processes of running sandboxes, for exec, stdin writes and signals.
+        self.processes = ProcessTable()
         # Clean-up that finishes after a run has replied (veth teardown, deleting run dirs).
         self._cleanups: set[asyncio.Future[None]] = set()
 
@@ -251,9 +210,16 @@ class RunExecutor:
                         "configured": {"ip4": lease.address, "ip4_gw": lease.gateway},
                     },
                 )
-            out = _Collector("stdout", spec.truncate_output_at, log)
-            err = _Collector("stderr", spec.truncate_output_at, log)
-            outcome = await self._supervise(sandbox, spec, dirs, out, err, cancel)
+            out = Collector("stdout", spec.truncate_output_at, log)
+            err = Collector("stderr", spec.truncate_output_at, log)
+            live = LiveRun(runtime=runtime, sandbox=sandbox, spec=sandbox_spec, log=log,
+                           truncate=spec.truncate_output_at)  # fmt: skip
+            self.processes.register(op_id, live)
+            try:
+                outcome = await self._supervise(sandbox, spec, dirs, out, err, cancel)
+            finally:
+                self.processes.unregister(op_id)
+            await live.drain()
         except BaseException:
             await asyncio.to_thread(self._layers.discard_run, dirs)
             raise
@@ -312,14 +278,14 @@ class RunExecutor:
         sandbox: Sandbox,
         spec: RunSpec,
         dirs: RunDirs,
-        out: _Collector,
-        err: _Collector,
+        out: Collector,
+        err: Collector,
         cancel: asyncio.Event,
     ) -> _Outcome:
         pumps = [
             asyncio.create_task(out.pump(sandbox.stdout())),
             asyncio.create_task(err.pump(sandbox.stderr())),
-            asyncio.create_task(sandbox.write_stdin(spec.stdin, close=True)),
+            asyncio.create_task(sandbox.write_stdin(spec.stdin, close=spec.stdin_close)),
         ]
         waiter = asyncio.create_task(sandbox.wait())
         canceller = asyncio.create_task(cancel.wait())
@@ -364,8 +330,8 @@ class RunExecutor:
         spec: RunSpec,
         dirs: RunDirs,
         outcome: _Outcome,
-        out: _Collector,
-        err: _Collector,
+        out: Collector,
+        err: Collector,
         env: dict[str, str],
         cwd: str,
         log: EventLog,

@@ -120,6 +120,8 @@ class RunSpec:
     gid: int = 0
     hostname: str = "linuxkit"
     stdin: bytes = b""
+    #: Close stdin after ``stdin`` (else more can be written while the run runs).
+    stdin_close: bool = True
     timeout: int = 30
     truncate_output_at: int = 1024 * 1024
     files: tuple[PlacedFile, ...] = ()

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["Limits", "Runtime", "Sandbox", "SandboxExit", "SandboxSpec"]
+__all__ = ["Limits", "Runtime", "Sandbox", "SandboxExit", "SandboxProcess", "SandboxSpec"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -79,6 +79,24 @@ class Sandbox(Protocol):
         """Wait for the sandbox to end, then release its runtime resources."""
 
 
+class SandboxProcess(Protocol):
+    """A process exec'd into a running sandbox."""
+
+    @property
+    def pid(self) -> int: ...
+
+    def stdout(self) -> AsyncIterator[bytes]: ...
+
+    def stderr(self) -> AsyncIterator[bytes]: ...
+
+    async def write_stdin(self, data: bytes, *, close: bool) -> None: ...
+
+    async def signal(self, signum: int) -> None:
+        """Send ``signum`` to the process."""
+
+    async def wait(self) -> SandboxExit: ...
+
+
 class Runtime(Protocol):
     """A way to run sandboxes: ``crun``/``runc`` containers, gVisor, or a fake for tests."""
 
@@ -90,6 +108,19 @@ class Runtime(Protocol):
         """Whether sandboxes can join a prepared network namespace."""
 
     async def start(self, spec: SandboxSpec) -> Sandbox: ...
+
+    async def exec(
+        self,
+        spec: SandboxSpec,
+        *,
+        name: str,
+        args: Sequence[str],
+        env: Mapping[str, str],
+        cwd: str,
+        uid: int,
+        gid: int,
+    ) -> SandboxProcess:
+        """Start another process in the running sandbox ``spec``."""
 
     def cleanup_stale(self) -> None:
         """Remove sandboxes, cgroups and state left behind by a previous process."""

@@ -15,8 +15,9 @@ last element of ``args`` (so ``sh -c CMD`` works); statements are separated by `
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 
 from sandtree.engine.runtime._base import SandboxExit, SandboxSpec
@@ -35,6 +36,7 @@ class FakeSandbox:
         self._stdin = bytearray()
         self._stdin_closed = asyncio.Event()
         self._killed = asyncio.Event()
+        self._signal = 9
         self._task = asyncio.create_task(self._run())
 
     @property
@@ -57,6 +59,10 @@ class FakeSandbox:
             self._stdin_closed.set()
 
     async def kill(self) -> None:
+        self._killed.set()
+
+    async def signal(self, signum: int) -> None:
+        self._signal = signum
         self._killed.set()
 
     async def wait(self) -> SandboxExit:
@@ -99,7 +105,7 @@ class FakeSandbox:
                 return SandboxExit(exit_code=int(rest or 0))
             elif verb == "block":
                 await self._killed.wait()
-                return SandboxExit(exit_code=137, signal=9)
+                return SandboxExit(exit_code=128 + self._signal, signal=self._signal)
             elif verb == "oom":
                 return SandboxExit(exit_code=137, signal=9, limit_hit="memory")
             elif verb == "forkbomb":
@@ -129,6 +135,22 @@ class FakeRuntime:
         self.started.append(spec)
         self._next_pid += 1
         return FakeSandbox(spec, self._next_pid)
+
+    async def exec(
+        self,
+        spec: SandboxSpec,
+        *,
+        name: str,
+        args: Sequence[str],
+        env: Mapping[str, str],
+        cwd: str,
+        uid: int,
+        gid: int,
+    ) -> FakeSandbox:
+        self._next_pid += 1
+        child = dataclasses.replace(spec, args=tuple(args), env=dict(env), cwd=cwd, uid=uid,
+                                    gid=gid)  # fmt: skip
+        return FakeSandbox(child, self._next_pid)
 
     def cleanup_stale(self) -> None:
         return None

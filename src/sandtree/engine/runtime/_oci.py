@@ -5,32 +5,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
 from sandtree.engine.runtime._base import SandboxExit, SandboxSpec
 from sandtree.engine.runtime._host import CgroupSet, runtime_prefix
-from sandtree.engine.runtime._ocispec import build_config
+from sandtree.engine.runtime._ocispec import build_config, build_process
 from sandtree.engine.runtime._process import AsyncProcess
-from sandtree.errors import RuntimeUnavailableError
+from sandtree.errors import ConflictError, RuntimeUnavailableError
 
-__all__ = ["OciRuntime", "OciSandbox"]
+__all__ = ["OciExec", "OciRuntime", "OciSandbox"]
 
 _CHUNK = 64 * 1024
 # Measured on this host kind: runsc (ptrace) idles at ~40 host tasks, ~10 more per process.
 _RUNSC_BASE_TASKS = 64
+_PID_FILE_WAIT = 5.0
+_INIT_PID = "init.pid"
 _RUNSC_TASKS_PER_PROCESS = 12
 
 
-class OciSandbox:
-    """One ``<runtime> run`` process and the cgroups around it."""
+class _OciProcess:
+    """A runtime process (``run`` or ``exec``) with its stdio as asyncio streams."""
 
-    def __init__(self, process: AsyncProcess, cgroups: CgroupSet, log_path: Path) -> None:
+    def __init__(self, process: AsyncProcess) -> None:
         self._process = process
-        self._cgroups = cgroups
-        self._log_path = log_path
         self._killed = False
 
     @property
@@ -61,6 +62,74 @@ class OciSandbox:
             # The process exited without reading all of its input; that is its business.
             stdin.close()
 
+
+async def _wait_for_file(
+    path: Path, *, alive: AsyncProcess | None = None, within: float = _PID_FILE_WAIT
+) -> bool:
+    """Whether ``path`` appears within ``within`` seconds (while ``alive`` runs). Runtimes
+    write their pid files once the process exists; nothing signals that moment, so look
+    every few milliseconds until the deadline."""
+    deadline = asyncio.get_running_loop().time() + within
+    # A stat is cheaper inline than a thread hop.
+    while not os.path.exists(path):  # noqa: ASYNC240
+        if (alive is not None and alive.returncode is not None) or (
+            asyncio.get_running_loop().time() > deadline
+        ):
+            return False
+        await asyncio.sleep(0.005)
+    return True
+
+
+def _status(rc: int, *, killed: bool) -> tuple[int, int]:
+    """``(exit_code, signal)`` from a runtime's exit status."""
+    if rc > 128 and (killed or rc - 128 in (9, 15)):
+        # Runtimes report a signal death like shells do: 128 + signal number.
+        return rc, rc - 128
+    if rc < 0:
+        return 128 - rc, -rc
+    return rc, 0
+
+
+class OciExec(_OciProcess):
+    """A process exec'd into a running sandbox (``<runtime> exec --process``)."""
+
+    def __init__(
+        self, process: AsyncProcess, pid_file: Path, deliver: Callable[[int, int], Awaitable[None]]
+    ) -> None:
+        super().__init__(process)
+        self._pid_file = pid_file
+        self._deliver = deliver
+
+    async def signal(self, signum: int) -> None:
+        """Send ``signum`` to the exec'd process (its host pid, from the runtime's pid file)."""
+        self._killed = True
+        pid = await self._container_pid()
+        if pid is None:
+            # It never started or is already gone: stop the runtime process itself.
+            self._process.kill()
+            return
+        await self._deliver(pid, signum)
+
+    async def _container_pid(self) -> int | None:
+        if not await _wait_for_file(self._pid_file, alive=self._process):
+            return None
+        with contextlib.suppress(OSError, ValueError):
+            return int(self._pid_file.read_text(encoding="ascii").strip())
+        return None
+
+    async def wait(self) -> SandboxExit:
+        code, sig = _status(await self._process.wait(), killed=self._killed)
+        return SandboxExit(exit_code=code, signal=sig)
+
+
+class OciSandbox(_OciProcess):
+    """One ``<runtime> run`` process and the cgroups around it."""
+
+    def __init__(self, process: AsyncProcess, cgroups: CgroupSet, log_path: Path) -> None:
+        super().__init__(process)
+        self._cgroups = cgroups
+        self._log_path = log_path
+
     async def kill(self) -> None:
         self._killed = True
         self._cgroups.kill_all()
@@ -76,12 +145,7 @@ class OciSandbox:
         log = _read_log(self._log_path)
         if log and rc != 0:
             runtime_error = log
-        code, sig = rc, 0
-        if rc > 128 and (self._killed or stats.oom_killed or rc - 128 in (9, 15)):
-            # Runtimes report a signal death like shells do: 128 + signal number.
-            sig = rc - 128
-        elif rc < 0:
-            code, sig = 128 - rc, -rc
+        code, sig = _status(rc, killed=self._killed or stats.oom_killed)
         return SandboxExit(
             exit_code=code,
             signal=sig,
@@ -175,7 +239,8 @@ class OciRuntime:
             args += [f"--log={log}"]
         else:
             args += [f"--log=file:{log}", "--cgroup-manager=disabled"]
-        return [*args, "run", "--bundle", str(spec.workdir), spec.id]
+        pid_file = spec.workdir / _INIT_PID
+        return [*args, "run", "--pid-file", str(pid_file), "--bundle", str(spec.workdir), spec.id]
 
     def write_bundle(self, spec: SandboxSpec, cgroups: CgroupSet) -> None:
         config = build_config(
@@ -239,6 +304,57 @@ class OciRuntime:
             cgroups.remove()
             raise
         return OciSandbox(process, cgroups, spec.workdir / "runtime.log")
+
+    async def exec(
+        self,
+        spec: SandboxSpec,
+        *,
+        name: str,
+        args: Sequence[str],
+        env: Mapping[str, str],
+        cwd: str,
+        uid: int,
+        gid: int,
+    ) -> OciExec:
+        """Start another process in the running sandbox ``spec``, in its cgroups."""
+        if not await _wait_for_file(spec.workdir / _INIT_PID):
+            raise ConflictError(
+                "the sandbox is not running (it has not started yet or has already ended); "
+                "retry once the operation's spawn event has arrived"
+            )
+        process_file = spec.workdir / f"{name}.json"
+        pid_file = spec.workdir / f"{name}.pid"
+        # crun writes the host pid; runsc's own pid file holds its exec helper, so ask it for
+        # the sandbox-internal pid and signal through `runsc kill --pid`.
+        pid_flag = "--internal-pid-file" if self.kind == "runsc" else "--pid-file"
+        process = build_process(spec, args, env, cwd, uid, gid)
+        process_file.write_text(json.dumps(process), encoding="utf-8")
+        argv = [
+            *runtime_prefix(),
+            *self._global_args(spec),
+            "exec",
+            "--process",
+            str(process_file),
+            pid_flag,
+            str(pid_file),
+            spec.id,
+        ]
+        started = await AsyncProcess.start(argv, preexec_fn=CgroupSet(spec.id).join)
+
+        async def deliver(pid: int, signum: int) -> None:
+            if self.kind != "runsc":
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signum)
+                return
+            killer = await AsyncProcess.start(
+                [*runtime_prefix(), *self._global_args(spec), "kill", f"--pid={pid}", spec.id,
+                 str(signum)]
+            )  # fmt: skip
+            killer.stdin.close()
+            await asyncio.gather(killer.stdout.read(), killer.stderr.read())
+            await killer.wait()
+
+        return OciExec(started, pid_file, deliver)
 
     def cleanup_stale(self) -> None:
         """Delete the containers a previous process of *this* server left in its state dir,

@@ -14,11 +14,12 @@ Hardening, in the order a reviewer would look for it:
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sandtree.engine.runtime._base import SandboxSpec
 
-__all__ = ["ID_RANGE", "build_config"]
+__all__ = ["ID_RANGE", "build_config", "build_process"]
 
 #: How many ids the user namespace maps (0..65535 inside).
 ID_RANGE = 65536
@@ -109,9 +110,31 @@ def _rlimits(spec: SandboxSpec) -> dict[str, Any]:
     return {"rlimits": [{"type": "RLIMIT_FSIZE", "hard": cap, "soft": cap}]}
 
 
+def build_process(
+    spec: SandboxSpec,
+    args: Sequence[str],
+    env: Mapping[str, str],
+    cwd: str,
+    uid: int,
+    gid: int,
+) -> dict[str, Any]:
+    """The ``process`` object: of the sandbox's main process, or of one exec'd into it (with
+    the same capabilities, no_new_privs and file-size cap)."""
+    caps = list(_CAPABILITIES)
+    return {
+        "terminal": False,
+        "user": {"uid": uid, "gid": gid, "additionalGids": [gid]},
+        "args": list(args),
+        "env": [f"{k}={v}" for k, v in env.items()],
+        "cwd": cwd or "/",
+        "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+        "noNewPrivileges": True,
+        **_rlimits(spec),
+    }
+
+
 def build_config(spec: SandboxSpec, *, uid_shift: int, seccomp: bool = True) -> dict[str, Any]:
     """The ``config.json`` for ``spec``; identical for crun, runc and runsc."""
-    caps = list(_CAPABILITIES)
     namespaces: list[dict[str, str]] = [
         {"type": "pid"},
         {"type": "ipc"},
@@ -133,20 +156,7 @@ def build_config(spec: SandboxSpec, *, uid_shift: int, seccomp: bool = True) -> 
         linux["seccomp"] = _seccomp()
     return {
         "ociVersion": "1.0.2",
-        "process": {
-            "terminal": False,
-            "user": {"uid": spec.uid, "gid": spec.gid, "additionalGids": [spec.gid]},
-            "args": list(spec.args),
-            "env": [f"{k}={v}" for k, v in spec.env.items()],
-            "cwd": spec.cwd or "/",
-            "capabilities": {
-                "bounding": caps,
-                "effective": caps,
-                "permitted": caps,
-            },
-            "noNewPrivileges": True,
-            **_rlimits(spec),
-        },
+        "process": build_process(spec, spec.args, spec.env, spec.cwd, spec.uid, spec.gid),
         "root": {"path": str(spec.rootfs), "readonly": False},
         "hostname": spec.hostname,
         "mounts": [
