@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from contree_client import AuthenticationError
+from contree_client import AuthenticationError, ClosableStreamRepr
 from contree_client.httpx import ContreeClient
 from contree_sdk import ContreeSync
 
@@ -136,3 +136,40 @@ async def test_the_contree_sdk_runs_keeps_reads_and_chains(
     assert content == b"x\n"
     assert names == ["f"]
     assert chained.stdout == "x\n"
+
+
+@pytest.mark.anyio
+async def test_the_contree_client_execs_into_a_running_instance_and_feeds_its_stdin(
+    tmp_path: Path, busybox_rootfs: Path
+) -> None:
+    await _import_busybox(tmp_path / "data", busybox_rootfs)
+    server = ServerProcess(tmp_path / "data", tmp_path / "config")
+    try:
+        server.wait_until_ready()
+        secret = (server.data_dir / "admin-token").read_text(encoding="utf-8").strip()
+        with ContreeClient(secret, base_url=server.url) as client:
+            spawned = client.spawn_instance(
+                "cat",
+                "tag:busybox:latest",
+                shell=True,
+                stdin=ClosableStreamRepr(value="", close=False),
+            )
+            assert spawned.uuid is not None
+            # Wait for the main process to exist: its spawn event.
+            for event in client.follow_operation_events(spawned.uuid, timeout=30):
+                if event.type == "spawn":
+                    break
+            spid = client.operation_subprocess_create(spawned.uuid, "echo sub", shell=True)
+            for event in client.follow_operation_events(spawned.uuid, timeout=30):
+                if event.type == "exit" and event.spid == spid:
+                    break
+            sub = client.operation_subprocess(spawned.uuid, spid)
+            client.operation_subprocess_stdin(spawned.uuid, 1, "fed\n", close=True)
+            done = client.wait_operation(spawned.uuid, timeout=60)
+    finally:
+        assert server.stop()
+    assert spid == 2
+    assert sub.stdout is not None
+    assert sub.stdout.value == "sub\n"
+    assert done.status == "SUCCESS", done.error
+    assert done.metadata.result.stdout.value == "fed\n"  # type: ignore[union-attr]
