@@ -173,3 +173,45 @@ async def test_the_contree_client_execs_into_a_running_instance_and_feeds_its_st
     assert sub.stdout.value == "sub\n"
     assert done.status == "SUCCESS", done.error
     assert done.metadata.result.stdout.value == "fed\n"  # type: ignore[union-attr]
+
+
+@pytest.mark.anyio
+async def test_sigterm_stops_running_sandboxes_and_records_why(
+    tmp_path: Path, busybox_rootfs: Path
+) -> None:
+    await _import_busybox(tmp_path / "data", busybox_rootfs)
+    server = ServerProcess(tmp_path / "data", tmp_path / "config")
+    server.wait_until_ready()
+    secret = (server.data_dir / "admin-token").read_text(encoding="utf-8").strip()
+    with ContreeClient(secret, base_url=server.url) as client:
+        spawned = client.spawn_instance("sleep 1000", "tag:busybox:latest", shell=True)
+        assert spawned.uuid is not None
+        for event in client.follow_operation_events(spawned.uuid, timeout=30):
+            if event.type == "spawn":
+                break
+
+    assert server.stop()
+    assert _processes_of(spawned.uuid) == []  # before any restart could clean up
+
+    again = ServerProcess(tmp_path / "data", tmp_path / "config")
+    try:
+        again.wait_until_ready()
+        with ContreeClient(secret, base_url=again.url) as client:
+            op = client.get_operation_status(spawned.uuid)
+    finally:
+        assert again.stop()
+    assert op.status == "FAILED"
+    assert op.error is not None
+    assert "shut down" in op.error  # recorded by the stopping server, not by the restart
+
+
+def _processes_of(op_id: str) -> list[str]:
+    """Host processes still in the operation's sandbox cgroups."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and f"st-{op_id}" in (proc / "cgroup").read_text("utf-8"):
+                found.append(proc.name)
+        except OSError:
+            continue
+    return found
