@@ -257,6 +257,19 @@ class ServerProcess:
                 return
         raise AssertionError("sandtree serve exited before it was ready:\n" + "".join(self.output))
 
+    def __enter__(self) -> ServerProcess:
+        self.wait_until_ready()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process.poll() is None:
+            self.stop()
+
+    @property
+    def admin_token(self) -> str:
+        """The admin token the server saved on its first start."""
+        return (self.data_dir / "admin-token").read_text(encoding="utf-8").strip()
+
     def _drain(self) -> None:
         assert self.process.stdout is not None
         for line in self.process.stdout:

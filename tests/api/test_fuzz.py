@@ -26,12 +26,8 @@ IMPLEMENTED = r"^/(images|instances|operations|files|inspect|whoami)"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     base = tmp_path_factory.mktemp("fuzz")
-    srv = ServerProcess(base / "data", base / "config")
-    try:
-        srv.wait_until_ready()
+    with ServerProcess(base / "data", base / "config") as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")

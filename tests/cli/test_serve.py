@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,13 +24,8 @@ pytestmark = [
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    srv = ServerProcess(tmp_path / "data", tmp_path / "config")
-    try:
-        srv.wait_until_ready()
+    with ServerProcess(tmp_path / "data", tmp_path / "config") as srv:
         yield srv
-    finally:
-        if srv.process.poll() is None:
-            srv.stop()
 
 
 def test_first_start_prints_an_admin_token_saves_it_0600_and_writes_the_client_config(
@@ -47,7 +42,7 @@ def test_first_start_prints_an_admin_token_saves_it_0600_and_writes_the_client_c
 
 
 def test_the_contree_client_authenticates_and_lists_images(server: ServerProcess) -> None:
-    secret = (server.data_dir / "admin-token").read_text(encoding="utf-8").strip()
+    secret = server.admin_token
 
     with ContreeClient(secret, base_url=server.url) as client:
         me = client.whoami()
@@ -62,22 +57,23 @@ def test_the_contree_client_authenticates_and_lists_images(server: ServerProcess
         client.whoami()
 
 
-async def _import_busybox(data_dir: Path, rootfs: Path) -> None:
-    settings = Settings(data_dir=data_dir)
+@pytest.fixture
+async def busybox_server(tmp_path: Path, busybox_rootfs: Path) -> AsyncIterator[ServerProcess]:
+    """A started server whose store already has ``busybox:latest`` (imported before it ran)."""
+    settings = Settings(data_dir=tmp_path / "data")
     async with Engine(settings, runtimes=default_runtimes(settings)) as engine:
-        await engine.import_local(rootfs, tag="busybox:latest")
+        await engine.import_local(busybox_rootfs, tag="busybox:latest")
+    with ServerProcess(tmp_path / "data", tmp_path / "config") as srv:
+        yield srv
 
 
 @pytest.mark.anyio
 async def test_the_contree_client_runs_a_command_and_keeps_its_result(
-    tmp_path: Path, busybox_rootfs: Path
+    busybox_server: ServerProcess,
 ) -> None:
-    # An image made before the server starts, on its data directory.
-    await _import_busybox(tmp_path / "data", busybox_rootfs)
-    server = ServerProcess(tmp_path / "data", tmp_path / "config")
+    server = busybox_server
+    secret = server.admin_token
     try:
-        server.wait_until_ready()
-        secret = (server.data_dir / "admin-token").read_text(encoding="utf-8").strip()
         with ContreeClient(secret, base_url=server.url) as client:
             spawned = client.spawn_instance(
                 "echo hello from $(hostname); echo kept > /root/kept",
@@ -101,7 +97,7 @@ async def test_the_contree_client_runs_a_command_and_keeps_its_result(
 def test_sigterm_stops_the_server_cleanly_and_a_restart_keeps_the_admin_token(
     server: ServerProcess, tmp_path: Path
 ) -> None:
-    secret = (server.data_dir / "admin-token").read_text(encoding="utf-8").strip()
+    secret = server.admin_token
 
     assert server.stop()
 
@@ -116,14 +112,10 @@ def test_sigterm_stops_the_server_cleanly_and_a_restart_keeps_the_admin_token(
 
 
 @pytest.mark.anyio
-async def test_the_contree_sdk_runs_keeps_reads_and_chains(
-    tmp_path: Path, busybox_rootfs: Path
-) -> None:
-    await _import_busybox(tmp_path / "data", busybox_rootfs)
-    server = ServerProcess(tmp_path / "data", tmp_path / "config")
+async def test_the_contree_sdk_runs_keeps_reads_and_chains(busybox_server: ServerProcess) -> None:
+    server = busybox_server
+    secret = server.admin_token
     try:
-        server.wait_until_ready()
-        secret = (server.data_dir / "admin-token").read_text(encoding="utf-8").strip()
         client = ContreeSync(base_url=server.url, token=secret)
         image = client.images.use("busybox:latest")
         kept = image.run(shell="echo hi; echo x > /root/f", disposable=False).wait()
@@ -140,13 +132,11 @@ async def test_the_contree_sdk_runs_keeps_reads_and_chains(
 
 @pytest.mark.anyio
 async def test_the_contree_client_execs_into_a_running_instance_and_feeds_its_stdin(
-    tmp_path: Path, busybox_rootfs: Path
+    busybox_server: ServerProcess,
 ) -> None:
-    await _import_busybox(tmp_path / "data", busybox_rootfs)
-    server = ServerProcess(tmp_path / "data", tmp_path / "config")
+    server = busybox_server
+    secret = server.admin_token
     try:
-        server.wait_until_ready()
-        secret = (server.data_dir / "admin-token").read_text(encoding="utf-8").strip()
         with ContreeClient(secret, base_url=server.url) as client:
             spawned = client.spawn_instance(
                 "cat",
@@ -177,12 +167,10 @@ async def test_the_contree_client_execs_into_a_running_instance_and_feeds_its_st
 
 @pytest.mark.anyio
 async def test_sigterm_stops_running_sandboxes_and_records_why(
-    tmp_path: Path, busybox_rootfs: Path
+    busybox_server: ServerProcess,
 ) -> None:
-    await _import_busybox(tmp_path / "data", busybox_rootfs)
-    server = ServerProcess(tmp_path / "data", tmp_path / "config")
-    server.wait_until_ready()
-    secret = (server.data_dir / "admin-token").read_text(encoding="utf-8").strip()
+    server = busybox_server
+    secret = server.admin_token
     with ContreeClient(secret, base_url=server.url) as client:
         spawned = client.spawn_instance("sleep 1000", "tag:busybox:latest", shell=True)
         assert spawned.uuid is not None
@@ -193,7 +181,7 @@ async def test_sigterm_stops_running_sandboxes_and_records_why(
     assert server.stop()
     assert _processes_of(spawned.uuid) == []  # before any restart could clean up
 
-    again = ServerProcess(tmp_path / "data", tmp_path / "config")
+    again = ServerProcess(server.data_dir, server.config_home)
     try:
         again.wait_until_ready()
         with ContreeClient(secret, base_url=again.url) as client:
