@@ -67,25 +67,35 @@ async def busybox_server(tmp_path: Path, busybox_rootfs: Path) -> AsyncIterator[
         yield srv
 
 
+@pytest.fixture
+def client(busybox_server: ServerProcess) -> Iterator[ContreeClient]:
+    """The public ConTree client, pointed at a server with busybox."""
+    with ContreeClient(busybox_server.admin_token, base_url=busybox_server.url) as c:
+        yield c
+
+
+def _wait_for(client: ContreeClient, op_id: str, kind: str, spid: int | None = None) -> None:
+    """Follow the operation's event stream until an event of ``kind`` (and ``spid``)."""
+    for event in client.follow_operation_events(op_id, timeout=30):
+        if event.type == kind and (spid is None or event.spid == spid):
+            return
+    raise AssertionError(f"the stream ended without a {kind} event")
+
+
 @pytest.mark.anyio
 async def test_the_contree_client_runs_a_command_and_keeps_its_result(
-    busybox_server: ServerProcess,
+    client: ContreeClient,
 ) -> None:
-    server = busybox_server
-    secret = server.admin_token
-    try:
-        with ContreeClient(secret, base_url=server.url) as client:
-            spawned = client.spawn_instance(
-                "echo hello from $(hostname); echo kept > /root/kept",
-                "tag:busybox:latest",
-                shell=True,
-                disposable=False,
-            )
-            assert spawned.uuid is not None
-            # The client follows the SSE event stream until the completion event.
-            done = client.wait_operation(spawned.uuid, timeout=60)
-    finally:
-        assert server.stop()
+    spawned = client.spawn_instance(
+        "echo hello from $(hostname); echo kept > /root/kept",
+        "tag:busybox:latest",
+        shell=True,
+        disposable=False,
+    )
+    assert spawned.uuid is not None
+    # The client follows the SSE event stream until the completion event.
+    done = client.wait_operation(spawned.uuid, timeout=60)
+
     assert done.status == "SUCCESS", done.error
     assert done.metadata is not None
     result = done.metadata.result  # type: ignore[union-attr]
@@ -113,17 +123,14 @@ def test_sigterm_stops_the_server_cleanly_and_a_restart_keeps_the_admin_token(
 
 @pytest.mark.anyio
 async def test_the_contree_sdk_runs_keeps_reads_and_chains(busybox_server: ServerProcess) -> None:
-    server = busybox_server
-    secret = server.admin_token
-    try:
-        client = ContreeSync(base_url=server.url, token=secret)
-        image = client.images.use("busybox:latest")
-        kept = image.run(shell="echo hi; echo x > /root/f", disposable=False).wait()
-        chained = kept.run(shell="cat /root/f").wait()
-        content = kept.read("/root/f")
-        names = [entry.path for entry in kept.ls("/root")]
-    finally:
-        assert server.stop()
+    sdk = ContreeSync(base_url=busybox_server.url, token=busybox_server.admin_token)
+    image = sdk.images.use("busybox:latest")
+
+    kept = image.run(shell="echo hi; echo x > /root/f", disposable=False).wait()
+    chained = kept.run(shell="cat /root/f").wait()
+    content = kept.read("/root/f")
+    names = [entry.path for entry in kept.ls("/root")]
+
     assert (kept.stdout, kept.exit_code) == ("hi\n", 0)
     assert content == b"x\n"
     assert names == ["f"]
@@ -132,32 +139,20 @@ async def test_the_contree_sdk_runs_keeps_reads_and_chains(busybox_server: Serve
 
 @pytest.mark.anyio
 async def test_the_contree_client_execs_into_a_running_instance_and_feeds_its_stdin(
-    busybox_server: ServerProcess,
+    client: ContreeClient,
 ) -> None:
-    server = busybox_server
-    secret = server.admin_token
-    try:
-        with ContreeClient(secret, base_url=server.url) as client:
-            spawned = client.spawn_instance(
-                "cat",
-                "tag:busybox:latest",
-                shell=True,
-                stdin=ClosableStreamRepr(value="", close=False),
-            )
-            assert spawned.uuid is not None
-            # Wait for the main process to exist: its spawn event.
-            for event in client.follow_operation_events(spawned.uuid, timeout=30):
-                if event.type == "spawn":
-                    break
-            spid = client.operation_subprocess_create(spawned.uuid, "echo sub", shell=True)
-            for event in client.follow_operation_events(spawned.uuid, timeout=30):
-                if event.type == "exit" and event.spid == spid:
-                    break
-            sub = client.operation_subprocess(spawned.uuid, spid)
-            client.operation_subprocess_stdin(spawned.uuid, 1, "fed\n", close=True)
-            done = client.wait_operation(spawned.uuid, timeout=60)
-    finally:
-        assert server.stop()
+    spawned = client.spawn_instance(
+        "cat", "tag:busybox:latest", shell=True, stdin=ClosableStreamRepr(value="", close=False)
+    )
+    assert spawned.uuid is not None
+    _wait_for(client, spawned.uuid, "spawn")  # the main process exists
+
+    spid = client.operation_subprocess_create(spawned.uuid, "echo sub", shell=True)
+    _wait_for(client, spawned.uuid, "exit", spid)
+    sub = client.operation_subprocess(spawned.uuid, spid)
+    client.operation_subprocess_stdin(spawned.uuid, 1, "fed\n", close=True)
+    done = client.wait_operation(spawned.uuid, timeout=60)
+
     assert spid == 2
     assert sub.stdout is not None
     assert sub.stdout.value == "sub\n"
@@ -174,9 +169,7 @@ async def test_sigterm_stops_running_sandboxes_and_records_why(
     with ContreeClient(secret, base_url=server.url) as client:
         spawned = client.spawn_instance("sleep 1000", "tag:busybox:latest", shell=True)
         assert spawned.uuid is not None
-        for event in client.follow_operation_events(spawned.uuid, timeout=30):
-            if event.type == "spawn":
-                break
+        _wait_for(client, spawned.uuid, "spawn")
 
     assert server.stop()
     assert _processes_of(spawned.uuid) == []  # before any restart could clean up
