@@ -58,10 +58,11 @@ async def test_head_and_get_by_sha256_and_the_list(api: Api) -> None:
     assert recent.json() == {"files": []}
 
 
-async def test_a_bad_sha256_gets_400(api: Api) -> None:
+async def test_a_malformed_sha256_is_simply_not_found(api: Api) -> None:
+    # The contract documents 404, not 400, for GET and HEAD /files/{sha256}.
     response = await api.http.get("/v1/files/not-a-hash", headers=api.auth)
 
-    assert response.status_code == 400
+    assert response.status_code == 404
     assert "64 hexadecimal characters" in response.json()["error"]
 
 

@@ -1,5 +1,6 @@
 """A property-based fuzz of the API from our own ``/v1/openapi.json`` (schemathesis), against a
-real ``sandtree serve``: no request may get a 5xx, whatever it holds."""
+real ``sandtree serve``: whatever a request holds, the answer is no 5xx, has a documented
+status code and content type, and matches its documented schema."""
 
 from __future__ import annotations
 
@@ -10,6 +11,11 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from sandtree.testing import ServerProcess
 
@@ -50,5 +56,12 @@ schema = schemathesis.pytest.from_fixture("api_schema")
     suppress_health_check=list(HealthCheck),
     database=None,
 )
-def test_no_request_gets_a_server_error(case: schemathesis.Case) -> None:
-    case.call_and_validate(checks=[not_a_server_error])
+def test_every_answer_is_documented_and_none_is_a_server_error(case: schemathesis.Case) -> None:
+    case.call_and_validate(
+        checks=[
+            not_a_server_error,
+            status_code_conformance,
+            content_type_conformance,
+            response_schema_conformance,
+        ]
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -11,8 +13,8 @@ from sandtree.errors import ForbiddenError
 
 __all__ = ["AuthMiddleware", "require"]
 
-#: Paths anyone may read.
-_OPEN_PATHS = frozenset({"/v1/openapi.json"})
+#: Paths anyone may read: the contract, and the slash-adding redirects of /v1/inspect.
+_OPEN_PATHS = re.compile(r"^/v1/(openapi\.json|inspect|inspect/[^/]+)$")
 
 
 class AuthMiddleware:
@@ -24,7 +26,7 @@ class AuthMiddleware:
         self.tokens = tokens
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in _OPEN_PATHS:
+        if scope["type"] != "http" or _OPEN_PATHS.match(scope["path"]):
             await self.app(scope, receive, send)
             return
         header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")

@@ -12,7 +12,7 @@ from starlette.routing import Route
 from sandtree.api._auth import require
 from sandtree.api._params import int_param, time_param
 from sandtree.engine import Engine, FileRecord
-from sandtree.errors import InvalidRequestError
+from sandtree.errors import FileNotFoundInStoreError
 
 __all__ = ["file_json", "routes"]
 
@@ -55,7 +55,10 @@ def _record(request: Request) -> FileRecord:
     token = require(request, "list")
     sha = request.path_params["sha256"]
     if not _SHA256.match(sha):
-        raise InvalidRequestError(f"{sha!r} is not a sha256: send 64 hexadecimal characters")
+        # A 404, not a 400: the contract documents no 400 here, and no such file exists.
+        raise FileNotFoundInStoreError(
+            f"{sha!r} is not a sha256 (64 hexadecimal characters), so no file has it"
+        )
     engine: Engine = request.app.state.engine
     return engine.get_file(sha.lower(), namespace=token.namespace)
 

@@ -12,9 +12,9 @@ from starlette.routing import Route
 from sandtree.api._auth import require
 from sandtree.api._params import int_param, json_body, time_param
 from sandtree.engine import Engine, ImageQuery, ImageRecord
-from sandtree.errors import InvalidRequestError
+from sandtree.errors import ImageNotFoundError, InvalidRequestError
 
-__all__ = ["image_json", "parse_uuid", "routes"]
+__all__ = ["image_in_path", "image_json", "parse_uuid", "routes"]
 
 
 def image_json(image: ImageRecord, namespace: str) -> dict[str, Any]:
@@ -35,11 +35,23 @@ def _engine(request: Request) -> Engine:
 
 
 def parse_uuid(raw: str, what: str) -> str:
-    """``raw`` as a canonical UUID, or a 400 naming ``what`` it should have been."""
+    """``raw`` (a query value) as a canonical UUID, or a 400 naming ``what`` it should be."""
     try:
         return str(uuid.UUID(raw))
     except ValueError:
         raise InvalidRequestError(f"{what} {raw!r} is not a UUID") from None
+
+
+def image_in_path(request: Request) -> ImageRecord:
+    """The image named in the path, visible to the caller; anything else is a 404 (the
+    contract documents no 400 for a malformed path id)."""
+    raw = request.path_params["uuid"]
+    try:
+        image_id = str(uuid.UUID(raw))
+    except ValueError:
+        raise ImageNotFoundError(f"{raw!r} is not an image UUID; list_images shows them") from None
+    namespace = request.state.token.namespace
+    return _engine(request).resolve_image(image_id, namespaces=(namespace,))
 
 
 def _tagged(request: Request) -> bool | None:
@@ -69,9 +81,7 @@ async def list_images(request: Request) -> Response:
 async def tag_image(request: Request) -> Response:
     token = require(request, "set_image_tag")
     engine = _engine(request)
-    image = engine.resolve_image(
-        parse_uuid(request.path_params["uuid"], "image"), namespaces=(token.namespace,)
-    )
+    image = image_in_path(request)
     body = await json_body(request, example='{"tag": "busybox:latest"}')
     tag = body.get("tag") if isinstance(body, dict) else None
     if not isinstance(tag, str) or not tag:
@@ -83,9 +93,7 @@ async def tag_image(request: Request) -> Response:
 async def untag_image(request: Request) -> Response:
     token = require(request, "set_image_tag")
     engine = _engine(request)
-    image = engine.resolve_image(
-        parse_uuid(request.path_params["uuid"], "image"), namespaces=(token.namespace,)
-    )
+    image = image_in_path(request)
     engine.untag_image(image, request.query_params.get("tag") or None, namespace=token.namespace)
     return Response(status_code=204)
 

@@ -7,7 +7,6 @@ import asyncio
 import queue
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,10 +22,9 @@ from starlette.routing import Route
 
 from sandtree.api._auth import require
 from sandtree.api._params import int_param
-from sandtree.api.images import image_json
+from sandtree.api.images import image_in_path, image_json
 from sandtree.engine import Engine, ImageRecord, format_ls
 from sandtree.errors import (
-    ImageNotFoundError,
     InvalidRequestError,
     UnprocessableError,
 )
@@ -42,12 +40,7 @@ _MAX_PATTERN_LENGTH = 1024
 def _image(request: Request) -> tuple[Engine, ImageRecord, str]:
     token = require(request, "list")
     engine: Engine = request.app.state.engine
-    raw = request.path_params["uuid"]
-    try:
-        image_id = str(uuid.UUID(raw))
-    except ValueError:
-        raise ImageNotFoundError(f"{raw!r} is not an image UUID; list_images shows them") from None
-    return engine, engine.resolve_image(image_id, namespaces=(token.namespace,)), token.namespace
+    return engine, image_in_path(request), token.namespace
 
 
 def _path(request: Request) -> str:

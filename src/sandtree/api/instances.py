@@ -17,6 +17,7 @@ from sandtree.api._params import json_body
 from sandtree.engine import Engine, PlacedFile, RunSpec
 from sandtree.errors import (
     ForbiddenError,
+    ImageNotFoundError,
     InvalidRequestError,
     LimitExceededError,
     TooManyRequestsError,
@@ -212,7 +213,11 @@ async def spawn_instance(request: Request) -> Response:
             f"timeout {spec.timeout} s is above this token's limit of {max_timeout} s"
         )
     _check_concurrency(request, engine, token.uuid, token.limits.get("instance_max_concurrency"))
-    op = await engine.spawn(spec, namespace=token.namespace, request=body)
+    try:
+        op = await engine.spawn(spec, namespace=token.namespace, request=body)
+    except ImageNotFoundError as exc:
+        # The image is named in the body: the contract answers that with a 400, not a 404.
+        raise InvalidRequestError(exc.message) from None
     _in_flight(request, token.uuid).add(op.uuid)
     payload = {**body, "uuid": op.uuid, "image": op.image, "result": None}
     return JSONResponse(payload, status_code=201, headers={"Location": f"/v1/operations/{op.uuid}"})
