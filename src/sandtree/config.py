@@ -62,6 +62,13 @@ class Settings:
     crun_path: str = "crun"
     runc_path: str = "runc"
     runsc_path: str = "runsc"
+    #: Registry imports: the platform picked from multi-platform images (``os/arch[/variant]``),
+    #: the bound on an image's unpacked size, layers fetched at once, and the registries
+    #: (comma-separated ``host[:port]``) spoken to over plain HTTP besides loopback ones.
+    import_platform: str = "linux/amd64"
+    max_import_bytes: int = 32 * 1024**3
+    import_workers: int = 4
+    insecure_registries: str = ""
     #: Cap on one operation's stored event log (stream events are dropped past it).
     event_log_cap_bytes: int = 64 * 1024**2
 

@@ -7,6 +7,7 @@ and what to do next, because the reader is often an agent::
     ├── InvalidRequestError (400)
     │   └── LimitExceededError (400)
     ├── UnauthorizedError (401)
+    │   └── TokenExpiredError
     ├── ForbiddenError (403)
     ├── NotFoundError (404)
     │   ├── ImageNotFoundError
@@ -42,8 +43,10 @@ __all__ = [
     "NotReadyError",
     "OperationNotFoundError",
     "PathNotFoundError",
+    "RegistryError",
     "RuntimeUnavailableError",
     "SandtreeError",
+    "TokenExpiredError",
     "TooManyRequestsError",
     "UnauthorizedError",
     "UnprocessableError",
@@ -82,6 +85,12 @@ class UnauthorizedError(SandtreeError):
 
     status = 401
     code = "unauthorized"
+
+
+class TokenExpiredError(UnauthorizedError):
+    """The token is known but past its expiry; a new one is needed."""
+
+    code = "token_expired"
 
 
 class ForbiddenError(SandtreeError):
@@ -154,6 +163,13 @@ class RuntimeUnavailableError(SandtreeError):
 
     status = 503
     code = "runtime_unavailable"
+
+
+class RegistryError(SandtreeError):
+    """An OCI registry could not be reached, refused the credentials, or lacks the image."""
+
+    status = 502
+    code = "registry"
 
 
 class InternalError(SandtreeError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import os
 import random
 import secrets
@@ -32,6 +33,7 @@ from sandtree.engine.runtime import FakeRuntime, Runtime
 from sandtree.engine.store import SqliteStore
 
 __all__ = [
+    "FakeClock",
     "FakeRuntime",
     "ServerProcess",
     "SimulatedInternet",
@@ -46,6 +48,27 @@ __all__ = [
 ]
 
 _BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
+
+
+class FakeClock:
+    """A clock that stands still until a test moves it; call it for the time (UTC).
+
+    Example::
+
+        clock = FakeClock()
+        tokens = TokenStore(path, clock=clock)
+        clock.advance(datetime.timedelta(hours=2))
+    """
+
+    def __init__(self, start: str = "2026-01-01T00:00:00+00:00") -> None:
+        self.now = datetime.datetime.fromisoformat(start).astimezone(datetime.UTC)
+
+    def __call__(self) -> datetime.datetime:
+        return self.now
+
+    def advance(self, delta: datetime.timedelta) -> None:
+        """Move the time forward by ``delta``."""
+        self.now += delta
 
 
 def memory_store() -> SqliteStore:

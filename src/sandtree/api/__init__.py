@@ -72,5 +72,5 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.engine = engine
-    app.state.instances_in_flight = {}
+    app.state.in_flight = {}
     return app

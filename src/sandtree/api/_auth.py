@@ -9,7 +9,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sandtree.api._errors import error_response
 from sandtree.api._tokens import TokenRecord, TokenStore
-from sandtree.errors import ForbiddenError
+from sandtree.errors import ForbiddenError, UnauthorizedError
 
 __all__ = ["AuthMiddleware", "require"]
 
@@ -18,8 +18,8 @@ _OPEN_PATHS = re.compile(r"^/v1/(openapi\.json|inspect|inspect/[^/]+)$")
 
 
 class AuthMiddleware:
-    """Rejects ``/v1`` requests without a valid ``Authorization: Bearer`` token (401) and
-    hands the token to routes as ``request.state.token``."""
+    """Rejects ``/v1`` requests without a live ``Authorization: Bearer`` token (401: none,
+    unknown, revoked or expired) and hands the token to routes as ``request.state.token``."""
 
     def __init__(self, app: ASGIApp, *, tokens: TokenStore) -> None:
         self.app = app
@@ -38,10 +38,10 @@ class AuthMiddleware:
             )
             await error_response(401, message)(scope, receive, send)
             return
-        token = self.tokens.verify(secret.strip())
-        if token is None:
-            message = "this token is unknown or revoked; `sandtree token create` makes a new one"
-            await error_response(401, message)(scope, receive, send)
+        try:
+            token = self.tokens.authenticate(secret.strip())
+        except UnauthorizedError as exc:  # unknown, revoked or expired: the message says which
+            await error_response(exc.status, exc.message)(scope, receive, send)
             return
         scope.setdefault("state", {})["token"] = token
         await self.app(scope, receive, send)

@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
 import json
 import secrets
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from sandtree.errors import InvalidRequestError, NotFoundError
+from sandtree.errors import (
+    InvalidRequestError,
+    NotFoundError,
+    TokenExpiredError,
+    UnauthorizedError,
+)
 
-__all__ = ["DEFAULT_LIMITS", "PERMISSIONS", "TokenRecord", "TokenStore"]
+__all__ = ["DEFAULT_LIMITS", "PERMISSIONS", "Clock", "TokenRecord", "TokenStore"]
+
+#: Tells the current time (timezone-aware); a parameter of ``TokenStore`` so tests can pick it.
+Clock = Callable[[], datetime.datetime]
 
 #: Every permission a token can hold (the ConTree API's names).
 PERMISSIONS = (
@@ -40,33 +49,69 @@ _PREFIX = "st_"
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TokenRecord:
+    """One token as stored (never its secret)."""
+
     uuid: str
     name: str
     namespace: str
     permissions: frozenset[str]
     limits: Mapping[str, int]
     created_at: str
-    expires_at: int | None = None
+    #: When it stops working (UTC, whole seconds); None: never.
+    expires_at: datetime.datetime | None = None
     revoked: bool = False
+
+    def expired(self, now: datetime.datetime) -> bool:
+        """Whether the token has expired at ``now``."""
+        return self.expires_at is not None and now >= self.expires_at
 
 
 def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-class TokenStore:
-    """Tokens in their own SQLite file; only a sha256 of each secret is kept."""
+def _utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
 
-    def __init__(self, path: Path | str) -> None:
+
+def _utc(moment: datetime.datetime) -> datetime.datetime:
+    """``moment`` in UTC; a naive one is taken as UTC already."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=datetime.UTC)
+    return moment.astimezone(datetime.UTC)
+
+
+class TokenStore:
+    """Tokens in their own SQLite file; only a sha256 of each secret is kept.
+
+    ``clock`` tells the time that expiry is judged by (the system's UTC clock by default).
+    Opening a file made by an older sandtree adds the columns it lacks.
+    """
+
+    def __init__(self, path: Path | str, *, clock: Clock = _utc_now) -> None:
+        self._clock = clock
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS tokens (uuid TEXT PRIMARY KEY, name TEXT NOT NULL,"
-            " namespace TEXT NOT NULL, hash TEXT NOT NULL UNIQUE, permissions TEXT NOT NULL,"
-            " limits TEXT NOT NULL, created_at TEXT NOT NULL, expires_at INTEGER,"
-            " revoked INTEGER NOT NULL DEFAULT 0)"
-        )
+        self._migrate()
+
+    def _migrate(self) -> None:
+        # IMMEDIATE: a server and `sandtree token` opening the same old file add a column once.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS tokens (uuid TEXT PRIMARY KEY, name TEXT NOT NULL,"
+                " namespace TEXT NOT NULL, hash TEXT NOT NULL UNIQUE, permissions TEXT NOT NULL,"
+                " limits TEXT NOT NULL, created_at TEXT NOT NULL, expires_at TEXT,"
+                " revoked INTEGER NOT NULL DEFAULT 0)"
+            )
+            columns = {row["name"] for row in self._db.execute("PRAGMA table_info(tokens)")}
+            if "expires_at" not in columns:
+                self._db.execute("ALTER TABLE tokens ADD COLUMN expires_at TEXT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def create(
         self,
@@ -76,14 +121,27 @@ class TokenStore:
         permissions: Iterable[str] = PERMISSIONS,
         limits: Mapping[str, int] | None = None,
         created_at: str,
+        expires_at: datetime.datetime | None = None,
     ) -> tuple[TokenRecord, str]:
-        """A new token; returns its record and the secret, which is shown only now."""
+        """A new token; returns its record and the secret, which is shown only now.
+
+        ``expires_at`` (rounded down to the second; naive means UTC) must be in the future;
+        from then on the token is refused. None: it never expires.
+        """
         perms = frozenset(permissions)
         unknown = perms - set(PERMISSIONS)
         if unknown:
             raise InvalidRequestError(
                 f"unknown permissions {sorted(unknown)}; choose from {', '.join(PERMISSIONS)}"
             )
+        if expires_at is not None:
+            expires_at = _utc(expires_at).replace(microsecond=0)
+            now = self._clock()
+            if expires_at <= now:
+                raise InvalidRequestError(
+                    f"the expiry {expires_at.isoformat()} is not in the future (it is now "
+                    f"{_utc(now).isoformat(timespec='seconds')}); pick a later time"
+                )
         record = TokenRecord(
             uuid=str(uuid.uuid4()),
             name=name,
@@ -91,12 +149,13 @@ class TokenStore:
             permissions=perms,
             limits={**DEFAULT_LIMITS, **(limits or {})},
             created_at=created_at,
+            expires_at=expires_at,
         )
         secret = _PREFIX + secrets.token_urlsafe(32)
         with self._lock:
             self._db.execute(
-                "INSERT INTO tokens(uuid, name, namespace, hash, permissions, limits, created_at)"
-                " VALUES (?,?,?,?,?,?,?)",
+                "INSERT INTO tokens(uuid, name, namespace, hash, permissions, limits,"
+                " created_at, expires_at) VALUES (?,?,?,?,?,?,?,?)",
                 (
                     record.uuid,
                     name,
@@ -105,30 +164,61 @@ class TokenStore:
                     json.dumps(sorted(perms)),
                     json.dumps(dict(record.limits)),
                     created_at,
+                    expires_at.isoformat() if expires_at is not None else None,
                 ),
             )
         return record, secret
 
-    def verify(self, secret: str) -> TokenRecord | None:
-        """The live token with this secret, or None."""
+    def authenticate(self, secret: str) -> TokenRecord:
+        """The live token with this secret.
+
+        Raises:
+            TokenExpiredError: it expired; the message says when.
+            UnauthorizedError: no token has this secret, or it was revoked.
+        """
         with self._lock:
             row = self._db.execute(
                 "SELECT * FROM tokens WHERE hash=? AND revoked=0", (_hash(secret),)
             ).fetchone()
-        return _record(row) if row is not None else None
+        if row is None:
+            raise UnauthorizedError(
+                "this token is unknown or revoked; `sandtree token create` makes a new one"
+            )
+        record = _record(row)
+        expires = record.expires_at
+        if expires is not None and record.expired(self._clock()):
+            raise TokenExpiredError(
+                f"this token expired at {expires.isoformat()}; "
+                "`sandtree token create` makes a new one (`--expires-in` sets how long it lasts)"
+            )
+        return record
+
+    def verify(self, secret: str) -> TokenRecord | None:
+        """The live token with this secret, or None (unknown, revoked or expired)."""
+        try:
+            return self.authenticate(secret)
+        except UnauthorizedError:
+            return None
+
+    def now(self) -> datetime.datetime:
+        """The time by this store's clock, which expiry is judged by."""
+        return self._clock()
 
     def list(self) -> list[TokenRecord]:
+        """Every token, revoked and expired ones too, oldest first."""
         with self._lock:
             rows = self._db.execute("SELECT * FROM tokens ORDER BY created_at").fetchall()
         return [_record(r) for r in rows]
 
     def revoke(self, token_uuid: str) -> None:
+        """Revoke a token: it is refused from then on."""
         with self._lock:
             cur = self._db.execute("UPDATE tokens SET revoked=1 WHERE uuid=?", (token_uuid,))
         if cur.rowcount == 0:
             raise NotFoundError(f"no token {token_uuid}; `sandtree token list` shows them")
 
     def close(self) -> None:
+        """Close the database; the store is unusable afterwards."""
         with self._lock:
             self._db.close()
 
@@ -141,6 +231,15 @@ def _record(row: sqlite3.Row) -> TokenRecord:
         permissions=frozenset(json.loads(row["permissions"])),
         limits=json.loads(row["limits"]),
         created_at=row["created_at"],
-        expires_at=row["expires_at"],
+        expires_at=_expiry(row["expires_at"]),
         revoked=bool(row["revoked"]),
     )
+
+
+def _expiry(value: str | float | None) -> datetime.datetime | None:
+    # ISO 8601 text; a number is a Unix time, which the column was once declared to hold.
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return _utc(datetime.datetime.fromisoformat(value))
+    return datetime.datetime.fromtimestamp(value, datetime.UTC)

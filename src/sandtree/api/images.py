@@ -1,4 +1,4 @@
-"""``/v1/images``: list, tag and untag."""
+"""``/v1/images``: list, import, tag and untag."""
 
 from __future__ import annotations
 
@@ -10,9 +10,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from sandtree.api._auth import require
+from sandtree.api._limits import check_concurrency, track
 from sandtree.api._params import int_param, json_body, time_param
 from sandtree.engine import Engine, ImageQuery, ImageRecord
-from sandtree.errors import ImageNotFoundError, InvalidRequestError
+from sandtree.errors import (
+    ImageNotFoundError,
+    InvalidRequestError,
+    LimitExceededError,
+    TooManyRequestsError,
+)
 
 __all__ = ["image_in_path", "image_json", "parse_uuid", "routes"]
 
@@ -98,8 +104,73 @@ async def untag_image(request: Request) -> Response:
     return Response(status_code=204)
 
 
+_IMPORT_EXAMPLE = '{"registry": {"url": "docker://alpine:3.20"}, "tag": "alpine:3.20"}'
+
+
+def _import_fields(body: Any) -> tuple[str, dict[str, Any] | None, str | None, int, str | None]:
+    if not isinstance(body, dict):
+        raise InvalidRequestError(f"send a JSON object like {_IMPORT_EXAMPLE}")
+    registry = body.get("registry")
+    url = registry.get("url") if isinstance(registry, dict) else None
+    if not isinstance(url, str) or not url.strip():
+        raise InvalidRequestError(f"'registry.url' is required, e.g. {_IMPORT_EXAMPLE}")
+    credentials = registry.get("credentials") if isinstance(registry, dict) else None
+    if credentials is not None and not isinstance(credentials, dict):
+        raise InvalidRequestError(
+            "'registry.credentials' must be an object with 'username' and 'password'"
+        )
+    tag = body.get("tag")
+    if tag is not None and (not isinstance(tag, str) or not tag):
+        raise InvalidRequestError("'tag' must be a non-empty string such as 'alpine:3.20', or null")
+    timeout = body.get("timeout", 300)
+    if not isinstance(timeout, int) or isinstance(timeout, bool):
+        raise InvalidRequestError(f"'timeout' must be a whole number of seconds, not {timeout!r}")
+    platform = body.get("platform")
+    if platform is not None and not isinstance(platform, str):
+        raise InvalidRequestError("'platform' must be a string such as 'linux/arm64'")
+    return url, credentials or None, tag, timeout, platform
+
+
+async def import_image(request: Request) -> Response:
+    token = require(request, "import")
+    engine = _engine(request)
+    body = await json_body(request, example=_IMPORT_EXAMPLE)
+    url, credentials, tag, timeout, platform = _import_fields(body)
+    max_timeout = token.limits.get("images_import_max_timeout")
+    if max_timeout is not None and timeout > max_timeout:
+        raise LimitExceededError(
+            f"timeout {timeout} s is above this token's import limit of {max_timeout} s"
+        )
+    limit = token.limits.get("images_import_max_concurrency")
+    try:
+        check_concurrency(request, engine, token.uuid, limit, kind="imports")
+    except TooManyRequestsError as exc:
+        raise LimitExceededError(exc.message) from None  # the contract has no 429 here
+    # What GET /v1/operations/{id} shows as metadata: the request, password masked.
+    shown: dict[str, Any] = {"url": url}
+    if credentials:
+        shown["credentials"] = {"username": credentials.get("username"), "password": "<MASKED>"}
+    metadata = {"registry": shown, "tag": tag, "timeout": timeout}
+    if platform:
+        metadata["platform"] = platform
+    op = await engine.import_image(
+        url,
+        credentials=credentials,
+        tag=tag,
+        timeout=timeout,
+        platform=platform,
+        namespace=token.namespace,
+        request=metadata,
+    )
+    track(request, token.uuid, op.uuid, kind="imports")
+    return JSONResponse(
+        {"uuid": op.uuid}, status_code=201, headers={"Location": f"/v1/operations/{op.uuid}"}
+    )
+
+
 routes = [
     Route("/images", list_images, methods=["GET"]),
+    Route("/images/import", import_image, methods=["POST"]),
     Route("/images/{uuid}/tag", tag_image, methods=["PATCH"]),
     Route("/images/{uuid}/tag", untag_image, methods=["DELETE"]),
 ]

@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from sandtree.api._auth import require
+from sandtree.api._limits import check_concurrency, track
 from sandtree.api._params import json_body
 from sandtree.engine import Engine, PlacedFile, RunSpec
 from sandtree.errors import (
@@ -20,7 +21,6 @@ from sandtree.errors import (
     ImageNotFoundError,
     InvalidRequestError,
     LimitExceededError,
-    TooManyRequestsError,
 )
 
 __all__ = ["parse_exec_spec", "parse_spawn_request", "parse_stdin", "routes"]
@@ -164,32 +164,6 @@ def parse_spawn_request(body: Any, *, default_timeout: int) -> RunSpec:
     )
 
 
-def _in_flight(request: Request, token_uuid: str) -> set[str]:
-    """Operations each token has started that may still run (the server's memory is
-    enough: a restart ends every running operation)."""
-    registry: dict[str, set[str]] = request.app.state.instances_in_flight
-    return registry.setdefault(token_uuid, set())
-
-
-def _ended(engine: Engine, op_id: str) -> bool:
-    op = engine.store.get_operation(op_id)
-    return op is None or op.status.terminal
-
-
-def _check_concurrency(
-    request: Request, engine: Engine, token_uuid: str, limit: int | None
-) -> None:
-    if limit is None:
-        return
-    running = _in_flight(request, token_uuid)
-    running.difference_update({op_id for op_id in running if _ended(engine, op_id)})
-    if len(running) >= limit:
-        raise TooManyRequestsError(
-            f"this token already has {len(running)} instances queued or running (its limit is "
-            f"{limit}); wait for one to end, or cancel one with DELETE /v1/operations/{{id}}"
-        )
-
-
 async def spawn_instance(request: Request) -> Response:
     body = await json_body(
         request, example='{"command": "echo hi", "image": "tag:busybox:latest", "shell": true}'
@@ -212,13 +186,14 @@ async def spawn_instance(request: Request) -> Response:
         raise LimitExceededError(
             f"timeout {spec.timeout} s is above this token's limit of {max_timeout} s"
         )
-    _check_concurrency(request, engine, token.uuid, token.limits.get("instance_max_concurrency"))
+    limit = token.limits.get("instance_max_concurrency")
+    check_concurrency(request, engine, token.uuid, limit, kind="instances")
     try:
         op = await engine.spawn(spec, namespace=token.namespace, request=body)
     except ImageNotFoundError as exc:
         # The image is named in the body: the contract answers that with a 400, not a 404.
         raise InvalidRequestError(exc.message) from None
-    _in_flight(request, token.uuid).add(op.uuid)
+    track(request, token.uuid, op.uuid, kind="instances")
     payload = {**body, "uuid": op.uuid, "image": op.image, "result": None}
     return JSONResponse(payload, status_code=201, headers={"Location": f"/v1/operations/{op.uuid}"})
 

@@ -37,6 +37,23 @@ _NODE = {
     },
 }
 _NODE_REF = {"$ref": "#/components/schemas/SandtreeImageNode"}
+#: What ``GET /whoami`` answers beyond the contract's WhoAmIResponse (which allows more).
+_WHOAMI_FIELDS = {
+    "type": "object",
+    "x-sandtree": True,
+    "x-sandtree-extends": "#/components/schemas/WhoAmIResponse",
+    "description": "Properties sandtree adds to WhoAmIResponse (GET /whoami).",
+    "properties": {
+        "namespace": {"type": "string", "description": "The namespace the token sees."},
+        "expires_at": {
+            "type": "string",
+            "nullable": True,
+            "description": "When the token expires, ISO 8601 UTC (token_expiration as a "
+            "time); null if never.",
+            "example": "2026-01-01T00:00:00+00:00",
+        },
+    },
+}
 _EXTENSIONS: dict[str, Any] = {
     "/images/{imageUUID}/lineage": {
         "get": {
@@ -110,6 +127,7 @@ def openapi_document() -> dict[str, Any]:
     document["servers"] = [{"url": "/v1", "description": "this sandtree server"}]
     document["paths"].update(copy.deepcopy(_EXTENSIONS))
     document["components"]["schemas"]["SandtreeImageNode"] = copy.deepcopy(_NODE)
+    document["components"]["schemas"]["SandtreeWhoAmIFields"] = copy.deepcopy(_WHOAMI_FIELDS)
     document["info"]["x-sandtree-extensions"] = sorted(_EXTENSIONS)
     return document
 

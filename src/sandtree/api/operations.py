@@ -65,7 +65,10 @@ def operation_json(op: OperationRecord) -> dict[str, Any]:
     return {
         **summary_json(op),
         "metadata": metadata,
-        "result": {"image": op.result_image, "tag": None},
+        "result": {
+            "image": op.result_image if op.status == OperationStatus.SUCCESS else None,
+            "tag": (op.result or {}).get("tag") if op.kind == OperationKind.IMAGE_IMPORT else None,
+        },
     }
 
 

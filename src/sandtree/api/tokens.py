@@ -13,15 +13,18 @@ __all__ = ["routes"]
 
 async def whoami(request: Request) -> Response:
     token: TokenRecord = request.state.token
+    expires = token.expires_at
     return JSONResponse(
         {
             "token_uuid": token.uuid,
-            "token_expiration": token.expires_at,
+            "token_expiration": int(expires.timestamp()) if expires is not None else None,
             "permissions": {p: p in token.permissions for p in PERMISSIONS},
             "limits": dict(token.limits),
             "operations_stat": {},
-            # Ours: which namespace the token sees.
+            # Ours (SandtreeWhoAmIFields in /v1/openapi.json): the contract's WhoAmIResponse
+            # allows additional properties.
             "namespace": token.namespace,
+            "expires_at": expires.isoformat() if expires is not None else None,
         }
     )
 

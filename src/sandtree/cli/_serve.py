@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from sandtree.config import Settings
 from sandtree.engine import Engine
 from sandtree.engine.runtime import enter_private_mount_namespace
 from sandtree.engine.runtime._network import NetworkPool
-from sandtree.errors import SandtreeError
+from sandtree.errors import InvalidRequestError, SandtreeError
 
 __all__ = ["serve", "token"]
 
@@ -25,6 +26,52 @@ _ADMIN_TOKEN_FILE = "admin-token"
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+_DURATION = re.compile(r"(\d+)([smhdw])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _parse_duration(text: str) -> datetime.timedelta:
+    """``90s``, ``30m``, ``12h``, ``7d`` or ``2w`` as a positive timedelta."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None or int(match[1]) == 0:
+        raise InvalidRequestError(
+            f"--expires-in {text!r} is not a duration; give a whole number and a unit: "
+            "90s, 30m, 12h, 7d or 2w"
+        )
+    return datetime.timedelta(seconds=int(match[1]) * _UNIT_SECONDS[match[2]])
+
+
+def _parse_time(text: str) -> datetime.datetime:
+    """An ISO 8601 date or time; without an offset it is UTC."""
+    try:
+        moment = datetime.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise InvalidRequestError(
+            f"--expires-at {text!r} is not an ISO 8601 time; give e.g. 2026-07-01 or "
+            "2026-07-01T12:00:00Z (UTC unless it names an offset)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment
+
+
+def _expiry(
+    expires_in: str | None, expires_at: str | None, now: datetime.datetime
+) -> datetime.datetime | None:
+    if expires_in is not None and expires_at is not None:
+        raise InvalidRequestError("give --expires-in or --expires-at, not both")
+    if expires_at is not None:
+        return _parse_time(expires_at)
+    if expires_in is None:
+        return None
+    try:
+        return now + _parse_duration(expires_in)
+    except OverflowError:
+        raise InvalidRequestError(
+            f"--expires-in {expires_in} ends after the year 9999; give a shorter duration"
+        ) from None
 
 
 def _tokens(data_dir: Path) -> TokenStore:
@@ -120,27 +167,72 @@ _data_dir_option = click.option(
     type=click.Choice(PERMISSIONS),
     help="Grant this permission (repeat); all of them when none is given.",
 )
+@click.option(
+    "--expires-in",
+    metavar="DURATION",
+    help="Expire after this long: 90s, 30m, 12h, 7d or 2w [default: never].",
+)
+@click.option(
+    "--expires-at",
+    metavar="ISO8601",
+    help="Expire at this time, e.g. 2026-07-01T12:00:00Z (UTC unless it names an offset).",
+)
 @_data_dir_option
 def token_create(
-    name: str, namespace: str, permissions: tuple[str, ...], data_dir: Path | None
+    name: str,
+    namespace: str,
+    permissions: tuple[str, ...],
+    expires_in: str | None,
+    expires_at: str | None,
+    data_dir: Path | None,
 ) -> None:
-    """Create a token and print its secret (shown only once)."""
+    """Create a token and print its UUID and secret (shown only once).
+
+    \b
+    Example:
+      sandtree token create --name ci --permission list --expires-in 30d
+    """
     settings = Settings.from_env(data_dir=data_dir)
-    record, secret = _tokens(settings.data_dir).create(
-        name=name, namespace=namespace, permissions=permissions or PERMISSIONS, created_at=_now()
-    )
+    now = datetime.datetime.now(datetime.UTC)
+    try:
+        record, secret = _tokens(settings.data_dir).create(
+            name=name,
+            namespace=namespace,
+            permissions=permissions or PERMISSIONS,
+            created_at=now.isoformat(timespec="seconds"),
+            expires_at=_expiry(expires_in, expires_at, now),
+        )
+    except SandtreeError as exc:
+        raise click.ClickException(str(exc)) from exc
     click.echo(f"{record.uuid}  {secret}")
+    if record.expires_at is not None:
+        click.echo(f"expires at {record.expires_at.isoformat()}", err=True)
 
 
 @token.command("list")
 @_data_dir_option
 def token_list(data_dir: Path | None) -> None:
-    """List tokens (never their secrets)."""
+    """List tokens (never their secrets), with when each expires; marks expired ones."""
     settings = Settings.from_env(data_dir=data_dir)
-    for record in _tokens(settings.data_dir).list():
-        state = "revoked" if record.revoked else "active"
+    store = _tokens(settings.data_dir)
+    now = store.now()
+    click.echo(_token_row("UUID", "NAME", "NAMESPACE", "STATE", "EXPIRES", "PERMISSIONS"))
+    for record in store.list():
+        if record.revoked:
+            state = "revoked"
+        elif record.expired(now):
+            state = "expired"
+        else:
+            state = "active"
+        expires = record.expires_at.isoformat() if record.expires_at is not None else "never"
         perms = ",".join(sorted(record.permissions))
-        click.echo(f"{record.uuid}  {record.name:<12} {record.namespace:<12} {state:<8} {perms}")
+        click.echo(_token_row(record.uuid, record.name, record.namespace, state, expires, perms))
+
+
+def _token_row(
+    token_uuid: str, name: str, namespace: str, state: str, expires: str, perms: str
+) -> str:
+    return f"{token_uuid:<36}  {name:<12} {namespace:<12} {state:<8} {expires:<25} {perms}"
 
 
 @token.command("revoke")

@@ -25,10 +25,12 @@ from sandtree.engine._imports import import_path
 from sandtree.engine._lineage import Diff, Lineage, diff_layer, diff_trees, lineage
 from sandtree.engine._operations import JobFailed, JobOutcome, OperationQueue
 from sandtree.engine._processes import process_result
+from sandtree.engine._registry_jobs import RegistryImports
 from sandtree.engine._results import run_outcome
 from sandtree.engine._runs import RunExecutor, RunFailure
 from sandtree.engine.layers import _grep, _inspect as _inspect_ops
 from sandtree.engine.layers._store import LayerStore
+from sandtree.engine.registry import Puller
 from sandtree.engine.runtime import OciRuntime, Runtime
 from sandtree.engine.store import FileRecord, ImageQuery, MetadataStore, OperationQuery, SqliteStore
 from sandtree.engine.types import (
@@ -124,6 +126,13 @@ class Engine:
         self._queue: OperationQueue | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._compactor = Compactor(self.store, self.layers, max_stack=settings.max_stack_layers)
+        self.puller = Puller(
+            self.layers,
+            self.store,
+            max_bytes=settings.max_import_bytes,
+            workers=settings.import_workers,
+        )
+        self._imports = RegistryImports(settings, self.store, self.puller)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -257,6 +266,39 @@ class Engine:
         )
         return image
 
+    async def import_image(
+        self,
+        url: str,
+        *,
+        credentials: Mapping[str, Any] | None = None,
+        tag: str | None = None,
+        timeout: int | None = None,
+        platform: str | None = None,
+        namespace: str = "default",
+        request: Mapping[str, Any] | None = None,
+    ) -> OperationRecord:
+        """Queue an import from an OCI registry (``docker://alpine:3.20``); returns its operation.
+
+        Bad input (a malformed reference, tag, platform or timeout) raises at once; what the
+        registry says (missing image, wrong credentials, unreachable) fails the operation.
+        """
+        if tag is not None and not _TAG_RE.fullmatch(tag):
+            raise InvalidRequestError(f"{tag!r} is not a valid tag, e.g. 'busybox:latest'")
+        wanted = self._imports.request(
+            url, credentials=credentials, tag=tag, timeout=timeout, platform=platform
+        )
+        op = OperationRecord(
+            uuid=str(uuid.uuid4()),
+            kind=OperationKind.IMAGE_IMPORT,
+            status=OperationStatus.PENDING,
+            created_at=now_iso(),
+            namespace=namespace,
+            request=dict(request or {}),
+        )
+        self.store.add_operation(op)
+        self.queue.submit(op, self._imports.job(op.uuid, wanted, namespace))
+        return op
+
     def delete_image(self, image: ImageRecord) -> None:
         """Forget an image; its layers go once no other image uses them (``collect_garbage``)."""
         self.layers.forget_views(image.layers)
@@ -266,6 +308,8 @@ class Engine:
         """Delete layers that no image references any more; returns their ids."""
         removed = []
         for layer_id in self.store.unreferenced_layers():
+            if layer_id in self.puller.pinned:
+                continue  # an import in progress is about to use it
             self.store.forget_layer(layer_id)
             await asyncio.to_thread(self.layers.delete, layer_id)
             removed.append(layer_id)

@@ -81,6 +81,8 @@ class ImageRecord:
     #: Bytes the image's own top layer adds (0 for an unchanged or imported-from-nothing image).
     size: int = 0
     tags: tuple[str, ...] = ()
+    #: For registry imports: the digest of the image manifest it was made from.
+    source_digest: str | None = None
 
     @property
     def public(self) -> bool:

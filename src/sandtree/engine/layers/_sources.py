@@ -26,7 +26,7 @@ from sandtree.errors import InvalidRequestError
 from ._compression import CHUNK, open_decompressed, sniff_compression
 from ._unpack import split_path
 
-__all__ = ["ImageConfig", "ImageSource", "open_source"]
+__all__ = ["ImageConfig", "ImageSource", "config_from_json", "open_source"]
 
 _JSON_LIMIT = 16 << 20  # index, manifests and configs are small; refuse to slurp a huge one
 _DIGEST = re.compile(r"(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})")
@@ -227,7 +227,7 @@ def _blob_name(descriptor: Any, what: str) -> tuple[str, str, int | None]:
     return "blobs/" + digest.replace(":", "/"), digest, size if isinstance(size, int) else None
 
 
-def _config_of(raw: Any) -> tuple[ImageConfig, str]:
+def config_from_json(raw: Any) -> tuple[ImageConfig, str]:
     """The sandbox config and ``os/architecture`` of an OCI/Docker image config."""
     if not isinstance(raw, dict):
         raise InvalidRequestError("image config is not a JSON object")
@@ -294,7 +294,7 @@ def _oci_layout(archive: _Archive, where: str, platform: str) -> tuple[ImageConf
         )
         cname, cdigest, _ = _blob_name(manifest.get("config"), f"{what}: config")
         raw = _read_json(archive, cname, digest=cdigest, what=f"{where}: config {cdigest}")
-        config, os_arch = _config_of(raw)
+        config, os_arch = config_from_json(raw)
         ref = _dict(desc.get("annotations")).get("org.opencontainers.image.ref.name")
         layers = [_blob_name(x, f"{what}: layer") for x in _list(manifest.get("layers"), what)]
         candidates.append((str(ref or digest[:19]), os_arch, (config, layers)))
@@ -310,7 +310,7 @@ def _docker_save(archive: _Archive, where: str, platform: str) -> tuple[ImageCon
         hexname = re.search(r"([0-9a-f]{64})(\.json)?$", cname)
         cdigest = f"sha256:{hexname.group(1)}" if hexname else None
         raw = _read_json(archive, cname, digest=cdigest, what=f"{where}: config {cname}")
-        config, os_arch = _config_of(raw)
+        config, os_arch = config_from_json(raw)
         diff_ids = _list(_dict(raw.get("rootfs")).get("diff_ids"), f"{where}: diff_ids")
         names = [str(n) for n in _list(entry.get("Layers"), f"{where}: Layers")]
         layers = []

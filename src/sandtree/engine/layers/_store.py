@@ -64,6 +64,10 @@ class LayerStore:
             d.mkdir(parents=True, exist_ok=True)
         for d in (self.mounts_dir.parent, self.mounts_dir):
             os.chmod(d, 0o711)
+        # Layers keep images' setuid files (as the OCI spec and containerd do); host users
+        # have no business walking into them.
+        for d in (self.layers_dir, self.tmp_dir):
+            os.chmod(d, 0o700)
         self._views: OrderedDict[tuple[str, ...], tuple[Path, int]] = OrderedDict()
         self._views_lock = threading.Lock()
         self._max_views = max_views

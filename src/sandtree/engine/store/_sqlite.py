@@ -98,6 +98,16 @@ CREATE TABLE IF NOT EXISTS files (
 CREATE INDEX IF NOT EXISTS files_sha ON files(namespace, sha256);
 """
 
+#: Columns added after the first release: (table, column, declaration).
+_ADDED_COLUMNS = (
+    ("images", "source_digest", "TEXT"),  # registry imports: the manifest digest
+    ("layers", "source", "TEXT"),  # registry layers: the blob digest they were unpacked from
+)
+_ADDED_INDEXES = """
+CREATE INDEX IF NOT EXISTS images_source ON images(namespace, source_digest);
+CREATE UNIQUE INDEX IF NOT EXISTS layers_source ON layers(source);
+"""
+
 _OP_COLUMNS = (
     "uuid",
     "namespace",
@@ -138,6 +148,15 @@ class SqliteStore:
             # WAL + NORMAL: a power cut may lose the last commits, never half of one.
             self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a database made by an older version up to this schema (add-only changes)."""
+        for table, column, decl in _ADDED_COLUMNS:
+            have = {r["name"] for r in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+        self._db.executescript(_ADDED_INDEXES)
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -171,7 +190,8 @@ class SqliteStore:
                 )
             db.execute(
                 "INSERT INTO images(uuid, namespace, parent, operation, command, depth, env, cwd,"
-                " user, size, public, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                " user, size, public, created_at, source_digest)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     image.uuid,
                     image.namespace,
@@ -185,6 +205,7 @@ class SqliteStore:
                     image.size,
                     int(image.public),
                     image.created_at,
+                    image.source_digest,
                 ),
             )
             db.executemany(
@@ -216,6 +237,7 @@ class SqliteStore:
             size=row["size"],
             tags=tuple(r["tag"] for r in tags),
             created_at=row["created_at"],
+            source_digest=row["source_digest"],
         )
 
     def get_image(self, uuid: str) -> ImageRecord | None:
@@ -258,12 +280,24 @@ class SqliteStore:
         rows = self._query("SELECT * FROM images WHERE parent=? ORDER BY created_at", (uuid,))
         return [self._image_from_row(r) for r in rows]
 
-    def add_layer(self, layer_id: str, *, size: int, span: int) -> None:
+    def add_layer(self, layer_id: str, *, size: int, span: int, source: str | None = None) -> None:
         with self._tx() as db:
             db.execute(
-                "INSERT OR IGNORE INTO layers(id, size, span) VALUES (?, ?, ?)",
-                (layer_id, size, span),
+                "INSERT OR IGNORE INTO layers(id, size, span, source) VALUES (?, ?, ?, ?)",
+                (layer_id, size, span, source),
             )
+
+    def layer_by_source(self, source: str) -> tuple[str, int] | None:
+        rows = self._query("SELECT id, size FROM layers WHERE source=?", (source,))
+        return (rows[0]["id"], rows[0]["size"]) if rows else None
+
+    def find_image_by_source(self, namespace: str, source_digest: str) -> ImageRecord | None:
+        rows = self._query(
+            "SELECT * FROM images WHERE namespace=? AND source_digest=?"
+            " ORDER BY created_at DESC LIMIT 1",
+            (namespace, source_digest),
+        )
+        return self._image_from_row(rows[0]) if rows else None
 
     def layer_spans(self, layer_ids: Sequence[str]) -> dict[str, int]:
         rows = self._query(

@@ -1,0 +1,437 @@
+"""Pulling an image from a registry into the layer store.
+
+Layers download and unpack in parallel, each straight from the network into its own staging
+directory (no temporary tarball), checked against its digest and declared size as it streams.
+A layer is adopted only when whole and verified, and recorded under its blob digest so later
+imports of any image sharing it skip it. The image row is written last, so a failed or
+cancelled import leaves no image behind (only reusable layers, which garbage collection
+removes once nothing uses them).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+import shutil
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import httpx
+
+from sandtree.engine._clock import now_iso
+from sandtree.engine._imports import IMPORTED_SPAN
+from sandtree.engine.layers._compression import CHUNK
+from sandtree.engine.layers._sources import ImageConfig, config_from_json
+from sandtree.engine.layers._store import LayerStore
+from sandtree.engine.layers._unpack import unpack_layer
+from sandtree.engine.store import MetadataStore
+from sandtree.engine.types import ImageRecord
+from sandtree.errors import LimitExceededError, RegistryError, SandtreeError
+
+from ._client import INDEX_TYPES, Manifest, RegistryClient
+
+__all__ = ["ImportCancelled", "Progress", "Puller", "Stop"]
+
+_CONFIG_LIMIT = 16 << 20
+_MAX_WARNINGS = 20
+_digest_locks: dict[str, threading.Lock] = {}
+_digest_locks_guard = threading.Lock()
+
+
+class ImportCancelled(Exception):
+    """The import was cancelled (or timed out) while a layer was streaming."""
+
+
+class Stop:
+    """Stops an import from another thread, even a download blocked on a silent registry:
+    besides setting a flag checked at every chunk, it shuts down the sockets in use."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._sockets: set[socket.socket] = set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def set(self) -> None:
+        self._event.set()
+        with self._lock:
+            for sock in self._sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    @contextlib.contextmanager
+    def watching(self, response: httpx.Response) -> Iterator[None]:
+        """Shut ``response``'s connection down if the import is stopped while it streams."""
+        stream = response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if not isinstance(sock, socket.socket):
+            yield
+            return
+        with self._lock:
+            self._sockets.add(sock)
+        try:
+            if self._event.is_set():
+                raise ImportCancelled()
+            yield
+        finally:
+            with self._lock:
+                self._sockets.discard(sock)
+
+
+@dataclasses.dataclass(kw_only=True)
+class Progress:
+    """How far an import is: layers and (compressed) bytes done out of the total."""
+
+    phase: str = "resolving"
+    layers_total: int = 0
+    layers_done: int = 0
+    layers_reused: int = 0
+    bytes_total: int = 0
+    bytes_done: int = 0
+    #: Entries skipped as unsafe (path traversal, device nodes, …), first few only.
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+    def snapshot(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["warnings"] = list(self.warnings)
+        return out
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Layer:
+    digest: str
+    size: int
+    media_type: str
+
+
+def _digest_lock(digest: str) -> threading.Lock:
+    with _digest_locks_guard:
+        return _digest_locks.setdefault(digest, threading.Lock())
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _platform_matches(entry: dict[str, Any], platform: str) -> bool:
+    wanted = platform.split("/")
+    plat = _obj(entry.get("platform"))
+    have = [str(plat.get("os", "")), str(plat.get("architecture", ""))]
+    if len(wanted) > 2:
+        have.append(str(plat.get("variant", "")))
+    return have == wanted
+
+
+def _platform_label(entry: dict[str, Any]) -> str:
+    plat = _obj(entry.get("platform"))
+    parts = [plat.get("os", "?"), plat.get("architecture", "?"), plat.get("variant")]
+    return "/".join(str(p) for p in parts if p)
+
+
+class _Stream(io.RawIOBase):
+    """A blob's bytes as a file, checked for size and digest, stoppable by ``cancelled``."""
+
+    def __init__(
+        self,
+        chunks: Iterator[bytes],
+        layer: _Layer,
+        cancelled: Stop,
+        on_bytes: Callable[[int], None],
+    ) -> None:
+        self._chunks, self._layer, self._cancelled, self._on_bytes = (
+            chunks,
+            layer,
+            cancelled,
+            on_bytes,
+        )
+        self._hash = hashlib.new(layer.digest.split(":")[0])
+        self._pending = b""
+        self._read = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._cancelled.is_set():
+            raise ImportCancelled()
+        if not self._pending:
+            try:
+                self._pending = next(self._chunks, b"")
+            except httpx.TransportError as exc:
+                if self._cancelled.is_set():
+                    raise ImportCancelled() from exc
+                raise RegistryError(
+                    f"the download of layer {self._layer.digest} broke off ({exc}); "
+                    "retry the import"
+                ) from exc
+            if not self._pending:
+                return 0
+            self._read += len(self._pending)
+            if self._read > self._layer.size:
+                raise RegistryError(
+                    f"layer {self._layer.digest} is larger than the {self._layer.size} bytes its "
+                    "manifest declares; the registry or image is corrupt"
+                )
+            self._hash.update(self._pending)
+            self._on_bytes(len(self._pending))
+        view = memoryview(buffer).cast("B")
+        n = min(len(view), len(self._pending))
+        view[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def finish(self) -> None:
+        """Read what the tar reader left (padding) and check the digest."""
+        while self.read(CHUNK):
+            pass
+        actual = f"{self._hash.name}:{self._hash.hexdigest()}"
+        if self._read != self._layer.size or actual != self._layer.digest:
+            raise RegistryError(
+                f"layer {self._layer.digest} arrived as {self._read} bytes with digest {actual}; "
+                "the download was corrupted or the registry is broken"
+            )
+
+
+class Puller:
+    """Imports images from registries into ``layers`` and ``store``.
+
+    Args:
+        max_bytes: bound on the unpacked size of one image (decompression bombs stop here).
+        workers: layers downloaded and unpacked at once.
+    """
+
+    def __init__(
+        self, layers: LayerStore, store: MetadataStore, *, max_bytes: int, workers: int = 4
+    ) -> None:
+        self._layers = layers
+        self._store = store
+        self._max_bytes = max_bytes
+        self._workers = workers
+        #: Layers an import in progress relies on; garbage collection leaves them alone.
+        self.pinned: set[str] = set()
+
+    def resolve(self, client: RegistryClient, platform: str) -> Manifest:
+        """The image manifest for ``platform`` (following an index if the tag names one)."""
+        manifest = client.get_manifest(client.ref.reference)
+        for _ in range(2):  # an index may nest once (attestation indexes)
+            if manifest.media_type not in INDEX_TYPES:
+                return manifest
+            entries = [e for e in manifest.json().get("manifests") or [] if isinstance(e, dict)]
+            chosen = [e for e in entries if _platform_matches(e, platform)]
+            if not chosen:
+                found = sorted({_platform_label(e) for e in entries}) or ["none"]
+                raise RegistryError(
+                    f"{client.ref} has no {platform} image (it has: {', '.join(found)}); "
+                    "pass one of those as the platform"
+                )
+            digest = chosen[0].get("digest")
+            if not isinstance(digest, str):
+                raise RegistryError(f"the index of {client.ref} has an entry without a digest")
+            manifest = client.get_manifest(digest)
+        raise RegistryError(f"{client.ref}: indexes nest too deeply")
+
+    def find_existing(self, namespace: str, manifest: Manifest) -> ImageRecord | None:
+        return self._store.find_image_by_source(namespace, manifest.digest)
+
+    def pull(
+        self,
+        client: RegistryClient,
+        manifest: Manifest,
+        *,
+        namespace: str,
+        tags: Sequence[str],
+        operation: str | None,
+        cancelled: Stop,
+        report: Callable[[Progress], None],
+    ) -> ImageRecord:
+        """Download, verify and unpack every layer, then commit the image; returns it."""
+        body = manifest.json()
+        config_desc = _obj(body.get("config"))
+        config = self._config(client, config_desc)
+        layers = [self._layer_of(d) for d in body.get("layers") or []]
+        if not layers:
+            raise RegistryError(f"{client.ref} has no layers")
+        progress = Progress(phase="downloading", layers_total=len(layers))
+        ids: list[str | None] = [None] * len(layers)
+        sizes: dict[str, int] = {}
+        todo: list[int] = []
+        for i, layer in enumerate(layers):
+            existing = self._existing_layer(layer.digest)
+            if existing is None:
+                todo.append(i)
+                progress.bytes_total += layer.size
+            else:
+                ids[i], sizes[existing[0]] = existing
+                progress.layers_done += 1
+                progress.layers_reused += 1
+        report(progress)
+        lock = threading.Lock()
+        last = [0.0]
+
+        def on_bytes(n: int) -> None:
+            with lock:
+                progress.bytes_done += n
+                now = time.monotonic()
+                if now - last[0] < 0.2:
+                    return
+                last[0] = now
+            report(progress)
+
+        def on_warnings(digest: str, warnings: list[str]) -> None:
+            with lock:
+                room = _MAX_WARNINGS - len(progress.warnings)
+                progress.warnings.extend(f"{digest[:19]}: {w}" for w in warnings[:room])
+
+        budget = _Budget(self._max_bytes)
+        try:
+            with concurrent.futures.ThreadPoolExecutor(self._workers, "sandtree-pull") as pool:
+                futures = {
+                    pool.submit(
+                        self._fetch, client, layers[i], budget, cancelled, on_bytes, on_warnings
+                    ): i
+                    for i in todo
+                }
+                try:
+                    for future in concurrent.futures.as_completed(futures):
+                        layer_id, size = future.result()
+                        ids[futures[future]], sizes[layer_id] = layer_id, size
+                        with lock:
+                            progress.layers_done += 1
+                        report(progress)
+                except BaseException:
+                    cancelled.set()  # stop the other layers at their next chunk
+                    raise
+            if cancelled.is_set():  # a timeout or cancel won the race: commit nothing
+                raise ImportCancelled()
+            progress.phase = "committing"
+            report(progress)
+            stack = tuple(i for i in ids if i is not None)
+            image = ImageRecord(
+                uuid=str(uuid.uuid4()),
+                created_at=now_iso(),
+                namespace=namespace,
+                operation=operation,
+                command=f"import docker://{client.ref}",
+                layers=stack,
+                env=tuple(config.env),
+                cwd=config.cwd or "/",
+                user=config.user,
+                size=sum(sizes[i] for i in set(stack)),
+                tags=tuple(tags),
+                source_digest=manifest.digest,
+            )
+            self._store.add_image(image, layer_sizes=sizes, layer_span=IMPORTED_SPAN)
+            progress.phase = "done"
+            report(progress)
+            return image
+        finally:
+            self.pinned.difference_update(i for i in ids if i is not None)
+
+    def _config(self, client: RegistryClient, desc: dict[str, Any]) -> ImageConfig:
+        digest, size = desc.get("digest"), desc.get("size")
+        if not isinstance(digest, str) or not isinstance(size, int) or size > _CONFIG_LIMIT:
+            raise RegistryError(f"the manifest of {client.ref} has no usable config descriptor")
+        with client.open_blob(digest) as response:
+            data = response.read()
+        if hashlib.sha256(data).hexdigest() != digest.removeprefix("sha256:"):
+            raise RegistryError(f"the config blob of {client.ref} does not match {digest}")
+        try:
+            config, _ = config_from_json(json.loads(data))
+        except ValueError as exc:
+            raise RegistryError(f"the config of {client.ref} is not valid JSON: {exc}") from exc
+        except SandtreeError as exc:
+            raise RegistryError(f"the config of {client.ref}: {exc.message}") from exc
+        return config
+
+    @staticmethod
+    def _layer_of(desc: Any) -> _Layer:
+        if not isinstance(desc, dict):
+            raise RegistryError("a layer descriptor in the manifest is not an object")
+        digest, size, media = desc.get("digest"), desc.get("size"), str(desc.get("mediaType", ""))
+        if not isinstance(digest, str) or not digest.startswith(("sha256:", "sha512:")):
+            raise RegistryError(f"a layer has an unsupported digest {digest!r}")
+        if not isinstance(size, int) or size < 0:
+            raise RegistryError(f"layer {digest} has no valid size")
+        if "foreign" in media or "nondistributable" in media:
+            raise RegistryError(
+                f"layer {digest} is a foreign (non-distributable) layer ({media}); those are "
+                "not supported"
+            )
+        return _Layer(digest=digest, size=size, media_type=media)
+
+    def _existing_layer(self, digest: str) -> tuple[str, int] | None:
+        found = self._store.layer_by_source(digest)
+        if found is None or not self._layers.path(found[0]).is_dir():
+            return None
+        self.pinned.add(found[0])
+        return found
+
+    def _fetch(
+        self,
+        client: RegistryClient,
+        layer: _Layer,
+        budget: _Budget,
+        cancelled: Stop,
+        on_bytes: Callable[[int], None],
+        on_warnings: Callable[[str, list[str]], None],
+    ) -> tuple[str, int]:
+        # One download per blob at a time, across imports: the second one reuses the first.
+        with _digest_lock(layer.digest):
+            existing = self._existing_layer(layer.digest)
+            if existing is not None:
+                on_bytes(layer.size)
+                return existing
+            staging = self._layers.new_staging_dir()
+            try:
+                with client.open_blob(layer.digest) as response, cancelled.watching(response):
+                    stream = _Stream(response.iter_bytes(), layer, cancelled, on_bytes)
+                    stats = unpack_layer(
+                        io.BufferedReader(stream, CHUNK),
+                        staging,
+                        uid_shift=self._layers.uid_shift,
+                        max_bytes=budget.remaining,
+                    )
+                    stream.finish()
+                budget.charge(stats.bytes)
+                if stats.warnings:
+                    on_warnings(layer.digest, stats.warnings)
+                layer_id, size = self._layers.adopt(staging)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            self.pinned.add(layer_id)
+            self._store.add_layer(layer_id, size=size, span=IMPORTED_SPAN, source=layer.digest)
+            return layer_id, size
+
+
+class _Budget:
+    """The unpacked bytes an image may still take (shared by its parallel layers)."""
+
+    def __init__(self, total: int) -> None:
+        self._total = total
+        self._used = 0
+        self._lock = threading.Lock()
+
+    @property
+    def remaining(self) -> int:
+        with self._lock:
+            return max(self._total - self._used, 0)
+
+    def charge(self, n: int) -> None:
+        with self._lock:
+            self._used += n
+            if self._used > self._total:
+                raise LimitExceededError(
+                    f"the image unpacks to more than {self._total} bytes (the import limit); "
+                    "import a smaller image or raise max_import_bytes"
+                )

@@ -1,0 +1,42 @@
+"""Test kit for registry code: a real OCI registry on loopback (Debian's ``docker-registry``,
+anonymous, htpasswd or docker token auth), OCI test images built in Python, and ``skopeo``
+to push them byte for byte.
+
+Example::
+
+    tar = layer_tar([Entry(path="etc", kind="dir"), Entry(path="etc/hello", data=b"hi\\n")])
+    with LocalRegistry(tmp_path / "registry", auth="token") as registry:
+        digest = registry.push_image("test/one:latest", [TestImage(layers=[tar])], tmp_path)
+        # pull http://{registry.host}/v2/test/one/manifests/latest, user "tester", "s3cret"
+"""
+
+from __future__ import annotations
+
+from sandtree.testing_registry._layout import (
+    LAYER_MEDIA_TYPES,
+    MEDIA_CONFIG,
+    MEDIA_INDEX,
+    MEDIA_MANIFEST,
+    Entry,
+    TestImage,
+    compress,
+    layer_tar,
+    write_oci_layout,
+)
+from sandtree.testing_registry._registry import LocalRegistry
+from sandtree.testing_registry._token import TokenIssuer, TokenServer
+
+__all__ = [
+    "LAYER_MEDIA_TYPES",
+    "MEDIA_CONFIG",
+    "MEDIA_INDEX",
+    "MEDIA_MANIFEST",
+    "Entry",
+    "LocalRegistry",
+    "TestImage",
+    "TokenIssuer",
+    "TokenServer",
+    "compress",
+    "layer_tar",
+    "write_oci_layout",
+]
