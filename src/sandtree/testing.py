@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import hashlib
+import io
 import os
 import random
 import secrets
@@ -20,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -45,6 +48,7 @@ __all__ = [
     "read_file",
     "run_command",
     "simulated_internet",
+    "tree_listing",
 ]
 
 _BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
@@ -184,6 +188,22 @@ def read_file(engine: Engine, image: ImageRecord, path: str) -> bytes:
     """The content of ``path`` in ``image``, read without a sandbox."""
     with engine.open_file(image, path) as f:
         return f.read()
+
+
+def tree_listing(engine: Engine, image: ImageRecord) -> set[tuple[Any, ...]]:
+    """Every path of ``image`` with its type, mode, owner, link target and content hash:
+    two images with equal listings hold the same files, modes and owners."""
+    buf = io.BytesIO()
+    engine.write_tar(image, "/", buf)
+    buf.seek(0)
+    out: set[tuple[Any, ...]] = set()
+    with tarfile.open(fileobj=buf) as tar:
+        for member in tar:
+            data = tar.extractfile(member) if member.isfile() else None
+            digest = hashlib.sha256(data.read()).hexdigest() if data else ""
+            row = (member.name, member.type, member.mode, member.uid, member.gid)
+            out.add((*row, member.linkname, digest))
+    return out
 
 
 def _applets(busybox: Path) -> list[str]:

@@ -40,8 +40,17 @@ async def test_openapi_is_served_without_a_token_with_our_extensions_marked(api:
     assert lineage["x-sandtree"] is True
     assert document["info"]["x-sandtree-extensions"] == [
         "/images/{imageUUID}/diff",
+        "/images/{imageUUID}/export",
         "/images/{imageUUID}/lineage",
+        "/images/{imageUUID}/push",
     ]
+    assert all(
+        op["x-sandtree"] is True
+        for path in document["info"]["x-sandtree-extensions"]
+        for op in document["paths"][path].values()
+    )
+    progress = document["components"]["schemas"]["SandtreeEventDataProgress"]
+    assert progress["x-sandtree"] is True
 
 
 async def test_lineage_walks_to_the_root_with_each_command(api: Api, rootfs: Path) -> None:

@@ -11,6 +11,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Mount
 
 from sandtree.api import (
+    exports,
     files,
     images,
     inspect,
@@ -55,6 +56,7 @@ def create_app(
             Mount(
                 "/v1",
                 routes=[
+                    *exports.routes,
                     *files.routes,
                     *images.routes,
                     *inspect.routes,

@@ -4,8 +4,6 @@ archive, grep). Paths resolve inside the image, never on the host (see engine.la
 from __future__ import annotations
 
 import asyncio
-import queue
-import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -22,6 +20,7 @@ from starlette.routing import Route
 
 from sandtree.api._auth import require
 from sandtree.api._params import int_param
+from sandtree.api._streaming import thread_chunks
 from sandtree.api.images import image_in_path, image_json
 from sandtree.engine import Engine, ImageRecord, format_ls
 from sandtree.errors import (
@@ -125,55 +124,9 @@ async def archive(request: Request) -> Response:
     )
 
 
-class _QueueWriter:
-    """A write-only file whose chunks a thread hands to the event loop through a queue."""
-
-    def __init__(self, sink: queue.Queue[bytes | BaseException | None]) -> None:
-        self._sink = sink
-        self._buffer = bytearray()
-        self.closed = threading.Event()
-
-    def write(self, data: bytes) -> int:
-        if self.closed.is_set():
-            raise BrokenPipeError("the client went away")
-        self._buffer += data
-        if len(self._buffer) >= _CHUNK:
-            self.flush()
-        return len(data)
-
-    def flush(self) -> None:
-        if self._buffer:
-            self._sink.put(bytes(self._buffer))
-            self._buffer.clear()
-
-
 async def _tar_chunks(engine: Engine, image: ImageRecord, path: str) -> AsyncIterator[bytes]:
-    # A bounded queue: the tar writer waits for a slow client instead of filling memory.
-    sink: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=8)
-    writer = _QueueWriter(sink)
-
-    def produce() -> None:
-        try:
-            engine.write_tar(image, path, writer)  # type: ignore[arg-type]
-            writer.flush()
-            sink.put(None)
-        except BaseException as exc:  # delivered to the response below
-            sink.put(exc)
-
-    thread = threading.Thread(target=produce, name="sandtree-archive", daemon=True)
-    thread.start()
-    try:
-        while (item := await asyncio.to_thread(sink.get)) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        writer.closed.set()
-        while thread.is_alive():  # unblock a writer stuck on a full queue
-            try:
-                sink.get_nowait()
-            except queue.Empty:
-                await asyncio.to_thread(thread.join, 0.05)
+    async for chunk in thread_chunks(lambda out: engine.write_tar(image, path, out)):
+        yield chunk
 
 
 def _grep_options(request: Request) -> dict[str, Any]:

@@ -54,6 +54,26 @@ _WHOAMI_FIELDS = {
         },
     },
 }
+#: The payload of ``progress`` events, which image_import operations emit (our event type).
+_PROGRESS = {
+    "type": "object",
+    "x-sandtree": True,
+    "description": "Data of a `progress` event (OperationEvent.type 'progress', spid null), "
+    "emitted by image_import operations as layers download: counts of layers and compressed "
+    "bytes done out of the total. Clients that only know the contract's event types can "
+    "ignore it.",
+    "properties": {
+        "phase": {"type": "string", "enum": ["resolving", "downloading", "committing", "done"]},
+        "layers_total": {"type": "integer"},
+        "layers_done": {"type": "integer"},
+        "layers_reused": {"type": "integer",
+                          "description": "Layers already stored, not downloaded again."},
+        "bytes_total": {"type": "integer"},
+        "bytes_done": {"type": "integer"},
+        "warnings": {"type": "array", "items": {"type": "string"},
+                     "description": "Layer entries skipped as unsafe (first 20)."},
+    },
+}  # fmt: skip
 _EXTENSIONS: dict[str, Any] = {
     "/images/{imageUUID}/lineage": {
         "get": {
@@ -111,6 +131,75 @@ _EXTENSIONS: dict[str, Any] = {
             },
         }
     },
+    "/images/{imageUUID}/export": {
+        "get": {
+            "summary": "Download an image as an OCI archive (sandtree extension)",
+            "description": "A tar of an OCI image layout holding the image's layers (gzip), "
+            "config (Env, WorkingDir, User) and manifest; it also carries a docker-save "
+            "manifest.json. skopeo (oci-archive:), podman load, docker load and sandtree's own "
+            "local import read it. Exports are reproducible: the same image gives the same "
+            "digests.",
+            "operationId": "sandtreeExportImage",
+            "tags": ["images"],
+            "x-sandtree": True,
+            "parameters": [_IMAGE_PATH],
+            "responses": {
+                "200": {
+                    "description": "The archive, streamed",
+                    "content": {"application/x-tar": {"schema": {"type": "string",
+                                                                 "format": "binary"}}},
+                },
+                **_ERRORS,
+            },
+        }
+    },
+    "/images/{imageUUID}/push": {
+        "post": {
+            "summary": "Push an image to an OCI registry (sandtree extension)",
+            "description": "Uploads the image's layers (skipping blobs the registry has) and "
+            "its manifest as registry.url (docker://host[:port]/name[:tag], tag latest when "
+            "omitted), with optional credentials as for imports. Answers when done.",
+            "operationId": "sandtreePushImage",
+            "tags": ["images"],
+            "x-sandtree": True,
+            "parameters": [_IMAGE_PATH],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object",
+                "required": ["registry"],
+                "properties": {"registry": {
+                    "type": "object",
+                    "required": ["url"],
+                    "properties": {
+                        "url": {"type": "string",
+                                "example": "docker://127.0.0.1:5000/team/app:v1"},
+                        "credentials": {"type": "object", "properties": {
+                            "username": {"type": "string"},
+                            "password": {"type": "string", "format": "password"},
+                        }},
+                    },
+                }},
+            }}}},
+            "responses": {
+                "200": {
+                    "description": "Pushed",
+                    "content": {"application/json": {"schema": {
+                        "type": "object",
+                        "properties": {
+                            "image": _UUID,
+                            "url": {"type": "string"},
+                            "digest": {"type": "string", "example": "sha256:…"},
+                        },
+                    }}},
+                },
+                **_ERRORS,
+                "502": {
+                    "description": "The registry refused the push or could not be reached",
+                    "content": {"application/json": {"schema": {
+                        "$ref": "#/components/schemas/Error"}}},
+                },
+            },
+        }
+    },
 }  # fmt: skip
 
 
@@ -128,6 +217,7 @@ def openapi_document() -> dict[str, Any]:
     document["paths"].update(copy.deepcopy(_EXTENSIONS))
     document["components"]["schemas"]["SandtreeImageNode"] = copy.deepcopy(_NODE)
     document["components"]["schemas"]["SandtreeWhoAmIFields"] = copy.deepcopy(_WHOAMI_FIELDS)
+    document["components"]["schemas"]["SandtreeEventDataProgress"] = copy.deepcopy(_PROGRESS)
     document["info"]["x-sandtree-extensions"] = sorted(_EXTENSIONS)
     return document
 

@@ -31,6 +31,12 @@ from sandtree.engine._runs import RunExecutor, RunFailure
 from sandtree.engine.layers import _grep, _inspect as _inspect_ops
 from sandtree.engine.layers._store import LayerStore
 from sandtree.engine.registry import Puller
+from sandtree.engine.registry._export import (
+    build_oci_image,
+    push_oci_image,
+    scratch_dir,
+    write_oci_archive,
+)
 from sandtree.engine.runtime import OciRuntime, Runtime
 from sandtree.engine.store import FileRecord, ImageQuery, MetadataStore, OperationQuery, SqliteStore
 from sandtree.engine.types import (
@@ -57,6 +63,14 @@ _TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*(?:[:/.][A-Za-z0-9_-]+)*$")
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")
 #: Beyond this many layers a run compacts the stack before mounting (the kernel stops at 500).
 _HARD_STACK = 400
+
+
+def _ref_name(image: ImageRecord) -> str:
+    """The OCI ref name an export carries: the tag's version part (``busybox:1.36`` → 1.36)."""
+    if not image.tags:
+        return "latest"
+    _, _, version = image.tags[0].rpartition(":")
+    return version if version and "/" not in version else "latest"
 
 
 def default_runtimes(settings: Settings) -> dict[str, Callable[[], Runtime]]:
@@ -298,6 +312,28 @@ class Engine:
         self.store.add_operation(op)
         self.queue.submit(op, self._imports.job(op.uuid, wanted, namespace))
         return op
+
+    def export_image(self, image: ImageRecord, out: BinaryIO) -> None:
+        """Write ``image`` to ``out`` as an OCI archive (an OCI layout in a tar), layers and
+        config included. Blocking and sequential: call it in a thread; ``out`` may be a pipe."""
+        with scratch_dir(self.layers.tmp_dir) as scratch:
+            oci = build_oci_image(self.layers, image, scratch)
+            write_oci_archive(oci, out, ref_name=_ref_name(image))
+
+    async def push_image(
+        self, image: ImageRecord, url: str, *, credentials: Mapping[str, Any] | None = None
+    ) -> str:
+        """Push ``image`` to a registry as ``url`` (``docker://host/name:tag``); returns the
+        manifest digest. Blobs the registry already has are not sent again."""
+        wanted = self._imports.request(url, credentials=credentials)
+
+        def push() -> str:
+            with scratch_dir(self.layers.tmp_dir) as scratch:
+                oci = build_oci_image(self.layers, image, scratch)
+                with self._imports.client(wanted, timeout=300.0) as client:
+                    return push_oci_image(oci, client)
+
+        return await asyncio.to_thread(push)
 
     def delete_image(self, image: ImageRecord) -> None:
         """Forget an image; its layers go once no other image uses them (``collect_garbage``)."""

@@ -131,6 +131,16 @@ class RegistryImports:
 
         return job
 
+    def client(self, request: ImportRequest, *, timeout: float) -> RegistryClient:
+        """A client for ``request``'s registry, plain HTTP where that is allowed."""
+        ref = request.reference
+        return RegistryClient(
+            ref,
+            credentials=request.credentials,
+            insecure=ref.is_insecure(self._insecure),
+            timeout=timeout,
+        )
+
     def _import(
         self,
         op_id: str,
@@ -139,14 +149,8 @@ class RegistryImports:
         stop: Stop,
         report: Any,
     ) -> tuple[ImageRecord, bool]:
-        ref = request.reference
-        with RegistryClient(
-            ref,
-            credentials=request.credentials,
-            insecure=ref.is_insecure(self._insecure),
-            # Just past the import's own timeout, so that one fires first and names the cause.
-            timeout=min(60.0, request.timeout + 1.0),
-        ) as client:
+        # Just past the import's own timeout, so that one fires first and names the cause.
+        with self.client(request, timeout=min(60.0, request.timeout + 1.0)) as client:
             manifest = self._puller.resolve(client, request.platform)
             tags = (request.tag,) if request.tag else ()
             existing = self._puller.find_existing(namespace, manifest)

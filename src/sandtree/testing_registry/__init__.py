@@ -1,6 +1,7 @@
 """Test kit for registry code: a real OCI registry on loopback (Debian's ``docker-registry``,
-anonymous, htpasswd or docker token auth), OCI test images built in Python, and ``skopeo``
-to push them byte for byte.
+anonymous, htpasswd or docker token auth), OCI test images built in Python, ``skopeo``
+to push them byte for byte, and ``ScriptedRegistry`` for registries that misbehave on purpose
+(stalled or corrupt blobs, error statuses).
 
 Example::
 
@@ -24,6 +25,7 @@ from sandtree.testing_registry._layout import (
     write_oci_layout,
 )
 from sandtree.testing_registry._registry import LocalRegistry
+from sandtree.testing_registry._scripted import ScriptedRegistry
 from sandtree.testing_registry._token import TokenIssuer, TokenServer
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "MEDIA_MANIFEST",
     "Entry",
     "LocalRegistry",
+    "ScriptedRegistry",
     "TestImage",
     "TokenIssuer",
     "TokenServer",

@@ -14,9 +14,16 @@ import pytest
 from sandtree.engine import Engine, ImageQuery, ImageRecord, OperationRecord
 from sandtree.engine.types import OperationStatus
 from sandtree.testing import make_engine, read_file
-from sandtree.testing_registry import Entry, LocalRegistry, TestImage, compress, layer_tar
+from sandtree.testing_registry import (
+    Entry,
+    LocalRegistry,
+    ScriptedRegistry,
+    TestImage,
+    compress,
+    layer_tar,
+)
 
-from .conftest import BASE, ScriptedRegistry
+from .conftest import BASE
 
 pytestmark = pytest.mark.anyio
 

@@ -287,10 +287,20 @@ class RegistryClient:
                 return False
             raise self._fail(response, f"blob {digest}")
 
+    def upload_bytes(self, digest: str, data: bytes) -> None:
+        """Upload a small blob (a config) held in memory, unless already there."""
+        if self.blob_exists(digest):
+            return
+        self._put_blob(digest, data, len(data))
+
     def upload_blob(self, digest: str, source: Path) -> None:
         """Upload a blob from a file (a monolithic PUT after POST), unless already there."""
         if self.blob_exists(digest):
             return
+        with source.open("rb") as f:
+            self._put_blob(digest, _file_chunks(f), source.stat().st_size)
+
+    def _put_blob(self, digest: str, content: Any, size: int) -> None:
         scope = self._scope("pull,push")
         path = f"/v2/{self.ref.repository}/blobs/uploads/"
         with self._send("POST", path, scope=scope) as response:
@@ -302,18 +312,11 @@ class RegistryClient:
         if "://" not in location:
             location = self._base + location
         sep = "&" if "?" in location else "?"
-        with source.open("rb") as f:
-            size = source.stat().st_size
-            headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
-            with self._send(
-                "PUT",
-                f"{location}{sep}digest={digest}",
-                scope=scope,
-                headers=headers,
-                content=_file_chunks(f),
-            ) as response:
-                if response.status_code not in (201, 204):
-                    raise self._fail(response, f"the upload of blob {digest}")
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+        url = f"{location}{sep}digest={digest}"
+        with self._send("PUT", url, scope=scope, headers=headers, content=content) as response:
+            if response.status_code not in (201, 204):
+                raise self._fail(response, f"the upload of blob {digest}")
 
     def put_manifest(self, reference: str, manifest: Manifest) -> None:
         path = f"/v2/{self.ref.repository}/manifests/{reference}"

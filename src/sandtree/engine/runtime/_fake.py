@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import shutil
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
@@ -28,8 +29,9 @@ _EOF = b""
 
 
 class FakeSandbox:
-    def __init__(self, spec: SandboxSpec, pid: int) -> None:
+    def __init__(self, spec: SandboxSpec, pid: int, *, uid_shift: int = 100000) -> None:
         self._spec = spec
+        self._uid_shift = uid_shift
         self._pid = pid
         self._stdout: asyncio.Queue[bytes] = asyncio.Queue()
         self._stderr: asyncio.Queue[bytes] = asyncio.Queue()
@@ -90,6 +92,9 @@ class FakeSandbox:
                 target, _, text = rest.partition(" ")
                 self._path(target).parent.mkdir(parents=True, exist_ok=True)
                 self._path(target).write_text(text, encoding="utf-8")
+                # As in a real sandbox, the file belongs to the run's user as the host sees it.
+                owner = (self._uid_shift + self._spec.uid, self._uid_shift + self._spec.gid)
+                os.chown(self._path(target), *owner)
             elif verb == "rm":
                 victim = self._path(rest)
                 if victim.is_dir() and not victim.is_symlink():
@@ -119,8 +124,9 @@ class FakeSandbox:
 class FakeRuntime:
     """``Runtime`` whose sandboxes run the fake command language above."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, uid_shift: int = 100000) -> None:
         self.started: list[SandboxSpec] = []
+        self._uid_shift = uid_shift
         self._next_pid = 1000
 
     @property
@@ -134,7 +140,7 @@ class FakeRuntime:
     async def start(self, spec: SandboxSpec) -> FakeSandbox:
         self.started.append(spec)
         self._next_pid += 1
-        return FakeSandbox(spec, self._next_pid)
+        return FakeSandbox(spec, self._next_pid, uid_shift=self._uid_shift)
 
     async def exec(
         self,

@@ -1,0 +1,59 @@
+"""Our extensions for moving images out: an OCI archive download and a push to a registry."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from sandtree.api._auth import require
+from sandtree.api._params import json_body
+from sandtree.api._streaming import thread_chunks
+from sandtree.api.images import image_in_path
+from sandtree.engine import Engine
+from sandtree.errors import InvalidRequestError
+
+__all__ = ["routes"]
+
+_PUSH_EXAMPLE = '{"registry": {"url": "docker://registry.example:5000/team/app:v1"}}'
+
+
+async def export_image(request: Request) -> Response:
+    """``GET /v1/images/{uuid}/export``: the image as an OCI archive (a tar of an OCI layout)."""
+    require(request, "list")
+    engine: Engine = request.app.state.engine
+    image = image_in_path(request)
+    name = (image.tags[0] if image.tags else image.uuid).replace("/", "_").replace(":", "_")
+    headers = {"Content-Disposition": f'attachment; filename="{name}.oci.tar"'}
+    if request.method == "HEAD":
+        return Response(status_code=200, media_type="application/x-tar", headers=headers)
+    return StreamingResponse(
+        thread_chunks(lambda out: engine.export_image(image, out)),
+        media_type="application/x-tar",
+        headers=headers,
+    )
+
+
+async def push_image(request: Request) -> Response:
+    """``POST /v1/images/{uuid}/push``: upload the image to a registry; answers its digest."""
+    require(request, "list")
+    engine: Engine = request.app.state.engine
+    image = image_in_path(request)
+    body = await json_body(request, example=_PUSH_EXAMPLE)
+    registry = body.get("registry") if isinstance(body, dict) else None
+    url = registry.get("url") if isinstance(registry, dict) else None
+    if not isinstance(url, str) or not url.strip():
+        raise InvalidRequestError(f"'registry.url' is required, e.g. {_PUSH_EXAMPLE}")
+    credentials = registry.get("credentials") if isinstance(registry, dict) else None
+    if credentials is not None and not isinstance(credentials, dict):
+        raise InvalidRequestError(
+            "'registry.credentials' must be an object with 'username' and 'password'"
+        )
+    digest = await engine.push_image(image, url, credentials=credentials)
+    return JSONResponse({"image": image.uuid, "url": url, "digest": digest})
+
+
+routes = [
+    Route("/images/{uuid}/export", export_image, methods=["GET", "HEAD"]),
+    Route("/images/{uuid}/push", push_image, methods=["POST"]),
+]
