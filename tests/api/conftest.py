@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import httpx
@@ -30,12 +30,15 @@ class Api:
         *permissions: str,
         namespace: str = "default",
         expires_at: datetime.datetime | None = None,
+        limits: Mapping[str, int] | None = None,
     ) -> dict[str, str]:
-        """Headers with a new token holding ``permissions`` (all when none are given)."""
+        """Headers with a new token holding ``permissions`` (all when none are given) and
+        ``limits`` (over the defaults)."""
         _, secret = self.tokens.create(
             name="test",
             namespace=namespace,
             permissions=permissions or PERMISSIONS,
+            limits=limits,
             created_at="2026-01-01T00:00:00+00:00",
             expires_at=expires_at,
         )

@@ -12,6 +12,7 @@ import anyio
 import pytest
 
 from sandtree.engine import Engine, ImageQuery, ImageRecord, OperationRecord
+from sandtree.engine.registry import RegistryClient, parse_reference
 from sandtree.engine.types import OperationStatus
 from sandtree.testing import make_engine, read_file
 from sandtree.testing_registry import (
@@ -21,6 +22,7 @@ from sandtree.testing_registry import (
     TestImage,
     compress,
     layer_tar,
+    write_oci_layout,
 )
 
 from .conftest import BASE
@@ -298,3 +300,32 @@ async def test_a_decompression_bomb_stops_at_the_import_size_limit(
     assert "limit" in str(done.error)
     assert engine.list_images(ImageQuery(namespaces=("default",))) == []
     assert list(engine.layers.tmp_dir.iterdir()) == []
+
+
+async def test_docker_v2_manifests_and_manifest_lists_import_like_oci_ones(
+    engine: Engine, tmp_path: Path
+) -> None:
+    arm = layer_tar([Entry(path="arch", data=b"arm64\n")])
+    amd = layer_tar([Entry(path="arch", data=b"amd64\n")])
+    layout = tmp_path / "layout"
+    write_oci_layout(
+        layout,
+        [TestImage(layers=[arm], platform="linux/arm64"), TestImage(layers=[amd])],
+        tag="v1",
+    )
+    with LocalRegistry(tmp_path / "reg") as reg:
+        # skopeo converts the OCI index and manifests to Docker's list and v2 schema 2 types.
+        await anyio.run_process(
+            ["skopeo", "--insecure-policy", "copy", "--quiet", "--all", "--format", "v2s2",
+             "--dest-tls-verify=false", f"oci:{layout}:v1", f"docker://{reg.host}/dock/app:v1"]
+        )  # fmt: skip
+        client = RegistryClient(parse_reference(f"{reg.host}/dock/app:v1"), insecure=True)
+        with client:
+            top = client.get_manifest("v1")
+        image = await _imported(engine, f"docker://{reg.host}/dock/app:v1")
+        arm_image = await _imported(
+            engine, f"docker://{reg.host}/dock/app:v1", platform="linux/arm64"
+        )
+    assert top.media_type == "application/vnd.docker.distribution.manifest.list.v2+json"
+    assert read_file(engine, image, "/arch") == b"amd64\n"
+    assert read_file(engine, arm_image, "/arch") == b"arm64\n"
