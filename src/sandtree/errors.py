@@ -46,10 +46,12 @@ __all__ = [
     "RegistryError",
     "RuntimeUnavailableError",
     "SandtreeError",
+    "ServerUnavailableError",
     "TokenExpiredError",
     "TooManyRequestsError",
     "UnauthorizedError",
     "UnprocessableError",
+    "error_for_status",
 ]
 
 
@@ -172,8 +174,38 @@ class RegistryError(SandtreeError):
     code = "registry"
 
 
+class ServerUnavailableError(SandtreeError):
+    """A client could not reach the sandtree server (or it answered garbage)."""
+
+    status = 503
+    code = "server_unavailable"
+
+
 class InternalError(SandtreeError):
     """A bug or a host failure; the message says what failed."""
 
     status = 500
     code = "internal"
+
+
+def error_for_status(status: int, message: str) -> SandtreeError:
+    """The error a client raises for an error answer: the class that owns ``status``."""
+    for cls in _BY_STATUS:
+        if cls.status == status:
+            return cls(message)
+    return InternalError(f"the server answered {status}: {message}")
+
+
+_BY_STATUS: tuple[type[SandtreeError], ...] = (
+    InvalidRequestError,
+    UnauthorizedError,
+    ForbiddenError,
+    NotFoundError,
+    ConflictError,
+    GoneError,
+    UnprocessableError,
+    NotReadyError,
+    TooManyRequestsError,
+    RegistryError,
+    RuntimeUnavailableError,
+)

@@ -80,7 +80,10 @@ def _one(registry: LocalRegistry) -> str:
 async def _import(
     api: Api, body: dict[str, Any], headers: dict[str, str] | None = None
 ) -> httpx.Response:
-    return await api.http.post("/v1/images/import", headers=headers or api.auth, json=body)
+    response: httpx.Response = await api.http.post(
+        "/v1/images/import", headers=headers or api.auth, json=body
+    )
+    return response
 
 
 async def _started(api: Api, body: dict[str, Any], headers: dict[str, str] | None = None) -> str:
@@ -92,9 +95,10 @@ async def _started(api: Api, body: dict[str, Any], headers: dict[str, str] | Non
 
 async def _ended(api: Api, op_id: str, namespace: str = "default") -> OperationRecord:
     with anyio.fail_after(30):
-        return await api.engine.wait_operation(
+        done: OperationRecord = await api.engine.wait_operation(
             api.engine.get_operation(op_id, namespaces=(namespace,))
         )
+    return done
 
 
 async def _finished(api: Api, op_id: str, headers: dict[str, str] | None = None) -> dict[str, Any]:

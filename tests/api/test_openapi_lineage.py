@@ -39,6 +39,8 @@ async def test_openapi_is_served_without_a_token_with_our_extensions_marked(api:
     lineage = document["paths"]["/images/{imageUUID}/lineage"]["get"]
     assert lineage["x-sandtree"] is True
     assert document["info"]["x-sandtree-extensions"] == [
+        "/directory_states",
+        "/directory_states/{stateId}",
         "/images/{imageUUID}/diff",
         "/images/{imageUUID}/export",
         "/images/{imageUUID}/lineage",

@@ -20,6 +20,8 @@ ROUTES: list[tuple[str, str, Any, str]] = [
     ("GET", "/v1/images", None, "list"),
     ("PATCH", "/v1/images/{image}/tag", {"tag": "renamed"}, "set_image_tag"),
     ("DELETE", "/v1/images/{image}/tag", None, "set_image_tag"),
+    # Nothing listens on port 1: an import let through fails at once.
+    ("POST", "/v1/images/import", {"registry": {"url": "docker://127.0.0.1:1/x/y"}}, "import"),
     ("GET", "/v1/images/{image}/lineage", None, "list"),
     ("GET", "/v1/images/{image}/diff", None, "list"),
     ("POST", "/v1/instances", {"command": "true", "image": "tag:base"}, "spawn"),

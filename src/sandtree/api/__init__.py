@@ -11,6 +11,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Mount
 
 from sandtree.api import (
+    directory_states,
     exports,
     files,
     images,
@@ -56,6 +57,7 @@ def create_app(
             Mount(
                 "/v1",
                 routes=[
+                    *directory_states.routes,
                     *exports.routes,
                     *files.routes,
                     *images.routes,

@@ -23,7 +23,13 @@ from sandtree.errors import (
     LimitExceededError,
 )
 
-__all__ = ["parse_exec_spec", "parse_spawn_request", "parse_stdin", "routes"]
+__all__ = [
+    "parse_exec_spec",
+    "parse_placed_files",
+    "parse_spawn_request",
+    "parse_stdin",
+    "routes",
+]
 
 _MAX_TRUNCATE = 10 * 1024 * 1024
 _CWD = re.compile(r"^((/[^/]*)+/?)?$")
@@ -60,7 +66,8 @@ def parse_stdin(raw: Any) -> bytes:
     return str(raw["value"]).encode()
 
 
-def _files(raw: Any) -> tuple[PlacedFile, ...]:
+def parse_placed_files(raw: Any) -> tuple[PlacedFile, ...]:
+    """The ``files`` object of a spawn request (or a directory state) as placed files."""
     if raw is None:
         return ()
     if not isinstance(raw, dict):
@@ -153,7 +160,8 @@ def parse_spawn_request(body: Any, *, default_timeout: int) -> RunSpec:
         **process,
         hostname=_field(body, "hostname", str, "linuxkit"),
         timeout=_field(body, "timeout", int, default_timeout),
-        files=_files(body.get("files")),
+        files=parse_placed_files(body.get("files")),
+        directory_state=_field(body, "directory_state_id", int, None),
         disposable=_field(body, "disposable", bool, False),
         preserve_env=_field(body, "preserve_env", bool, False),
         preserve_cwd=_field(body, "preserve_cwd", bool, False),

@@ -74,6 +74,7 @@ _PROGRESS = {
                      "description": "Layer entries skipped as unsafe (first 20)."},
     },
 }  # fmt: skip
+_STATE_REF = {"$ref": "#/components/schemas/SandtreeDirectoryState"}
 _EXTENSIONS: dict[str, Any] = {
     "/images/{imageUUID}/lineage": {
         "get": {
@@ -200,7 +201,73 @@ _EXTENSIONS: dict[str, Any] = {
             },
         }
     },
+    "/directory_states": {
+        "post": {
+            "summary": "Save a synced tree as a directory state (sandtree extension)",
+            "description": "Takes the `files` object of InstanceSpawnRequest (absolute paths to "
+            "uploaded files with their modes) and answers an integer id. A spawn request's "
+            "`directory_state_id` places those files before its own `files`, so a client syncing "
+            "a project sends each run one id instead of every file's metadata.",
+            "operationId": "sandtreeCreateDirectoryState",
+            "tags": ["files"],
+            "x-sandtree": True,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object",
+                "required": ["files"],
+                "properties": {"files": {"type": "object", "additionalProperties": {
+                    "type": "object", "required": ["uuid"],
+                    "properties": {"uuid": _UUID, "mode": {"type": "string", "example": "0644"},
+                                   "uid": {"type": "integer"}, "gid": {"type": "integer"}},
+                }}},
+            }}}},
+            "responses": {
+                "201": {"description": "Saved",
+                        "content": {"application/json": {"schema": _STATE_REF}}},
+                **_ERRORS,
+            },
+        }
+    },
+    "/directory_states/{stateId}": {
+        "get": {
+            "summary": "A directory state with its files (sandtree extension)",
+            "operationId": "sandtreeGetDirectoryState",
+            "tags": ["files"],
+            "x-sandtree": True,
+            "parameters": [{"name": "stateId", "in": "path", "required": True,
+                            "schema": {"type": "integer"}}],
+            "responses": {
+                "200": {"description": "The state",
+                        "content": {"application/json": {"schema": _STATE_REF}}},
+                **_ERRORS,
+            },
+        }
+    },
 }  # fmt: skip
+
+#: Fields sandtree accepts in InstanceSpawnRequest beyond the contract's.
+_SPAWN_FIELDS = {
+    "type": "object",
+    "x-sandtree": True,
+    "x-sandtree-extends": "#/components/schemas/InstanceSpawnRequest",
+    "properties": {
+        "directory_state_id": {
+            "type": "integer",
+            "nullable": True,
+            "description": "Place the files of this directory state (POST /directory_states) "
+            "first; `files` at the same paths win.",
+        },
+    },
+}
+_STATE = {
+    "type": "object",
+    "x-sandtree": True,
+    "properties": {
+        "id": {"type": "integer"},
+        "created_at": {"type": "string"},
+        "file_count": {"type": "integer"},
+        "files": {"type": "object", "description": "Only in GET: path → {uuid, mode, uid, gid}"},
+    },
+}
 
 
 @functools.cache
@@ -218,6 +285,8 @@ def openapi_document() -> dict[str, Any]:
     document["components"]["schemas"]["SandtreeImageNode"] = copy.deepcopy(_NODE)
     document["components"]["schemas"]["SandtreeWhoAmIFields"] = copy.deepcopy(_WHOAMI_FIELDS)
     document["components"]["schemas"]["SandtreeEventDataProgress"] = copy.deepcopy(_PROGRESS)
+    document["components"]["schemas"]["SandtreeDirectoryState"] = copy.deepcopy(_STATE)
+    document["components"]["schemas"]["SandtreeSpawnFields"] = copy.deepcopy(_SPAWN_FIELDS)
     document["info"]["x-sandtree-extensions"] = sorted(_EXTENSIONS)
     return document
 

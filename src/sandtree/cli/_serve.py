@@ -12,7 +12,7 @@ import click
 import uvicorn
 
 from sandtree.api import PERMISSIONS, TokenStore, create_app
-from sandtree.cli._config import write_client_config
+from sandtree.client._config import write_client_config
 from sandtree.config import Settings
 from sandtree.engine import Engine
 from sandtree.engine.runtime import enter_private_mount_namespace

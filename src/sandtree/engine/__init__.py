@@ -10,6 +10,7 @@ from sandtree.engine.layers._grep import GrepMatch, GrepResult
 from sandtree.engine.layers._inspect import FileItem, format_ls
 from sandtree.engine.store import FileRecord, ImageQuery, OperationQuery
 from sandtree.engine.types import (
+    DirectoryState,
     ImageRecord,
     OperationEvent,
     OperationKind,
@@ -22,6 +23,7 @@ from sandtree.engine.types import (
 
 __all__ = [
     "Diff",
+    "DirectoryState",
     "Engine",
     "FileItem",
     "FileRecord",

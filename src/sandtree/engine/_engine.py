@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import re
 import shutil
@@ -20,7 +21,7 @@ from sandtree.config import Settings
 from sandtree.engine._clock import now_iso
 from sandtree.engine._compaction import Compactor
 from sandtree.engine._events import EventHub, EventLog
-from sandtree.engine._files import BlobStore
+from sandtree.engine._files import BlobStore, create_directory_state, get_directory_state
 from sandtree.engine._imports import import_path
 from sandtree.engine._lineage import Diff, Lineage, diff_layer, diff_trees, lineage
 from sandtree.engine._operations import JobFailed, JobOutcome, OperationQueue
@@ -31,27 +32,24 @@ from sandtree.engine._runs import RunExecutor, RunFailure
 from sandtree.engine.layers import _grep, _inspect as _inspect_ops
 from sandtree.engine.layers._store import LayerStore
 from sandtree.engine.registry import Puller
-from sandtree.engine.registry._export import (
-    build_oci_image,
-    push_oci_image,
-    scratch_dir,
-    write_oci_archive,
-)
 from sandtree.engine.runtime import OciRuntime, Runtime
 from sandtree.engine.store import FileRecord, ImageQuery, MetadataStore, OperationQuery, SqliteStore
 from sandtree.engine.types import (
     PUBLIC_NAMESPACE,
+    DirectoryState,
     ImageRecord,
     OperationEvent,
     OperationKind,
     OperationRecord,
     OperationStatus,
+    PlacedFile,
     RunSpec,
 )
 from sandtree.errors import (
     FileNotFoundInStoreError,
     ImageNotFoundError,
     InvalidRequestError,
+    NotFoundError,
     OperationNotFoundError,
 )
 
@@ -63,14 +61,6 @@ _TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*(?:[:/.][A-Za-z0-9_-]+)*$")
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")
 #: Beyond this many layers a run compacts the stack before mounting (the kernel stops at 500).
 _HARD_STACK = 400
-
-
-def _ref_name(image: ImageRecord) -> str:
-    """The OCI ref name an export carries: the tag's version part (``busybox:1.36`` → 1.36)."""
-    if not image.tags:
-        return "latest"
-    _, _, version = image.tags[0].rpartition(":")
-    return version if version and "/" not in version else "latest"
 
 
 def default_runtimes(settings: Settings) -> dict[str, Callable[[], Runtime]]:
@@ -146,7 +136,7 @@ class Engine:
             max_bytes=settings.max_import_bytes,
             workers=settings.import_workers,
         )
-        self._imports = RegistryImports(settings, self.store, self.puller)
+        self._imports = RegistryImports(settings, self.store, self.layers, self.puller)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -316,9 +306,7 @@ class Engine:
     def export_image(self, image: ImageRecord, out: BinaryIO) -> None:
         """Write ``image`` to ``out`` as an OCI archive (an OCI layout in a tar), layers and
         config included. Blocking and sequential: call it in a thread; ``out`` may be a pipe."""
-        with scratch_dir(self.layers.tmp_dir) as scratch:
-            oci = build_oci_image(self.layers, image, scratch)
-            write_oci_archive(oci, out, ref_name=_ref_name(image))
+        self._imports.export(image, out)
 
     async def push_image(
         self, image: ImageRecord, url: str, *, credentials: Mapping[str, Any] | None = None
@@ -326,14 +314,7 @@ class Engine:
         """Push ``image`` to a registry as ``url`` (``docker://host/name:tag``); returns the
         manifest digest. Blobs the registry already has are not sent again."""
         wanted = self._imports.request(url, credentials=credentials)
-
-        def push() -> str:
-            with scratch_dir(self.layers.tmp_dir) as scratch:
-                oci = build_oci_image(self.layers, image, scratch)
-                with self._imports.client(wanted, timeout=300.0) as client:
-                    return push_oci_image(oci, client)
-
-        return await asyncio.to_thread(push)
+        return await asyncio.to_thread(self._imports.push, image, wanted)
 
     def delete_image(self, image: ImageRecord) -> None:
         """Forget an image; its layers go once no other image uses them (``collect_garbage``)."""
@@ -404,6 +385,14 @@ class Engine:
                 raise FileNotFoundInStoreError(
                     f"file {placed.uuid} for {placed.path} was not uploaded; upload it first"
                 )
+        if spec.directory_state is not None:
+            try:
+                state = self.get_directory_state(spec.directory_state, namespace=namespace)
+            except NotFoundError as exc:
+                raise InvalidRequestError(exc.message) from None
+            by_path = {f.path: f for f in state.files}
+            by_path.update((f.path, f) for f in spec.files)
+            spec = dataclasses.replace(spec, files=tuple(by_path.values()))
         op = OperationRecord(
             uuid=str(uuid.uuid4()),
             kind=OperationKind.INSTANCE,
@@ -523,6 +512,16 @@ class Engine:
         )
         self.store.add_file(record)
         return record
+
+    def create_directory_state(
+        self, files: Sequence[PlacedFile], *, namespace: str = "default"
+    ) -> DirectoryState:
+        """Save ``files`` (uploaded files at absolute paths) as a state runs can name by id,
+        so a synced tree is described once rather than with every run."""
+        return create_directory_state(self.store, files, namespace=namespace)
+
+    def get_directory_state(self, state_id: int, *, namespace: str = "default") -> DirectoryState:
+        return get_directory_state(self.store, state_id, namespace=namespace)
 
     def get_file(self, ref: str, *, namespace: str = "default") -> FileRecord:
         """A file by uuid or sha256."""

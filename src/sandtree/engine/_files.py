@@ -5,10 +5,17 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Sequence
 from pathlib import Path
 
-__all__ = ["BlobStore"]
+from sandtree.engine._clock import now_iso
+from sandtree.engine.store import MetadataStore
+from sandtree.engine.types import DirectoryState, PlacedFile
+from sandtree.errors import FileNotFoundInStoreError, LimitExceededError, NotFoundError
+
+__all__ = ["BlobStore", "create_directory_state", "get_directory_state"]
+
+_MAX_STATE_FILES = 200_000
 
 
 class BlobStore:
@@ -60,3 +67,34 @@ class BlobStore:
             tmp.write_bytes(data)
             os.rename(tmp, target)
         return sha, len(data)
+
+
+def create_directory_state(
+    store: MetadataStore, files: Sequence[PlacedFile], *, namespace: str
+) -> DirectoryState:
+    """Save ``files`` as a directory state of ``namespace``; each must be uploaded there."""
+    if len(files) > _MAX_STATE_FILES:
+        raise LimitExceededError(
+            f"a directory state holds at most {_MAX_STATE_FILES} files, not {len(files)}; "
+            "sync a smaller tree or exclude generated files"
+        )
+    for placed in files:
+        record = store.get_file(placed.uuid)
+        if record is None or record.namespace != namespace:
+            raise FileNotFoundInStoreError(
+                f"file {placed.uuid} for {placed.path} was not uploaded; upload it first"
+            )
+    created = now_iso()
+    state_id = store.add_directory_state(namespace, files, created)
+    return DirectoryState(id=state_id, namespace=namespace, created_at=created, files=tuple(files))
+
+
+def get_directory_state(store: MetadataStore, state_id: int, *, namespace: str) -> DirectoryState:
+    found = store.get_directory_state(state_id)
+    if found is None or found[0] != namespace:
+        raise NotFoundError(
+            f"directory state {state_id} does not exist; sync the directory again to get one"
+        )
+    return DirectoryState(
+        id=state_id, namespace=found[0], created_at=found[1], files=tuple(found[2])
+    )

@@ -1,4 +1,5 @@
-"""Registry imports as operations: validation up front, the pull in worker threads.
+"""Registry imports as operations (validation up front, the pull in worker threads), and
+exports to OCI archives and registries.
 
 The pull itself (``registry.Puller``) is synchronous; here it runs off the event loop, reports
 progress as ``progress`` events, honours the import's timeout and a cancel, and maps the
@@ -11,11 +12,12 @@ import asyncio
 import dataclasses
 import functools
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, BinaryIO
 
 from sandtree.config import Settings
 from sandtree.engine._events import EventLog
 from sandtree.engine._operations import Job, JobFailed, JobOutcome
+from sandtree.engine.layers._store import LayerStore
 from sandtree.engine.registry import (
     Credentials,
     ImageReference,
@@ -24,6 +26,12 @@ from sandtree.engine.registry import (
     RegistryClient,
     Stop,
     parse_reference,
+)
+from sandtree.engine.registry._export import (
+    build_oci_image,
+    push_oci_image,
+    scratch_dir,
+    write_oci_archive,
 )
 from sandtree.engine.store import MetadataStore
 from sandtree.engine.types import ImageRecord
@@ -49,9 +57,12 @@ class ImportRequest:
 class RegistryImports:
     """Builds import jobs for the operation queue."""
 
-    def __init__(self, settings: Settings, store: MetadataStore, puller: Puller) -> None:
+    def __init__(
+        self, settings: Settings, store: MetadataStore, layers: LayerStore, puller: Puller
+    ) -> None:
         self._settings = settings
         self._store = store
+        self._layers = layers
         self._puller = puller
         self._insecure = [h.strip() for h in settings.insecure_registries.split(",") if h.strip()]
 
@@ -131,6 +142,19 @@ class RegistryImports:
 
         return job
 
+    def export(self, image: ImageRecord, out: BinaryIO) -> None:
+        """``image`` as an OCI archive on ``out`` (blocking)."""
+        with scratch_dir(self._layers.tmp_dir) as scratch:
+            oci = build_oci_image(self._layers, image, scratch)
+            write_oci_archive(oci, out, ref_name=_ref_name(image))
+
+    def push(self, image: ImageRecord, request: ImportRequest) -> str:
+        """Push ``image`` to ``request``'s registry reference (blocking); returns its digest."""
+        with scratch_dir(self._layers.tmp_dir) as scratch:
+            oci = build_oci_image(self._layers, image, scratch)
+            with self.client(request, timeout=300.0) as client:
+                return push_oci_image(oci, client)
+
     def client(self, request: ImportRequest, *, timeout: float) -> RegistryClient:
         """A client for ``request``'s registry, plain HTTP where that is allowed."""
         ref = request.reference
@@ -171,6 +195,14 @@ class RegistryImports:
                 report=report,
             )
             return image, False
+
+
+def _ref_name(image: ImageRecord) -> str:
+    """The OCI ref name an export carries: the tag's version part (``busybox:1.36`` → 1.36)."""
+    if not image.tags:
+        return "latest"
+    _, _, version = image.tags[0].rpartition(":")
+    return version if version and "/" not in version else "latest"
 
 
 def _discard(future: asyncio.Future[Any]) -> None:

@@ -109,6 +109,16 @@ class PlacedFile:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class DirectoryState:
+    """A saved set of placed files (a synced project tree) that runs can name by ``id``."""
+
+    id: int
+    namespace: str
+    created_at: str
+    files: tuple[PlacedFile, ...]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class RunSpec:
     """What to run, validated: the engine's form of ``InstanceSpawnRequest``."""
 
@@ -127,6 +137,9 @@ class RunSpec:
     timeout: int = 30
     truncate_output_at: int = 1024 * 1024
     files: tuple[PlacedFile, ...] = ()
+    #: A directory state (``Engine.create_directory_state``) whose files are placed first;
+    #: ``files`` placed at the same paths win.
+    directory_state: int | None = None
     disposable: bool = False
     preserve_env: bool = False
     preserve_cwd: bool = False

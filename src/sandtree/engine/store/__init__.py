@@ -15,7 +15,13 @@ from typing import Any, Protocol
 
 from sandtree.engine.store._records import FileRecord, ImageQuery, OperationQuery
 from sandtree.engine.store._sqlite import SqliteStore
-from sandtree.engine.types import ImageRecord, OperationEvent, OperationRecord, OperationStatus
+from sandtree.engine.types import (
+    ImageRecord,
+    OperationEvent,
+    OperationRecord,
+    OperationStatus,
+    PlacedFile,
+)
 
 __all__ = ["FileRecord", "ImageQuery", "MetadataStore", "OperationQuery", "SqliteStore"]
 
@@ -77,5 +83,12 @@ class MetadataStore(Protocol):
         since: str | None = None,
         until: str | None = None,
     ) -> list[FileRecord]: ...
+
+    # directory states (a snapshot of placed files, reusable by many runs)
+    def add_directory_state(
+        self, namespace: str, files: Sequence[PlacedFile], created_at: str
+    ) -> int: ...
+    def get_directory_state(self, state_id: int) -> tuple[str, str, list[PlacedFile]] | None:
+        """``(namespace, created_at, files)`` of a directory state, or None."""
 
     def close(self) -> None: ...

@@ -17,6 +17,7 @@ from sandtree.engine.types import (
     OperationKind,
     OperationRecord,
     OperationStatus,
+    PlacedFile,
 )
 from sandtree.errors import ImageNotFoundError, OperationNotFoundError
 
@@ -96,6 +97,12 @@ CREATE TABLE IF NOT EXISTS files (
     created_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS files_sha ON files(namespace, sha256);
+CREATE TABLE IF NOT EXISTS directory_states (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    namespace TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    files TEXT NOT NULL
+);
 """
 
 #: Columns added after the first release: (table, column, declaration).
@@ -470,6 +477,27 @@ class SqliteStore:
                 "INSERT INTO files(uuid, namespace, sha256, size, created_at) VALUES (?,?,?,?,?)",
                 (record.uuid, record.namespace, record.sha256, record.size, record.created_at),
             )
+
+    def add_directory_state(
+        self, namespace: str, files: Sequence[PlacedFile], created_at: str
+    ) -> int:
+        rows = [[f.path, f.uuid, f.mode, f.uid, f.gid] for f in files]
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO directory_states(namespace, created_at, files) VALUES (?, ?, ?)",
+                (namespace, created_at, json.dumps(rows, separators=(",", ":"))),
+            )
+            return int(cur.lastrowid or 0)
+
+    def get_directory_state(self, state_id: int) -> tuple[str, str, list[PlacedFile]] | None:
+        rows = self._query("SELECT * FROM directory_states WHERE id=?", (state_id,))
+        if not rows:
+            return None
+        files = [
+            PlacedFile(path=p, uuid=u, mode=m, uid=uid, gid=gid)
+            for p, u, m, uid, gid in json.loads(rows[0]["files"])
+        ]
+        return rows[0]["namespace"], rows[0]["created_at"], files
 
     def get_file(self, uuid: str) -> FileRecord | None:
         rows = self._query("SELECT * FROM files WHERE uuid=?", (uuid,))

@@ -1,0 +1,70 @@
+"""Our extension: directory states, a synced tree described once and named by id in runs.
+
+``POST /v1/directory_states`` takes the same ``files`` object as a spawn request and answers
+an integer ``id``; a spawn request's ``directory_state_id`` places those files before its own
+``files``. Clients syncing a project (the MCP server's ``rsync``) then send each run an id
+instead of every file's metadata.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from sandtree.api._auth import require
+from sandtree.api._params import json_body
+from sandtree.api.instances import parse_placed_files
+from sandtree.engine import DirectoryState, Engine
+from sandtree.errors import InvalidRequestError, NotFoundError
+
+__all__ = ["routes", "state_json"]
+
+_EXAMPLE = '{"files": {"/app/main.py": {"uuid": "<file uuid>", "mode": "0644"}}}'
+
+
+def state_json(state: DirectoryState, *, with_files: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": state.id,
+        "created_at": state.created_at,
+        "file_count": len(state.files),
+    }
+    if with_files:
+        out["files"] = {
+            f.path: {"uuid": f.uuid, "mode": f"{f.mode:04o}", "uid": f.uid, "gid": f.gid}
+            for f in state.files
+        }
+    return out
+
+
+async def create_state(request: Request) -> Response:
+    token = require(request, "upload")
+    engine: Engine = request.app.state.engine
+    body = await json_body(request, example=_EXAMPLE)
+    if not isinstance(body, dict) or not isinstance(body.get("files"), dict):
+        raise InvalidRequestError(f"send a JSON object like {_EXAMPLE}")
+    files = parse_placed_files(body["files"])
+    state = engine.create_directory_state(files, namespace=token.namespace)
+    return JSONResponse(
+        state_json(state, with_files=False),
+        status_code=201,
+        headers={"Location": f"/v1/directory_states/{state.id}"},
+    )
+
+
+async def get_state(request: Request) -> Response:
+    token = require(request, "list")
+    engine: Engine = request.app.state.engine
+    raw = request.path_params["state_id"]
+    if not raw.isdigit():
+        raise NotFoundError(f"{raw!r} is not a directory state id (a whole number)")
+    state = engine.get_directory_state(int(raw), namespace=token.namespace)
+    return JSONResponse(state_json(state, with_files=True))
+
+
+routes = [
+    Route("/directory_states", create_state, methods=["POST"]),
+    Route("/directory_states/{state_id}", get_state, methods=["GET"]),
+]

@@ -1,0 +1,19 @@
+"""A client of the sandtree REST API (httpx), used by the MCP server, the CLI and tests."""
+
+from sandtree.client._client import SandtreeClient
+from sandtree.client._config import (
+    Connection,
+    client_config_path,
+    load_connection,
+    write_client_config,
+)
+from sandtree.client._sse import Event
+
+__all__ = [
+    "Connection",
+    "Event",
+    "SandtreeClient",
+    "client_config_path",
+    "load_connection",
+    "write_client_config",
+]
