@@ -197,7 +197,7 @@ class SandtreeClient:
             if value:
                 params[key] = value
         body = await self._json("GET", "/operations", params=params)
-        return list(body.get("operations", []))
+        return list(body)  # the contract answers a bare array of OperationSummary
 
     async def cancel_operation(self, operation_id: str) -> dict[str, Any]:
         return dict(await self._json("DELETE", f"/operations/{operation_id}") or {})
