@@ -309,7 +309,9 @@ def check_tree(side: str, found: set[str], locate: Callable[[str], Path | None],
     return len(found)
 
 
-def _layer_view(engine: Engine, image: ImageRecord) -> tuple[set[str], Callable[[str], Path | None]]:
+def _layer_view(
+    engine: Engine, image: ImageRecord
+) -> tuple[set[str], Callable[[str], Path | None]]:
     """The image's entries (union of its layer dirs; the bench image has no whiteouts) and a
     lookup of a path in its top-most layer that has it."""
     dirs = [engine.layers.path(layer) for layer in image.layers]
@@ -579,7 +581,9 @@ def make_rows(image: BenchImage, o: list[OursSample], b: list[BaseSample]) -> li
     ]  # fmt: skip
 
 
-async def bench(work: Path, reps: int, warmup: int, synthetic: bool) -> tuple[list[Row], dict[str, Any]]:
+async def bench(
+    work: Path, reps: int, warmup: int, synthetic: bool
+) -> tuple[list[Row], dict[str, Any]]:
     with LocalRegistry(work / "registry") as registry:
         image = await asyncio.to_thread(build_image, registry, work, synthetic)
         log(f"image {_mb(image.compressed)} compressed, {_mb(image.uncompressed)} tar, "

@@ -23,6 +23,7 @@ from sandtree.testing_registry import (
     MEDIA_MANIFEST,
     Entry,
     LocalRegistry,
+    ScriptedRegistry,
     TestImage,
     compress,
     layer_tar,
@@ -295,3 +296,29 @@ def test_leaving_the_context_stops_the_registry_and_the_token_server(tmp_path: P
     for address in ((host, int(port)), ("127.0.0.1", int(realm.split(":")[2].split("/")[0]))):
         with socket.socket() as s, pytest.raises(ConnectionRefusedError):
             s.connect(address)
+
+
+def test_scripted_registry_serves_its_routes_stalls_a_blob_and_records_requests() -> None:
+    with ScriptedRegistry() as reg:
+        blob, *_ = reg.add_image("slow/app", [HELLO])
+        reg.stalling.add(blob)
+        url = f"http://{reg.host}"
+        manifest = httpx.get(f"{url}/v2/slow/app/manifests/latest")
+        missing = httpx.get(f"{url}/v2/slow/app/manifests/other")
+        received = b""
+        with (
+            httpx.stream("GET", url + blob, timeout=httpx.Timeout(5, read=0.5)) as stalled,
+            pytest.raises(httpx.ReadTimeout),
+        ):
+            for chunk in stalled.iter_raw():
+                received += chunk
+
+    assert manifest.headers["content-type"] == MEDIA_MANIFEST
+    assert json.loads(manifest.content)["layers"][0]["digest"] == blob.rsplit("/", 1)[1]
+    assert missing.status_code == 404
+    assert 0 < len(received) <= reg.stall_after
+    assert reg.requests == [
+        "/v2/slow/app/manifests/latest",
+        "/v2/slow/app/manifests/other",
+        blob,
+    ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
@@ -29,10 +30,26 @@ pytestmark = [
 IMPLEMENTED = r"^/(images|instances|operations|files|inspect|whoami)"
 
 
+#: Nothing listens on port 1: as the server's proxy, it makes every registry import the fuzz
+#: posts (``docker://docker.io/busybox:latest`` is the schema's example) fail at once, with or
+#: without a network.
+NO_REGISTRY = {
+    "HTTP_PROXY": "http://127.0.0.1:1",
+    "HTTPS_PROXY": "http://127.0.0.1:1",
+    "ALL_PROXY": "http://127.0.0.1:1",
+    "NO_PROXY": "",
+}
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     base = tmp_path_factory.mktemp("fuzz")
-    with ServerProcess(base / "data", base / "config") as srv:
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in NO_REGISTRY.items():
+            env.setenv(name, value)
+            env.delenv(name.lower(), raising=False)
+        process = ServerProcess(base / "data", base / "config")  # inherits the environment
+    with process as srv:
         yield srv
 
 
@@ -65,3 +82,22 @@ def test_every_answer_is_documented_and_none_is_a_server_error(case: schemathesi
             response_schema_conformance,
         ]
     )
+
+
+def test_imports_on_the_fuzzed_server_fail_at_once_without_reaching_a_registry(
+    server: ServerProcess,
+) -> None:
+    auth = {"Authorization": f"Bearer {server.admin_token}"}
+    with httpx.Client(base_url=f"{server.url}/v1", headers=auth, timeout=30) as http:
+        posted = http.post(
+            "/images/import", json={"registry": {"url": "docker://docker.io/busybox:latest"}}
+        )
+        assert posted.status_code == 201, posted.text
+        op_id = posted.json()["uuid"]
+        http.get(f"/operations/{op_id}/events", params={"follow": "1"})  # ends with the op
+        imports = http.get("/operations", params={"kind": "image_import", "limit": "1000"})
+
+    ours = [op for op in imports.json() if op["uuid"] == op_id]
+    assert [(op["status"], op["duration"] < 5) for op in ours] == [("FAILED", True)]
+    assert "cannot reach registry docker.io" in ours[0]["error"]
+    assert {op["status"] for op in imports.json()} == {"FAILED"}  # the fuzz's too, if any

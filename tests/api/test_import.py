@@ -51,10 +51,18 @@ UNREACHABLE = "docker://127.0.0.1:1/test/one"
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRegistry]:
-    """An anonymous registry holding ``test/one:latest``: one layer with /etc/hello."""
+    """An anonymous registry holding ``test/one:latest`` (one layer with /etc/hello) and
+    ``test/index:latest`` (linux/amd64 and linux/arm64/v8 images, each with its /arch)."""
     tmp = tmp_path_factory.mktemp("registry")
     with LocalRegistry(tmp / "registry") as reg:
         reg.push_image("test/one:latest", [TestImage(layers=[HELLO])], tmp)
+        arm = layer_tar([Entry(path="arch", data=b"arm64\n")])
+        amd = layer_tar([Entry(path="arch", data=b"amd64\n")])
+        platforms = [
+            TestImage(layers=[arm], platform="linux/arm64/v8"),
+            TestImage(layers=[amd], platform="linux/amd64"),
+        ]
+        reg.push_image("test/index:latest", platforms, tmp)
         yield reg
 
 
@@ -197,6 +205,33 @@ async def test_an_import_without_a_tag_makes_an_untagged_image_known_by_its_uuid
     assert op["metadata"]["tag"] is None
     listed = await _images(api, api.auth)
     assert [(i["uuid"], i["tag"]) for i in listed] == [(op["result"]["image"], None)]
+
+
+async def test_the_platform_extension_picks_from_a_multi_platform_index_and_is_shown(
+    api: Api, registry: LocalRegistry
+) -> None:
+    url = f"docker://{registry.host}/test/index"
+
+    arm = await _finished(api, await _started(api, {"registry": {"url": url},
+                                                    "platform": "linux/arm64/v8"}))  # fmt: skip
+    amd = await _finished(api, await _started(api, {"registry": {"url": url}}))
+    s390x = await _finished(api, await _started(api, {"registry": {"url": url},
+                                                      "platform": "linux/s390x"}))  # fmt: skip
+
+    async def arch(op: dict[str, Any]) -> bytes:
+        response: httpx.Response = await api.http.get(
+            f"/v1/inspect/{op['result']['image']}/download", headers=api.auth,
+            params={"path": "/arch"},
+        )  # fmt: skip
+        return response.content
+
+    assert (arm["status"], amd["status"]) == ("SUCCESS", "SUCCESS")
+    assert await arch(arm) == b"arm64\n"
+    assert await arch(amd) == b"amd64\n"  # linux/amd64 unless told otherwise
+    assert arm["metadata"]["platform"] == "linux/arm64/v8"
+    assert "platform" not in amd["metadata"]
+    assert s390x["status"] == "FAILED"
+    assert "no linux/s390x image" in s390x["error"]
 
 
 async def test_the_operation_shows_the_registry_username_and_masks_the_password(

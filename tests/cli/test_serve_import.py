@@ -127,6 +127,9 @@ def test_the_contree_client_imports_from_a_registry_and_runs_a_command_in_the_im
     assert _run(client, "cat /etc/hello", image_id) == HELLO
     imports = client.list_operations(kind="image_import")
     assert [o.uuid for o in imports] == [op_id]
+    events = list(client.follow_operation_events(op_id, timeout=30))
+    assert {e.type for e in events[:-1]} == {"progress"}  # sandtree's, beyond the contract's
+    assert events[-1].type == "completion"
 
 
 def test_the_contree_client_imports_from_a_token_registry_with_credentials_shown_masked(

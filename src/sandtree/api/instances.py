@@ -78,12 +78,16 @@ def parse_placed_files(raw: Any) -> tuple[PlacedFile, ...]:
             raise InvalidRequestError(
                 f'files[{path!r}] must be an absolute path mapped to {{"uuid": "<file uuid>"}}'
             )
+        raw_mode = meta.get("mode", "0644")
         try:
-            mode = int(str(meta.get("mode", "0644")), 8)
+            # Octal text ("0644", or Python's "0o100644" with the file-type bits some
+            # clients send), or an integer; only the permission bits are kept.
+            mode = raw_mode if isinstance(raw_mode, int) else int(str(raw_mode), 8)
         except ValueError:
             raise InvalidRequestError(
                 f'files[{path!r}].mode must be octal text such as "0644"'
             ) from None
+        mode &= 0o7777
         placed.append(
             PlacedFile(
                 uuid=str(meta["uuid"]),

@@ -6,6 +6,7 @@ import click
 
 from sandtree import __version__
 from sandtree.cli._demo import demo
+from sandtree.cli._mcp import mcp
 from sandtree.cli._serve import serve, token
 
 __all__ = ["cli", "main"]
@@ -20,10 +21,12 @@ def cli() -> None:
     Example:
       sandtree demo            # import a tiny image, run, branch and show the lineage
       sandtree serve           # the REST API on the embedded default
+      sandtree mcp             # the MCP server for agents (stdio)
     """
 
 
 cli.add_command(demo)
+cli.add_command(mcp)
 cli.add_command(serve)
 cli.add_command(token)
 

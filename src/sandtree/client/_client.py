@@ -64,6 +64,8 @@ class SandtreeClient:
             transport=transport,
             timeout=httpx.Timeout(timeout),
             follow_redirects=True,
+            # Each wait holds an event stream open: no cap on how many run at once.
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=32),
         )
 
     async def aclose(self) -> None:
@@ -284,6 +286,13 @@ class SandtreeClient:
             if exc.status == 404:
                 return None
             raise
+
+    async def create_directory_state(self, files: Mapping[str, Any]) -> dict[str, Any]:
+        """Save ``{path: {"uuid", "mode"}}`` as a directory state (our extension); ``{"id"}``."""
+        return dict(await self._json("POST", "/directory_states", json={"files": dict(files)}))
+
+    async def get_directory_state(self, state_id: int) -> dict[str, Any]:
+        return dict(await self._json("GET", f"/directory_states/{state_id}"))
 
     # -- inspection -----------------------------------------------------------------------------
 
