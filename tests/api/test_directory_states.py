@@ -117,3 +117,21 @@ async def test_creating_a_directory_state_needs_the_upload_permission(api: Api) 
         "/v1/directory_states", json={"files": {}}, headers=api.token("list")
     )
     assert response.status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [("0755", 0o755), ("0o100640", 0o640), (0o600, 0o600), ("4755", 0o4755)],
+)
+async def test_file_modes_are_octal_text_python_octal_or_integers_keeping_permission_bits(
+    api: Api, rootfs: Path, mode: object, expected: int
+) -> None:
+    await api.engine.import_local(rootfs, tag="base")
+    file_id = await _upload(api, b"x")
+    done = await _run(
+        api,
+        {"command": "echo ok", "image": "tag:base", "disposable": False,
+         "files": {"/app/f": {"uuid": file_id, "mode": mode}}},
+    )  # fmt: skip
+    child = api.engine.resolve_image(str(done["result_image"]))
+    assert api.engine.stat_path(child, "/app/f").mode & 0o7777 == expected
