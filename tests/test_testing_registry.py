@@ -300,23 +300,23 @@ def test_leaving_the_context_stops_the_registry_and_the_token_server(tmp_path: P
 
 def test_scripted_registry_serves_its_routes_stalls_a_blob_and_records_requests() -> None:
     with ScriptedRegistry() as reg:
-        blob, *_ = reg.add_image("slow/app", [HELLO])
+        (blob,) = reg.add_image("slow/app", [HELLO])
         reg.stalling.add(blob)
+        reg.stall_after = 16
         url = f"http://{reg.host}"
         manifest = httpx.get(f"{url}/v2/slow/app/manifests/latest")
         missing = httpx.get(f"{url}/v2/slow/app/manifests/other")
-        received = b""
+        received: list[bytes] = []
         with (
             httpx.stream("GET", url + blob, timeout=httpx.Timeout(5, read=0.5)) as stalled,
-            pytest.raises(httpx.ReadTimeout),
+            pytest.raises(httpx.ReadTimeout),  # the rest never comes
         ):
-            for chunk in stalled.iter_raw():
-                received += chunk
+            received.extend(stalled.iter_raw())
 
     assert manifest.headers["content-type"] == MEDIA_MANIFEST
     assert json.loads(manifest.content)["layers"][0]["digest"] == blob.rsplit("/", 1)[1]
     assert missing.status_code == 404
-    assert 0 < len(received) <= reg.stall_after
+    assert len(b"".join(received)) == 16
     assert reg.requests == [
         "/v2/slow/app/manifests/latest",
         "/v2/slow/app/manifests/other",

@@ -294,7 +294,7 @@ class ServerProcess:
         assert self.process.stdout is not None
         for line in self.process.stdout:
             self.output.append(line)
-            if "Application startup complete" in line:
+            if "Uvicorn running on" in line:  # printed once the socket is bound
                 # Keep reading: a full pipe would block the server on its next log line.
                 self._drainer.start()
                 return

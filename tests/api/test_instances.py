@@ -106,6 +106,18 @@ async def test_a_timeout_above_the_token_limit_is_refused(api: Api, image: Image
     assert "limit of 3600 s" in response.json()["error"]
 
 
+async def test_a_default_timeout_is_lowered_to_the_token_limit_instead_of_refused(
+    api: Api, image: ImageRecord
+) -> None:
+    headers = api.token(limits={"instance_max_timeout": 5})
+    response = await _spawn(api, {"command": "true", "image": "tag:base"}, headers)
+
+    assert response.status_code == 201
+    op = api.engine.get_operation(response.json()["uuid"])
+    done = await api.engine.wait_operation(op, timeout=10)
+    assert done.status == "SUCCESS"
+
+
 async def test_cancel_stops_a_running_operation_and_a_second_cancel_conflicts(
     api: Api, image: ImageRecord
 ) -> None:

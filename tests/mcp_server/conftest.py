@@ -10,11 +10,11 @@ from typing import Any
 
 import httpx
 import pytest
-from mcp import Client
+from mcp import Client, MCPError
 
 from sandtree.api import TokenStore, create_app
 from sandtree.client import SandtreeClient
-from sandtree.engine import Engine
+from sandtree.engine import Engine, ImageRecord
 from sandtree.mcp import McpContext, build_server
 
 
@@ -42,11 +42,24 @@ class Agent:
         result = await self.session.read_resource(uri)
         return "".join(getattr(c, "text", "") for c in result.contents)
 
+    async def read_fails(self, uri: str) -> str:
+        """The error message reading ``uri`` answers (it must fail)."""
+        try:
+            await self.session.read_resource(uri)
+        except MCPError as exc:
+            return str(exc)
+        raise AssertionError(f"reading {uri} did not fail")
+
 
 @pytest.fixture
 async def agent(engine: Engine, tmp_path: Path) -> AsyncIterator[Agent]:
     tokens = TokenStore(tmp_path / "tokens.db")
-    _, secret = tokens.create(name="admin", created_at="2026-01-01T00:00:00+00:00")
+    # Room for the tests that start thirty runs at once (the default allows 16 in flight).
+    _, secret = tokens.create(
+        name="admin",
+        created_at="2026-01-01T00:00:00+00:00",
+        limits={"instance_max_concurrency": 64},
+    )
     app = create_app(engine, tokens_store=tokens, manage_engine=False)
     transport = httpx.ASGITransport(app=app)
     async with SandtreeClient("http://sandtree", secret, transport=transport) as client:
@@ -55,3 +68,9 @@ async def agent(engine: Engine, tmp_path: Path) -> AsyncIterator[Agent]:
             yield Agent(session, engine, mc)
         mc.close()
     tokens.close()
+
+
+@pytest.fixture
+async def base(engine: Engine, rootfs: Path) -> ImageRecord:
+    """The mini root filesystem imported as ``tag:base:1``."""
+    return await engine.import_local(rootfs, tag="base:1")

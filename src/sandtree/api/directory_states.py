@@ -58,7 +58,7 @@ async def get_state(request: Request) -> Response:
     token = require(request, "list")
     engine: Engine = request.app.state.engine
     raw = request.path_params["state_id"]
-    if not raw.isdigit():
+    if not raw.isdigit() or int(raw) >= 2**63:
         raise NotFoundError(f"{raw!r} is not a directory state id (a whole number)")
     state = engine.get_directory_state(int(raw), namespace=token.namespace)
     return JSONResponse(state_json(state, with_files=True))

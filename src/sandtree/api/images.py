@@ -137,6 +137,8 @@ async def import_image(request: Request) -> Response:
     body = await json_body(request, example=_IMPORT_EXAMPLE)
     url, credentials, tag, timeout, platform = _import_fields(body)
     max_timeout = token.limits.get("images_import_max_timeout")
+    if max_timeout is not None and body.get("timeout") is None:
+        timeout = min(timeout, max_timeout)  # a default never exceeds a limit
     if max_timeout is not None and timeout > max_timeout:
         raise LimitExceededError(
             f"timeout {timeout} s is above this token's import limit of {max_timeout} s"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import re
 from typing import Any
@@ -194,6 +195,8 @@ async def spawn_instance(request: Request) -> Response:
                 "or use a token with the 'spawn' permission"
             ) from None
     max_timeout = token.limits.get("instance_max_timeout")
+    if max_timeout is not None and body.get("timeout") is None and spec.timeout > max_timeout:
+        spec = dataclasses.replace(spec, timeout=max_timeout)  # a default never exceeds a limit
     if max_timeout is not None and spec.timeout > max_timeout:
         raise LimitExceededError(
             f"timeout {spec.timeout} s is above this token's limit of {max_timeout} s"

@@ -258,6 +258,21 @@ _SPAWN_FIELDS = {
         },
     },
 }
+#: Fields sandtree accepts in ImageImportRequest beyond the contract's.
+_IMPORT_FIELDS = {
+    "type": "object",
+    "x-sandtree": True,
+    "x-sandtree-extends": "#/components/schemas/ImageImportRequest",
+    "properties": {
+        "platform": {
+            "type": "string",
+            "nullable": True,
+            "example": "linux/arm64/v8",
+            "description": "The platform (os/arch[/variant]) to take from a multi-platform "
+            "image; the server's default (linux/amd64) when omitted.",
+        },
+    },
+}
 _STATE = {
     "type": "object",
     "x-sandtree": True,
@@ -287,6 +302,7 @@ def openapi_document() -> dict[str, Any]:
     document["components"]["schemas"]["SandtreeEventDataProgress"] = copy.deepcopy(_PROGRESS)
     document["components"]["schemas"]["SandtreeDirectoryState"] = copy.deepcopy(_STATE)
     document["components"]["schemas"]["SandtreeSpawnFields"] = copy.deepcopy(_SPAWN_FIELDS)
+    document["components"]["schemas"]["SandtreeImportFields"] = copy.deepcopy(_IMPORT_FIELDS)
     document["info"]["x-sandtree-extensions"] = sorted(_EXTENSIONS)
     return document
 

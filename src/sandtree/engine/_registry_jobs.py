@@ -21,6 +21,7 @@ from sandtree.engine.layers._store import LayerStore
 from sandtree.engine.registry import (
     Credentials,
     ImageReference,
+    ImportCancelled,
     Progress,
     Puller,
     RegistryClient,
@@ -39,7 +40,10 @@ from sandtree.errors import InvalidRequestError
 
 __all__ = ["ImportRequest", "RegistryImports"]
 
-_STOP_GRACE = 10.0
+#: How long a stopped import may take to wind down before its operation ends anyway. Layer
+#: downloads stop at once (their sockets are shut down); a request stalled elsewhere ends at
+#: its socket timeout, in the background, and commits nothing (the stop is checked first).
+_STOP_GRACE = 2.0
 _PLATFORM_HINT = "write it as os/arch or os/arch/variant, e.g. linux/amd64 or linux/arm64/v8"
 
 
@@ -179,7 +183,10 @@ class RegistryImports:
             tags = (request.tag,) if request.tag else ()
             existing = self._puller.find_existing(namespace, manifest)
             if existing is not None:
-                # The same image is here already: finish at once, moving the tag to it.
+                # The same image is here already: finish at once, moving the tag to it
+                # (unless the import was stopped meanwhile: then it changes nothing).
+                if stop.is_set():
+                    raise ImportCancelled()
                 if request.tag:
                     self._store.set_tag(namespace, request.tag, existing.uuid)
                 n = len(existing.layers)

@@ -92,8 +92,15 @@ def tool_errors(hint: str = "") -> Iterator[None]:
     try:
         yield
     except SandtreeError as exc:
-        extra = _HINTS.get(exc.status) or hint
-        # Server messages often name the fix already; add ours only when they do not.
-        named = extra.split()[0] if extra else ""
-        message = exc.message if not extra or named in exc.message else f"{exc.message} ({extra})"
-        raise ToolError(message) from exc
+        raise ToolError(_with_hint(exc.message, _HINTS.get(exc.status) or hint)) from exc
+
+
+def _with_hint(message: str, hint: str) -> str:
+    """``message`` and what to do next, unless it already names every tool or command the
+    hint does (server messages often name the fix; "import the image" is not ``import_image``)."""
+    if not hint or hint in message:
+        return message
+    names = [n.strip("`") for n in re.findall(r"`[^`]+`|\b[a-z]+(?:_[a-z]+)+\b", hint)]
+    if names and all(name in message for name in names):
+        return message
+    return f"{message} ({hint})"

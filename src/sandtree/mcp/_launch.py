@@ -3,7 +3,8 @@
 Order: ``--url``/``--token``, ``SANDTREE_URL``/``SANDTREE_TOKEN``, the client config that
 ``sandtree serve`` writes. With none, ``sandtree serve`` is started in the background on the
 default data directory (it writes that config, so the next start finds it). It runs in its
-own session: stopping the MCP server never stops the sandboxes it started.
+own session: stopping the MCP server never stops the sandboxes it started. Its pid (also
+its process group) goes to ``<data-dir>/serve.pid`` and its output to ``<data-dir>/serve.log``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,12 @@ def _answers(url: str) -> bool:
         return False
 
 
+def _write_pid(path: Path, pid: int) -> None:
+    tmp = path.with_suffix(".pid.tmp")
+    tmp.write_text(f"{pid}\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def _start_embedded(settings: Settings) -> Connection:
     url = f"http://{settings.host}:{settings.port}"
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -46,6 +53,8 @@ def _start_embedded(settings: Settings) -> Connection:
             stderr=out,
             start_new_session=True,  # outlives this MCP server, as its work must
         )  # fmt: skip
+    # Its own session: the pid is also its process group, what `kill -- -PID` stops.
+    _write_pid(settings.data_dir / "serve.pid", process.pid)
     deadline = time.monotonic() + _READY_SECONDS
     while not _answers(url):
         if process.poll() is not None or time.monotonic() > deadline:

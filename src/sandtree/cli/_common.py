@@ -1,0 +1,99 @@
+"""What every client command shares: finding the server, one error line, --json output."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import anyio
+import click
+from rich.console import Console
+
+from sandtree.client import Connection, SandtreeClient
+from sandtree.errors import SandtreeError
+
+__all__ = ["CliState", "client_command", "connection_options", "emit", "err_console", "out"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+out = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@dataclasses.dataclass
+class CliState:
+    """Global options, read once (``--url``, ``--token``, ``--json``)."""
+
+    url: str | None = None
+    token: str | None = None
+    json: bool = False
+    _connection: Connection | None = None
+
+    def connection(self) -> Connection:
+        if self._connection is None:
+            from sandtree.mcp import resolve_server
+
+            self._connection = resolve_server(url=self.url, token=self.token)
+        return self._connection
+
+
+def connection_options(fn: Callable[P, T]) -> Callable[P, T]:
+    """``--url``, ``--token`` and ``--json`` on a command or group."""
+    fn = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")(fn)
+    fn = click.option("--token", default=None, help="API token [env SANDTREE_TOKEN].")(fn)
+    fn = click.option("--url", default=None, help="Server URL [env SANDTREE_URL].")(fn)
+    return fn
+
+
+def _state(ctx: click.Context) -> CliState:
+    state = ctx.find_object(CliState)
+    if state is None:
+        state = ctx.ensure_object(CliState)
+    return state
+
+
+def client_command(
+    fn: Callable[Concatenate[SandtreeClient, CliState, P], Awaitable[int | None]],
+) -> Callable[..., None]:
+    """Run an async command body with a connected client; errors become one line, exit 1.
+
+    The body gets ``(client, state, **params)`` and may return an exit code.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, url: str | None = None, token: str | None = None,
+                as_json: bool = False, **kwargs: Any) -> None:  # fmt: skip
+        state = _state(click.get_current_context())
+        state.url = url or state.url
+        state.token = token or state.token
+        state.json = as_json or state.json
+
+        async def main() -> int | None:
+            conn = state.connection()
+            async with SandtreeClient(conn.url, conn.token) as client:
+                return await fn(client, state, *args, **kwargs)
+
+        try:
+            code = anyio.run(main)
+        except SandtreeError as exc:
+            err_console.print(f"[bold red]error:[/] {exc.message}", markup=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            sys.exit(130)
+        if code:
+            sys.exit(code)
+
+    return connection_options(wrapper)
+
+
+def emit(state: CliState, data: Any, human: Callable[[], None]) -> None:
+    """Print ``data`` as JSON with --json, else call ``human`` to print it for people."""
+    if state.json:
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        human()
