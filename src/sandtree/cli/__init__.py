@@ -5,9 +5,15 @@ from __future__ import annotations
 import click
 
 from sandtree import __version__
+from sandtree.cli._completion import completion
 from sandtree.cli._demo import demo
+from sandtree.cli._files import files
+from sandtree.cli._images import images
 from sandtree.cli._mcp import mcp
+from sandtree.cli._ops import ops
+from sandtree.cli._run import run
 from sandtree.cli._serve import serve, token
+from sandtree.cli._session import session
 
 __all__ = ["cli", "main"]
 
@@ -26,6 +32,12 @@ def cli() -> None:
 
 
 cli.add_command(demo)
+cli.add_command(run)
+cli.add_command(images)
+cli.add_command(ops)
+cli.add_command(files)
+cli.add_command(session)
+cli.add_command(completion)
 cli.add_command(mcp)
 cli.add_command(serve)
 cli.add_command(token)

@@ -278,6 +278,10 @@ class SandtreeClient:
             )
         )
 
+    async def list_files(self, *, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+        body = await self._json("GET", "/files", params={"limit": limit, "offset": offset})
+        return list(body.get("files", []))
+
     async def find_file(self, sha256: str) -> dict[str, Any] | None:
         """The uploaded file with this sha256 in the caller's namespace, if any."""
         try:

@@ -64,7 +64,9 @@ def register_image_tools(server: MCPServer, mc: McpContext) -> None:
         with tool_errors("list_images shows the images you can use"):
             uuid = await mc.client.resolve_image(image_uuid)
             if tag:
-                return _image(await mc.client.set_tag(uuid, tag))
+                # An image may hold several tags and the API answers its first one: answer
+                # the tag just set, which is what the caller asked about.
+                return {**_image(await mc.client.set_tag(uuid, tag)), "tag": tag}
             await mc.client.remove_tag(uuid)
             return _image(await mc.client.get_image(uuid))
 
