@@ -27,7 +27,7 @@ async def _child(agent: Agent, image: str, command: str = "write /f x") -> str:
 async def test_list_images_lists_every_image_newest_first_and_filters_them(
     agent: Agent, base: ImageRecord
 ) -> None:
-    python = (await agent.call("run", command="write /py 3", image=base.uuid, disposable=False))
+    python = await agent.call("run", command="write /py 3", image=base.uuid, disposable=False)
     await agent.call("set_tag", image_uuid=python["result_image"], tag="python:3.11")
     untagged = await _child(agent, base.uuid, "write /other 1")
 
@@ -136,6 +136,9 @@ async def test_get_guide_of_an_unknown_section_lists_the_sections(agent: Agent) 
         ("docker://python:3.11-slim", "docker.io", "docker.com"),
         ("alpine", "docker.io", "docker.com"),
         ("docker://ghcr.io/owner/tool:1", "ghcr.io", "github.com"),
+        ("ghcr.io", "ghcr.io", "github.com"),
+        ("https://ghcr.io", "ghcr.io", "github.com"),
+        ("registry-1.docker.io", "docker.io", "docker.com"),
         ("registry.gitlab.com/group/app", "registry.gitlab.com", "gitlab.com"),
         ("gcr.io/project/app", "gcr.io", "console.cloud.google.com"),
         ("us.gcr.io/project/app", "us.gcr.io", "console.cloud.google.com"),
@@ -172,6 +175,24 @@ async def test_registry_auth_stores_credentials_for_the_registry_only_on_this_ma
     assert agent.mc.registry_credentials("docker.io") is None
     stored = agent.mc.state_dir / "registry-credentials.json"
     assert stat.S_IMODE(stored.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize(
+    ("url", "host"),
+    [
+        ("ghcr.io", "ghcr.io"),
+        ("127.0.0.1:5000", "127.0.0.1:5000"),
+        ("localhost:5000/team/app", "localhost:5000"),
+        ("docker://python:3.11", "docker.io"),
+        ("python:3.11", "docker.io"),
+    ],
+)
+async def test_registry_auth_of_a_bare_registry_host_stores_credentials_for_that_host(
+    agent: Agent, url: str, host: str
+) -> None:
+    out = await agent.call("registry_auth", registry_url=url, username="u", token="t")
+    assert out["registry"] == host
+    assert agent.mc.registry_credentials(host) == {"username": "u", "password": "t"}
 
 
 async def test_registry_auth_wants_both_a_username_and_a_token(agent: Agent) -> None:

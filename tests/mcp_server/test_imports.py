@@ -3,8 +3,8 @@ credentials stored with registry_auth, which the next import from that registry 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import anyio
 import pytest
@@ -61,6 +61,14 @@ async def test_a_waited_import_answers_success_with_the_tagged_result_image(
     assert read["content"] == "hello from the registry\n"
     ran = await agent.call("run", command="echo on it", image="tag:one:latest")
     assert ran["stdout"] == "on it\n"
+    resource = json.loads(await agent.read(f"contree://operations/import/{out['uuid']}"))
+    assert resource == {
+        "state": "SUCCESS",
+        "result_image": image,
+        "result_tag": "one:latest",
+        "registry_url": f"docker://{registry.host}/test/one:latest",
+        "error": None,
+    }
 
 
 async def test_a_detached_import_answers_its_operation_id_to_wait_for(
@@ -114,7 +122,7 @@ async def test_registry_auth_credentials_are_sent_with_the_next_import_from_that
 
 
 async def test_wrong_stored_credentials_fail_the_import_naming_the_user(
-    agent: Agent, private: LocalRegistry, tmp_path: Path
+    agent: Agent, private: LocalRegistry
 ) -> None:
     await agent.call(
         "registry_auth", registry_url=private.host, username="tester", token="not-the-password"

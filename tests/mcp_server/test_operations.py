@@ -109,6 +109,55 @@ async def test_unknown_operation_ids_are_reported_in_errors_beside_real_results(
     assert waited["timed_out"] is False
 
 
+async def test_in_mode_any_an_unknown_id_does_not_end_the_wait_the_first_finished_run_does(
+    agent: Agent, base: ImageRecord
+) -> None:
+    fast = await _start(agent, "echo fast", base.uuid)
+    waited = await agent.call(
+        "wait_operations", operation_ids=[UNKNOWN, fast], mode="any", timeout=30
+    )
+    assert waited["completed"] == [fast]
+    assert list(waited["errors"]) == [UNKNOWN]
+    assert waited["pending"] == []
+    assert waited["timed_out"] is False
+
+
+async def test_in_mode_any_a_wait_with_only_unknown_ids_ends_without_timing_out(
+    agent: Agent,
+) -> None:
+    waited = await agent.call("wait_operations", operation_ids=[UNKNOWN], mode="any")
+    assert list(waited["errors"]) == [UNKNOWN]
+    assert (waited["results"], waited["pending"], waited["timed_out"]) == ({}, [], False)
+
+
+async def test_in_mode_any_a_wait_with_nothing_ending_in_time_times_out(
+    agent: Agent, base: ImageRecord
+) -> None:
+    slow = await _start(agent, "block", base.uuid)
+    waited = await agent.call(
+        "wait_operations", operation_ids=[UNKNOWN, slow], mode="any", timeout=0.2
+    )
+    assert list(waited["errors"]) == [UNKNOWN]
+    assert waited["pending"] == [slow]
+    assert waited["timed_out"] is True
+    await agent.call("cancel_operation", operation_id=slow)
+    await _wait_ended(agent, slow)
+
+
+async def test_in_mode_all_a_wait_that_times_out_keeps_the_results_that_came(
+    agent: Agent, base: ImageRecord
+) -> None:
+    fast = await _start(agent, "echo fast", base.uuid)
+    slow = await _start(agent, "block", base.uuid)
+    await _wait_ended(agent, fast)
+    waited = await agent.call("wait_operations", operation_ids=[fast, slow], timeout=0.2)
+    assert waited["completed"] == [fast]
+    assert waited["pending"] == [slow]
+    assert waited["timed_out"] is True
+    await agent.call("cancel_operation", operation_id=slow)
+    await _wait_ended(agent, slow)
+
+
 async def test_thirty_operations_waited_for_at_once_all_complete(
     agent: Agent, base: ImageRecord
 ) -> None:

@@ -49,8 +49,8 @@ async def test_a_waited_run_answers_the_reference_keys_and_the_documented_ones(
     agent: Agent, base: ImageRecord
 ) -> None:
     out = await agent.call("run", command="echo hello", image="tag:base:1")
-    assert REFERENCE_KEYS <= set(out)
-    assert DOCUMENTED_KEYS <= set(out)
+    assert set(out) >= REFERENCE_KEYS
+    assert set(out) >= DOCUMENTED_KEYS
     assert out["status"] == out["state"] == "SUCCESS"
     assert out["kind"] == "instance"
     assert out["error"] is None
@@ -237,13 +237,13 @@ async def test_a_long_run_reports_progress_with_its_latest_output(
 ) -> None:
     messages: list[str | None] = []
 
-    async def progress(done: float, total: float | None, message: str | None) -> None:
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
         messages.append(message)
 
     result = await agent.session.call_tool(
         "run",
         {"command": "echo first line; echo second line", "image": base.uuid},
-        progress_callback=progress,
+        progress_callback=on_progress,
     )
     assert not result.is_error
     assert messages

@@ -77,13 +77,28 @@ class McpContext:
         self.sync_cache.close()
 
 
+_DOCKER_HUB_ALIASES = frozenset(
+    {"index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
+)
+_BARE_HOST = re.compile(r"(?:[^/:]*\.[^/:]*|localhost)(?::\d+)?")
+
+
 def registry_host(url: str) -> str:
-    """The registry an image reference lives in (``docker.io`` for bare names)."""
-    ref = re.sub(r"^(docker|oci)://", "", url.strip())
+    """The registry an image reference lives in (``docker.io`` for bare names).
+
+    A registry alone (``ghcr.io``, ``127.0.0.1:5000``, ``https://ghcr.io``), as people pass
+    to registry_auth, is that registry; ``python:3.11`` is an image on Docker Hub.
+    """
+    ref = re.sub(r"^[a-z][a-z0-9+.-]*://", "", url.strip(), flags=re.IGNORECASE)
     first, slash, _ = ref.partition("/")
-    if slash and ("." in first or ":" in first or first == "localhost"):
-        return first
-    return "docker.io"
+    is_host = (
+        ("." in first or ":" in first or first == "localhost")
+        if slash
+        else bool(_BARE_HOST.fullmatch(first))
+    )
+    if not is_host or first in _DOCKER_HUB_ALIASES:
+        return "docker.io"
+    return first
 
 
 @contextlib.contextmanager

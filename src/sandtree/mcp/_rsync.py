@@ -118,6 +118,15 @@ def _walk(root: str, rules: ExcludeRules, prefix: str = "") -> Iterator[tuple[st
                 yield entry.path, rel
 
 
+def _excluded_with_parents(rules: ExcludeRules, rel: str, *, is_dir: bool) -> bool:
+    """Whether ``rel`` or a directory above it (up to the glob's fixed prefix) is excluded:
+    a glob such as ``/proj/**/*.py`` must not bring back what excluding ``.venv`` dropped."""
+    parts = rel.split("/")
+    return any(
+        rules.excluded("/".join(parts[:i]), is_dir=True) for i in range(1, len(parts))
+    ) or rules.excluded(rel, is_dir=is_dir)
+
+
 def collect(source: str, destination: str, exclude: Sequence[str] = ()) -> list[LocalFile]:
     """The files ``source`` (a directory, a file or a glob) puts under ``destination``.
 
@@ -147,7 +156,7 @@ def collect(source: str, destination: str, exclude: Sequence[str] = ()) -> list[
             raise InvalidRequestError(f"source glob {source!r} matches nothing")
         for match in matches:
             rel = os.path.relpath(match, base)
-            if rules.excluded(rel, is_dir=os.path.isdir(match)):
+            if _excluded_with_parents(rules, rel, is_dir=os.path.isdir(match)):
                 continue
             if os.path.isdir(match):
                 pairs.extend(_walk(match, rules, rel))
@@ -238,6 +247,11 @@ class SyncCache:
             self._db.execute(
                 "INSERT OR REPLACE INTO states VALUES (?, ?, ?)", (server, key, state_id)
             )
+
+    def forget_state(self, server: str, state_id: int) -> None:
+        """Drop a state the server no longer has, so the next sync makes it again."""
+        with self._lock:
+            self._db.execute("DELETE FROM states WHERE server=? AND state_id=?", (server, state_id))
 
     def forget_server(self, server: str) -> None:
         """Drop what we believed the server has (it lost its files or states)."""

@@ -121,8 +121,8 @@ def register_file_tools(server: MCPServer, mc: McpContext) -> None:
                     async for chunk in mc.client.download(uuid, path):
                         out.write(chunk)
                         size += len(chunk)
-                if executable:
-                    os.chmod(tmp, 0o755)
+                # mkstemp makes the file 0600; a download gets the usual modes instead.
+                os.chmod(tmp, 0o755 if executable else 0o644)
                 os.replace(tmp, target)
             except BaseException:
                 with contextlib.suppress(OSError):

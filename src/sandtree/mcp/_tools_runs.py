@@ -16,6 +16,8 @@ from typing import Any, Literal
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
+from sandtree.errors import SandtreeError
+
 from ._context import McpContext, tool_errors
 from ._results import operation_output, summary_output
 
@@ -46,6 +48,16 @@ async def _follow(mc: McpContext, op_id: str, ctx: Context | None) -> None:
         if ctx is not None and now - last >= _PROGRESS_EVERY:
             last = now
             await ctx.report_progress(chunks, None, "\n".join(tail))
+
+
+async def _forget_if_lost(mc: McpContext, state_id: int) -> None:
+    """If the server no longer has directory state ``state_id``, drop it from the sync cache:
+    otherwise the rsync the error asks for would answer the same missing id again."""
+    try:
+        await mc.client.get_directory_state(state_id)
+    except SandtreeError as exc:
+        if exc.status == 404:
+            mc.sync_cache.forget_state(mc.server_key, state_id)
 
 
 def register_run_tools(server: MCPServer, mc: McpContext) -> None:
@@ -103,8 +115,13 @@ def register_run_tools(server: MCPServer, mc: McpContext) -> None:
             body["directory_state_id"] = directory_state_id
         if max_layer_bytes:
             body["resources_limits"] = {"max_layer_bytes": max_layer_bytes}
-        with tool_errors("rsync again if the directory state is gone; upload files again"):
-            op = await mc.client.spawn(body)
+        try:
+            with tool_errors("rsync again if the directory state is gone; upload files again"):
+                op = await mc.client.spawn(body)
+        except ToolError:
+            if directory_state_id:
+                await _forget_if_lost(mc, directory_state_id)
+            raise
         op_id = str(op["uuid"])
         if not wait:
             return {"operation_id": op_id}
@@ -148,9 +165,21 @@ def register_run_tools(server: MCPServer, mc: McpContext) -> None:
         ids = list(dict.fromkeys(operation_ids))
         if not ids:
             raise ToolError("operation_ids is empty; pass the ids run(wait=false) returned")
-        waits = {asyncio.ensure_future(mc.client.wait_operation(i)): i for i in ids}
+        waits: dict[asyncio.Future[dict[str, Any]], str] = {
+            asyncio.ensure_future(mc.client.wait_operation(i)): i for i in ids
+        }
         when = asyncio.FIRST_COMPLETED if mode == "any" else asyncio.ALL_COMPLETED
-        done, pending = await asyncio.wait(waits, timeout=timeout, return_when=when)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        done: set[asyncio.Future[dict[str, Any]]] = set()
+        pending: set[asyncio.Future[dict[str, Any]]] = set(waits)
+        # In mode "any" an id that cannot be waited for (unknown, gone) does not end the
+        # wait: the first operation that ends does.
+        ended = False
+        while pending and not ended and (left := deadline - loop.time()) > 0:
+            finished, pending = await asyncio.wait(pending, timeout=left, return_when=when)
+            done |= finished
+            ended = not pending if mode == "all" else any(t.exception() is None for t in finished)
         for task in pending:
             task.cancel()  # stops waiting only; the operation goes on
         await asyncio.gather(*pending, return_exceptions=True)
@@ -169,7 +198,7 @@ def register_run_tools(server: MCPServer, mc: McpContext) -> None:
             "cancelled": [i for i in ids if results.get(i, {}).get("status") == "CANCELLED"],
             "pending": still,
             "errors": errors,
-            "timed_out": bool(still) and (mode == "all" or not results),
+            "timed_out": bool(still) and not ended,
         }
 
     @server.tool()
