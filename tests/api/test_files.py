@@ -101,3 +101,65 @@ async def test_an_uploaded_file_is_placed_into_a_run_with_its_mode(api: Api, roo
     child = api.engine.resolve_image(op.result_image)
     assert read_file(api.engine, child, "/opt/run.sh") == b"#!/bin/sh\n"
     assert api.engine.stat_path(child, "/opt/run.sh").mode & 0o777 == 0o755
+
+
+def _tar(members: dict[str, bytes]) -> bytes:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("a-link")
+        link.type, link.linkname = tarfile.SYMTYPE, "0"
+        tar.addfile(link)
+    return buf.getvalue()
+
+
+async def test_a_tar_of_many_files_uploads_each_once_in_order(api: Api) -> None:
+    import hashlib
+
+    body = _tar({"0": b"alpha", "1": b"beta", "2": b"alpha"})
+    response = await api.http.post(
+        "/v1/files/batch", content=body, headers={**api.auth, "Content-Type": "application/x-tar"}
+    )
+
+    assert response.status_code == 201
+    files = response.json()["files"]
+    assert [f["name"] for f in files] == ["0", "1", "2"]  # the symlink is not a file
+    assert files[0]["sha256"] == hashlib.sha256(b"alpha").hexdigest()
+    assert files[0]["uuid"] == files[2]["uuid"]
+    single = await api.http.post("/v1/files", content=b"beta", headers=api.auth)
+    assert single.json()["uuid"] == files[1]["uuid"]
+
+
+async def test_a_batch_that_is_not_a_tar_is_a_400(api: Api) -> None:
+    response = await api.http.post("/v1/files/batch", content=b"not a tar" * 100, headers=api.auth)
+    assert response.status_code == 400
+    assert "uncompressed tar" in response.json()["error"]
+
+
+async def test_lookup_answers_the_contents_the_namespace_has(api: Api) -> None:
+    import hashlib
+
+    have = (await api.http.post("/v1/files", content=b"here", headers=api.auth)).json()
+    absent = hashlib.sha256(b"absent").hexdigest()
+    response = await api.http.post(
+        "/v1/files/lookup", json={"sha256": [have["sha256"], absent, "junk"]}, headers=api.auth
+    )
+    other = await api.http.post(
+        "/v1/files/lookup", json={"sha256": [have["sha256"]]}, headers=api.token(namespace="x")
+    )
+
+    assert response.status_code == 200
+    assert list(response.json()["files"]) == [have["sha256"]]
+    assert response.json()["files"][have["sha256"]]["uuid"] == have["uuid"]
+    assert other.json()["files"] == {}
+
+
+async def test_lookup_refuses_a_body_without_a_digest_list(api: Api) -> None:
+    response = await api.http.post("/v1/files/lookup", json={"sha256": "x"}, headers=api.auth)
+    assert response.status_code == 400

@@ -41,6 +41,8 @@ async def test_openapi_is_served_without_a_token_with_our_extensions_marked(api:
     assert document["info"]["x-sandtree-extensions"] == [
         "/directory_states",
         "/directory_states/{stateId}",
+        "/files/batch",
+        "/files/lookup",
         "/images/{imageUUID}/diff",
         "/images/{imageUUID}/export",
         "/images/{imageUUID}/lineage",

@@ -201,6 +201,52 @@ _EXTENSIONS: dict[str, Any] = {
             },
         }
     },
+    "/files/batch": {
+        "post": {
+            "summary": "Upload many files in one request (sandtree extension)",
+            "description": "The body is an uncompressed tar; each regular file in it is stored "
+            "as POST /files would store it (once per sha256). The answer lists a File for each "
+            "member, in order, with the member's name.",
+            "operationId": "sandtreeUploadFiles",
+            "tags": ["files"],
+            "x-sandtree": True,
+            "requestBody": {"required": True, "content": {"application/x-tar": {
+                "schema": {"type": "string", "format": "binary"}}}},
+            "responses": {
+                "201": {"description": "Stored", "content": {"application/json": {"schema": {
+                    "type": "object",
+                    "properties": {"files": {"type": "array", "items": {
+                        "type": "object",
+                        "properties": {"name": {"type": "string"}, "uuid": _UUID,
+                                       "sha256": {"type": "string"},
+                                       "size": {"type": "integer"}},
+                    }}},
+                }}}},
+                **_ERRORS,
+            },
+        }
+    },
+    "/files/lookup": {
+        "post": {
+            "summary": "Which contents are uploaded already (sandtree extension)",
+            "description": "Takes up to 20,000 sha256 digests; answers the caller's files with "
+            "those contents, keyed by digest (absent ones are left out).",
+            "operationId": "sandtreeLookupFiles",
+            "tags": ["files"],
+            "x-sandtree": True,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["sha256"],
+                "properties": {"sha256": {"type": "array", "items": {"type": "string"}}},
+            }}}},
+            "responses": {
+                "200": {"description": "The files found", "content": {"application/json": {
+                    "schema": {"type": "object", "properties": {"files": {
+                        "type": "object", "additionalProperties": {
+                            "$ref": "#/components/schemas/FileResponse"}}}}}}},
+                **_ERRORS,
+            },
+        }
+    },
     "/directory_states": {
         "post": {
             "summary": "Save a synced tree as a directory state (sandtree extension)",

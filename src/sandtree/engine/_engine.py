@@ -23,7 +23,7 @@ from sandtree.engine._compaction import Compactor
 from sandtree.engine._events import EventHub, EventLog
 from sandtree.engine._files import BlobStore, create_directory_state, get_directory_state
 from sandtree.engine._imports import import_path
-from sandtree.engine._lineage import Diff, Lineage, diff_layer, diff_trees, lineage
+from sandtree.engine._lineage import Diff, Lineage, diff_images, lineage
 from sandtree.engine._operations import JobFailed, JobOutcome, OperationQueue
 from sandtree.engine._processes import process_result
 from sandtree.engine._registry_jobs import RegistryImports
@@ -343,14 +343,7 @@ class Engine:
                     f"image {image.uuid} has no parent; pass another image to compare with"
                 )
             other = self.resolve_image(image.parent, namespaces=(image.namespace,))
-        layers = image.layers
-        if len(layers) == len(other.layers) + 1 and layers[:-1] == other.layers:
-            with self.layers.view(other.layers) as base:
-                return await asyncio.to_thread(diff_layer, self.layers.path(layers[-1]), base)
-        if layers == other.layers:
-            return Diff(added=[], changed=[], deleted=[])
-        with self.layers.view(other.layers) as old, self.layers.view(layers) as new:
-            return await asyncio.to_thread(diff_trees, old, new)
+        return await asyncio.to_thread(diff_images, self.layers, image.layers, other.layers)
 
     async def _compact(self, image: ImageRecord) -> None:
         """Compact ``image``'s stack now, whatever its length (tests and the hard limit)."""
@@ -512,6 +505,29 @@ class Engine:
         )
         self.store.add_file(record)
         return record
+
+    async def upload_files_tar(
+        self, tar_stream: BinaryIO, *, namespace: str = "default"
+    ) -> list[tuple[str, FileRecord]]:
+        """Store each regular file of an uncompressed tar (many files in one request);
+        returns ``(member name, record)`` pairs in order."""
+        stored = await asyncio.to_thread(self.blobs.put_tar, tar_stream)
+        out = []
+        for name, sha, size in stored:
+            record = self.store.find_file(namespace, sha)
+            if record is None:
+                record = FileRecord(
+                    uuid=str(uuid.uuid4()), sha256=sha, size=size, created_at=now_iso(),
+                    namespace=namespace,
+                )  # fmt: skip
+                self.store.add_file(record)
+            out.append((name, record))
+        return out
+
+    def find_files(self, sha256s: Sequence[str], *, namespace: str = "default") -> list[FileRecord]:
+        """The uploaded files of ``namespace`` with these contents (absent ones left out)."""
+        found = (self.store.find_file(namespace, sha.lower()) for sha in sha256s)
+        return [record for record in found if record is not None]
 
     def create_directory_state(
         self, files: Sequence[PlacedFile], *, namespace: str = "default"

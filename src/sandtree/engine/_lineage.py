@@ -10,13 +10,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from sandtree.engine.layers._store import LayerStore
 from sandtree.engine.store import MetadataStore
 from sandtree.engine.types import ImageRecord
 
-__all__ = ["Diff", "Lineage", "ancestors", "diff_layer", "diff_trees", "lineage"]
+__all__ = ["Diff", "Lineage", "ancestors", "diff_images", "diff_layer", "diff_trees", "lineage"]
 
 _OPAQUE = "trusted.overlay.opaque"
 
@@ -125,6 +126,21 @@ def diff_layer(layer: Path, parent_view: Path) -> Diff:
         else:
             changed.append(path)
     return Diff(added=sorted(added), changed=sorted(changed), deleted=sorted(deleted))
+
+
+def diff_images(layers: LayerStore, new: Sequence[str], old: Sequence[str]) -> Diff:
+    """What the stack ``new`` adds, changes and deletes over the stack ``old`` (blocking).
+
+    A child one layer above its parent is diffed from that layer alone; otherwise both
+    stacks are mounted and walked.
+    """
+    if len(new) == len(old) + 1 and tuple(new[:-1]) == tuple(old):
+        with layers.view(old) as base:
+            return diff_layer(layers.path(new[-1]), base)
+    if tuple(new) == tuple(old):
+        return Diff(added=[], changed=[], deleted=[])
+    with layers.view(old) as old_view, layers.view(new) as new_view:
+        return diff_trees(old_view, new_view)
 
 
 def diff_trees(old: Path, new: Path) -> Diff:

@@ -35,6 +35,9 @@ from sandtree.errors import InvalidRequestError, SandtreeError
 __all__ = ["ExcludeRules", "LocalFile", "SyncCache", "SyncResult", "collect", "sync"]
 
 _UPLOADS_AT_ONCE = 16
+_LOOKUP_BATCH = 5_000
+_UPLOAD_BATCH_FILES = 2_000
+_UPLOAD_BATCH_BYTES = 128 << 20
 _GLOB_CHARS = frozenset("*?[")
 
 
@@ -305,6 +308,72 @@ async def sync(
         return await _publish(client, cache, server, files, shas, len(to_hash), started)
 
 
+async def _upload_in_batches(
+    client: SandtreeClient,
+    cache: SyncCache,
+    server: str,
+    missing: list[str],
+    by_sha: dict[str, LocalFile],
+    uploads: dict[str, str],
+    sent: list[int],
+) -> None:
+    """Ask which contents the server has (one request per 5,000), then send the rest as
+    tars of up to 2,000 files or 128 MiB each, two at a time."""
+    for start in range(0, len(missing), _LOOKUP_BATCH):
+        found = await client.lookup_files(missing[start : start + _LOOKUP_BATCH])
+        for sha, record in found.items():
+            uploads[sha] = str(record["uuid"])
+            cache.put_upload(server, sha, uploads[sha])
+    todo = [sha for sha in missing if sha not in uploads]
+    batches: list[list[str]] = [[]]
+    size = 0
+    for sha in todo:
+        if len(batches[-1]) >= _UPLOAD_BATCH_FILES or size >= _UPLOAD_BATCH_BYTES:
+            batches.append([])
+            size = 0
+        batches[-1].append(sha)
+        size += by_sha[sha].size
+    gate = asyncio.Semaphore(2)
+
+    async def send(batch: list[str]) -> None:
+        async with gate:
+            stored = await client.upload_files([Path(by_sha[sha].path) for sha in batch])
+        for sha, record in zip(batch, stored, strict=True):
+            uploads[sha] = str(record["uuid"])
+            # A file that changed while it was sent arrives as its new content: use it now,
+            # but never remember it under the old digest.
+            if record.get("sha256") == sha:
+                cache.put_upload(server, sha, uploads[sha])
+            sent[0] += 1
+            sent[1] += int(record.get("size") or 0)
+
+    await asyncio.gather(*(send(batch) for batch in batches if batch))
+
+
+async def _upload_one_by_one(
+    client: SandtreeClient,
+    cache: SyncCache,
+    server: str,
+    missing: list[str],
+    by_sha: dict[str, LocalFile],
+    uploads: dict[str, str],
+    sent: list[int],
+) -> None:
+    gate = asyncio.Semaphore(_UPLOADS_AT_ONCE)
+
+    async def ensure(sha: str) -> None:
+        async with gate:
+            found = await client.find_file(sha)
+            if found is None:
+                found = await client.upload_file(Path(by_sha[sha].path))
+                sent[0] += 1
+                sent[1] += by_sha[sha].size
+            uploads[sha] = str(found["uuid"])
+            cache.put_upload(server, sha, uploads[sha])
+
+    await asyncio.gather(*(ensure(sha) for sha in missing if sha not in uploads))
+
+
 async def _publish(
     client: SandtreeClient,
     cache: SyncCache,
@@ -317,20 +386,15 @@ async def _publish(
     uploads = cache.uploads(server)
     by_sha = {shas[f.path]: f for f in files}
     missing = [sha for sha in by_sha if sha not in uploads]
-    gate = asyncio.Semaphore(_UPLOADS_AT_ONCE)
     sent = [0, 0]
-
-    async def ensure(sha: str) -> None:
-        async with gate:
-            found = await client.find_file(sha)
-            if found is None:
-                found = await client.upload_file(Path(by_sha[sha].path))
-                sent[0] += 1
-                sent[1] += by_sha[sha].size
-            uploads[sha] = str(found["uuid"])
-            cache.put_upload(server, sha, uploads[sha])
-
-    await asyncio.gather(*(ensure(sha) for sha in missing))
+    if missing:
+        try:
+            await _upload_in_batches(client, cache, server, missing, by_sha, uploads, sent)
+        except SandtreeError as exc:
+            if exc.status not in (404, 405):
+                raise
+            # A server without our batch endpoints (e.g. ConTree): a file per request.
+            await _upload_one_by_one(client, cache, server, missing, by_sha, uploads, sent)
     entries = {
         f.target: {"uuid": uploads[shas[f.path]], "mode": f"{f.mode:04o}"}
         for f in sorted(files, key=lambda f: f.target)
