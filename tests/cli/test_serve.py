@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import stat
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,8 +12,6 @@ from contree_client import AuthenticationError, ClosableStreamRepr
 from contree_client.httpx import ContreeClient
 from contree_sdk import ContreeSync
 
-from sandtree.config import Settings
-from sandtree.engine import Engine, default_runtimes
 from sandtree.testing import ServerProcess
 
 pytestmark = [
@@ -55,16 +53,6 @@ def test_the_contree_client_authenticates_and_lists_images(server: ServerProcess
         pytest.raises(AuthenticationError),
     ):
         client.whoami()
-
-
-@pytest.fixture
-async def busybox_server(tmp_path: Path, busybox_rootfs: Path) -> AsyncIterator[ServerProcess]:
-    """A started server whose store already has ``busybox:latest`` (imported before it ran)."""
-    settings = Settings(data_dir=tmp_path / "data")
-    async with Engine(settings, runtimes=default_runtimes(settings)) as engine:
-        await engine.import_local(busybox_rootfs, tag="busybox:latest")
-    with ServerProcess(tmp_path / "data", tmp_path / "config") as srv:
-        yield srv
 
 
 @pytest.fixture

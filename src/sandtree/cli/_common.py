@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -12,11 +13,22 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import anyio
 import click
 from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 
-from sandtree.client import Connection, SandtreeClient
+from sandtree.client import Connection, SandtreeClient, load_connection
 from sandtree.errors import SandtreeError
 
-__all__ = ["CliState", "client_command", "connection_options", "emit", "err_console", "out"]
+__all__ = [
+    "CliState",
+    "client_command",
+    "connection_options",
+    "emit",
+    "err_console",
+    "escape",
+    "out",
+    "uuid_table",
+]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -36,9 +48,15 @@ class CliState:
 
     def connection(self) -> Connection:
         if self._connection is None:
-            from sandtree.mcp import resolve_server
+            found = load_connection(url=self.url, token=self.token, environ=os.environ)
+            if found is not None and found.source in ("flags", "environment"):
+                self._connection = found  # what resolve_server answers, without its imports
+            else:
+                # A configured server that may be down, or none: start the embedded one. The
+                # import is deferred: it loads the MCP SDK (a second at every command's start).
+                from sandtree.mcp import resolve_server
 
-            self._connection = resolve_server(url=self.url, token=self.token)
+                self._connection = resolve_server(url=self.url, token=self.token)
         return self._connection
 
 
@@ -80,8 +98,11 @@ def client_command(
 
         try:
             code = anyio.run(main)
-        except SandtreeError as exc:
-            err_console.print(f"[bold red]error:[/] {exc.message}", markup=True)
+        except (SandtreeError, OSError, ExceptionGroup) as exc:
+            message = _message(exc)
+            if message is None:
+                raise
+            err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True)
             sys.exit(1)
         except KeyboardInterrupt:
             sys.exit(130)
@@ -89,6 +110,31 @@ def client_command(
             sys.exit(code)
 
     return connection_options(wrapper)
+
+
+def _message(exc: BaseException) -> str | None:
+    """The one line to show for ``exc``: a sandtree error's message, a local file error, or
+    the first of those in a task group's exception group; None for anything else (a bug)."""
+    if isinstance(exc, SandtreeError):
+        return exc.message
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror or exc}"
+    if isinstance(exc, BaseExceptionGroup):
+        messages = [_message(inner) for inner in exc.exceptions]
+        if all(messages):
+            return messages[0]
+    return None
+
+
+def uuid_table(*headers: str) -> Table:
+    """A table whose first column is a UUID, never cut short (people copy it), then
+    ``headers``."""
+    table = Table()
+    table.add_column("uuid", no_wrap=True, min_width=36)
+    for header in headers:
+        table.add_column(header)
+    return table
 
 
 def emit(state: CliState, data: Any, human: Callable[[], None]) -> None:

@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.table import Table
 
 from sandtree.client import SandtreeClient
 
-from ._common import CliState, client_command, emit, out
+from ._common import CliState, client_command, emit, out, uuid_table
 
 __all__ = ["files"]
 
@@ -61,7 +60,7 @@ async def list_files(client: SandtreeClient, state: CliState, limit: int) -> Non
     rows = await client.list_files(limit=limit)
 
     def human() -> None:
-        table = Table("uuid", "sha256", "size", "created")
+        table = uuid_table("sha256", "size", "created")
         for row in rows:
             table.add_row(str(row["uuid"]), str(row["sha256"])[:16], str(row.get("size")),
                           str(row.get("created_at", ""))[:19])  # fmt: skip

@@ -7,6 +7,7 @@ import io
 import os
 import sys
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,9 @@ from rich.table import Table
 from rich.tree import Tree
 
 from sandtree.client import SandtreeClient
+from sandtree.errors import InvalidRequestError
 
-from ._common import CliState, client_command, emit, err_console, out
+from ._common import CliState, client_command, emit, err_console, escape, out, uuid_table
 
 __all__ = ["images"]
 
@@ -34,7 +36,7 @@ def images() -> None:
 
 
 def _image_table(rows: list[dict[str, Any]]) -> Table:
-    table = Table("uuid", "tag", "created")
+    table = uuid_table("tag", "created")
     for row in rows:
         table.add_row(str(row["uuid"]), row.get("tag") or "", str(row.get("created_at", ""))[:19])
     return table
@@ -80,7 +82,8 @@ async def tag(client: SandtreeClient, state: CliState, image: str, tag: str) -> 
       sandtree images tag 3f6c… myproj/deps:1
     """
     row = await client.set_tag(await client.resolve_image(image), tag)
-    emit(state, row, lambda: out.print(f"{row['uuid']} tagged {row['tag']}"))
+    # The answer shows one tag per image (the API's Image), not necessarily the one just set.
+    emit(state, row, lambda: out.print(f"{row['uuid']} tagged {escape(tag)}"))
 
 
 @images.command("untag")
@@ -88,15 +91,20 @@ async def tag(client: SandtreeClient, state: CliState, image: str, tag: str) -> 
 @click.argument("tag", required=False)
 @client_command
 async def untag(client: SandtreeClient, state: CliState, image: str, tag: str | None) -> None:
-    """Remove TAG (or every tag) from IMAGE.
+    """Remove TAG from IMAGE. Without TAG, IMAGE named as tag:NAME loses just NAME, and
+    IMAGE named by its UUID loses every tag.
 
     \b
     Example:
       sandtree images untag tag:myproj/deps:1
+      sandtree images untag 3f6c… myproj/deps:1
     """
     uuid = await client.resolve_image(image)
+    if tag is None and image.startswith("tag:"):
+        tag = image.removeprefix("tag:")
     await client.remove_tag(uuid, tag)
-    emit(state, {"uuid": uuid, "removed": tag}, lambda: out.print(f"{uuid} untagged"))
+    what = escape(tag) if tag else "every tag"
+    emit(state, {"uuid": uuid, "removed": tag}, lambda: out.print(f"{uuid} untagged {what}"))
 
 
 @images.command("import")
@@ -157,7 +165,8 @@ async def import_image(
             label = f" as {result.get('tag')}" if result.get("tag") else ""
             out.print(f"imported {result.get('image')}{label}")
         else:
-            err_console.print(f"[red]{done.get('status')}:[/] {done.get('error')}", markup=True)
+            err_console.print(f"[red]{done.get('status')}:[/] {escape(str(done.get('error')))}",
+                              markup=True)  # fmt: skip
 
     emit(state, done, human)
     return 0 if done.get("status") == "SUCCESS" else 1
@@ -180,7 +189,9 @@ async def inspect(client: SandtreeClient, state: CliState, image: str) -> None:
 
     def human() -> None:
         for key in ("uuid", "tag", "created_at", "depth", "command", "parent", "operation_uuid"):
-            out.print(f"[bold]{key:>14}[/] {node.get(key) or ''}", markup=True)
+            value = node.get(key)
+            out.print(f"[bold]{key:>14}[/] {escape('' if value is None else str(value))}",
+                      markup=True)  # fmt: skip
         out.print(f"[bold]{'children':>14}[/] {len(node['children'])}", markup=True)
 
     emit(state, node, human)
@@ -236,7 +247,8 @@ async def download(
     output: Path | None,
     executable: bool,
 ) -> None:
-    """Copy a file or a directory out of IMAGE.
+    """Copy a file or a directory out of IMAGE; a directory's content lands in --output
+    (default: a directory named like it, here). Symlinks are copied as symlinks.
 
     \b
     Example:
@@ -256,22 +268,67 @@ async def download(
             buf.write(chunk)
         buf.seek(0)
         target.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(fileobj=buf) as tar:
-            tar.extractall(target.parent if output is None else target, filter="data")
+        try:
+            with tarfile.open(fileobj=buf) as tar:
+                members = list(_inside(tar.getmembers(), name))
+                tar.extractall(target, members=members, filter=_copy_symlinks)
+        except tarfile.TarError as exc:
+            raise InvalidRequestError(f"cannot unpack {path} into {target}: {exc}") from exc
         size = buf.getbuffer().nbytes
     else:
         tmp = target.with_name(f".{target.name}.part")
         size = 0
-        with tmp.open("wb") as f:
-            async for chunk in client.download(uuid, listing_path):
-                f.write(chunk)
-                size += len(chunk)
-        if executable:
-            os.chmod(tmp, 0o755)
-        os.replace(tmp, target)
+        try:
+            with tmp.open("wb") as f:
+                async for chunk in client.download(uuid, listing_path):
+                    f.write(chunk)
+                    size += len(chunk)
+            if executable:
+                os.chmod(tmp, 0o755)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
     data = {"image": uuid, "path": path, "destination": str(target), "bytes": size,
             "directory": is_dir}  # fmt: skip
     emit(state, data, lambda: out.print(f"{path} → {target} ({size} bytes)"))
+
+
+def _inside(members: list[tarfile.TarInfo], top: str) -> Iterator[tarfile.TarInfo]:
+    """The archive's members below its top directory ``top`` ("" for the root), renamed
+    relative to it: the server's archive of ``/a/b`` holds ``b/...``."""
+
+    def relative(name: str) -> str | None:
+        name = name.removeprefix("./")
+        if top:
+            if not name.startswith(f"{top}/"):
+                return None
+            name = name[len(top) + 1 :]
+        return name if name not in ("", ".") else None
+
+    for member in members:
+        name = relative(member.name)
+        if name is None:
+            continue
+        if member.islnk():
+            link = relative(member.linkname)
+            if link is None:
+                continue
+            yield member.replace(name=name, linkname=link, deep=False)
+        else:
+            yield member.replace(name=name, deep=False)
+
+
+def _copy_symlinks(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+    """tarfile's "data" filter, except that a symlink pointing anywhere is copied as it is
+    (like ``cp -a``); members are still never written through it, outside ``dest``."""
+    try:
+        return tarfile.data_filter(member, dest)
+    except (tarfile.AbsoluteLinkError, tarfile.LinkOutsideDestinationError):
+        if not member.issym():
+            raise
+        # Everything else as the data filter has it (ownership dropped, mode bits cleared).
+        vetted = tarfile.data_filter(member.replace(linkname=".", deep=False), dest)
+        return vetted.replace(linkname=member.linkname, deep=False)
 
 
 @images.command("grep")
@@ -306,8 +363,9 @@ async def grep(
 
     def human() -> None:
         for m in found.get("matches", []):
-            out.print(f"[magenta]{m['path']}[/]:[green]{m['line_number']}[/]:"
-                      f"{str(m.get('line_text', '')).rstrip()}", markup=True)  # fmt: skip
+            text = escape(str(m.get("line_text", "")).rstrip())
+            out.print(f"[magenta]{escape(m['path'])}[/]:[green]{m['line_number']}[/]:{text}",
+                      markup=True)  # fmt: skip
         if found.get("truncated"):
             err_console.print("(more matches: raise --max-total)")
 
@@ -332,7 +390,7 @@ async def diff(client: SandtreeClient, state: CliState, image: str, against: str
         for key, mark, style in (("added", "+", "green"), ("changed", "~", "yellow"),
                                  ("deleted", "-", "red")):  # fmt: skip
             for path in changes.get(key, []):
-                out.print(f"[{style}]{mark} {path}[/]", markup=True)
+                out.print(f"[{style}]{mark} {escape(path)}[/]", markup=True)
 
     emit(state, changes, human)
 
@@ -370,7 +428,7 @@ async def lineage(client: SandtreeClient, state: CliState, image: str, depth: in
 
 
 def _label(node: dict[str, Any], current: str) -> str:
-    tag = f" [cyan]{node['tag']}[/]" if node.get("tag") else ""
+    tag = f" [cyan]{escape(node['tag'])}[/]" if node.get("tag") else ""
     here = " [bold green]◀[/]" if node["uuid"] == current else ""
     command = str(node.get("command") or "")
-    return f"[yellow]{node['uuid'][:8]}[/]{tag} {command[:60]}{here}"
+    return f"[yellow]{node['uuid'][:8]}[/]{tag} {escape(command[:60])}{here}"

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from sandtree.client import SandtreeClient
 
-from ._common import CliState, client_command, emit, err_console, out
+from ._common import CliState, client_command, emit, err_console, escape, out
 
 __all__ = ["ops"]
 
@@ -80,7 +80,7 @@ def _describe(op: dict[str, Any]) -> None:
     lines = [
         ("uuid", op.get("uuid")),
         ("kind", op.get("kind")),
-        ("status", _status(op)),
+        ("status", None),
         ("error", op.get("error")),
         ("created", op.get("created_at")),
         ("duration", op.get("duration")),
@@ -90,8 +90,10 @@ def _describe(op: dict[str, Any]) -> None:
         ("timed out", exit_state.get("timed_out")),
     ]
     for key, value in lines:
-        if value not in (None, ""):
-            out.print(f"[bold]{key:>12}[/] {value}", markup=True)
+        if key == "status":
+            out.print(f"[bold]{key:>12}[/] {_status(op)}", markup=True)
+        elif value not in (None, ""):
+            out.print(f"[bold]{key:>12}[/] {escape(str(value))}", markup=True)
 
 
 @ops.command("show")
@@ -191,5 +193,5 @@ async def logs(client: SandtreeClient, state: CliState, operation_id: str, follo
             )
         elif event.type == "completion":
             data = event.data
-            err_console.print(f"[dim]{data.get('status')} {data.get('error') or ''}[/]",
+            err_console.print(f"[dim]{data.get('status')} {escape(data.get('error') or '')}[/]",
                               markup=True)  # fmt: skip

@@ -5,12 +5,13 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+import anyio
 import click
 
 from sandtree.client import SandtreeClient
 from sandtree.errors import InvalidRequestError
 
-from ._common import CliState, client_command, emit, err_console
+from ._common import CliState, client_command, emit, err_console, escape
 from ._session import Session
 
 __all__ = ["run"]
@@ -87,8 +88,11 @@ async def run(
                 stream = sys.stdout if event.type == "stdout" else sys.stderr
                 stream.buffer.write(event.raw())
                 stream.flush()
-    except KeyboardInterrupt:
-        await client.cancel_operation(op_id)
+    except (KeyboardInterrupt, anyio.get_cancelled_exc_class()):
+        # Ctrl-C reaches us as the main task's cancellation (asyncio) or KeyboardInterrupt:
+        # stop the sandbox too, rather than leaving it running on the server.
+        with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+            await client.cancel_operation(op_id)
         raise
     done = await client.get_operation(op_id)
     result = (done.get("metadata") or {}).get("result") or {}
@@ -100,7 +104,8 @@ async def run(
 
     def human() -> None:
         if done.get("status") != "SUCCESS":
-            err_console.print(f"[red]{done.get('status')}:[/] {done.get('error')}", markup=True)
+            err_console.print(f"[red]{done.get('status')}:[/] {escape(str(done.get('error')))}",
+                              markup=True)  # fmt: skip
         elif keep:
             changed = result.get("filesystem_changed")
             note = "" if changed else " (nothing changed: same image)"

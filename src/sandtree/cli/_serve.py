@@ -212,7 +212,12 @@ def token_create(
 @token.command("list")
 @_data_dir_option
 def token_list(data_dir: Path | None) -> None:
-    """List tokens (never their secrets), with when each expires; marks expired ones."""
+    """List tokens (never their secrets), with when each expires; marks expired ones.
+
+    \b
+    Example:
+      sandtree token list --data-dir /var/lib/sandtree
+    """
     settings = Settings.from_env(data_dir=data_dir)
     store = _tokens(settings.data_dir)
     now = store.now()
@@ -239,7 +244,12 @@ def _token_row(
 @click.argument("token_uuid")
 @_data_dir_option
 def token_revoke(token_uuid: str, data_dir: Path | None) -> None:
-    """Revoke a token by its UUID; requests with it get 401 from then on."""
+    """Revoke a token by its UUID; requests with it get 401 from then on.
+
+    \b
+    Example:
+      sandtree token revoke 3f6c2a9e-…
+    """
     settings = Settings.from_env(data_dir=data_dir)
     try:
         _tokens(settings.data_dir).revoke(token_uuid)

@@ -21,7 +21,7 @@ from rich.table import Table
 from sandtree.client import SandtreeClient
 from sandtree.errors import InvalidRequestError
 
-from ._common import CliState, client_command, emit, out
+from ._common import CliState, client_command, emit, escape, out
 
 __all__ = ["Session", "session"]
 
@@ -241,9 +241,9 @@ async def log(client: SandtreeClient, state: CliState) -> None:
     def human() -> None:
         for i, node in enumerate(chain):
             marker = f"({s.branch}) " if i == 0 else ""
-            tag = f" [{node['tag']}]" if node.get("tag") else ""
-            out.print(f"[yellow]{node['uuid']}[/]{tag} {marker}", markup=True)
-            out.print(f"    {node.get('command') or ''}  [dim]{node.get('created_at')}[/]",
-                      markup=True)  # fmt: skip
+            tag = escape(f" [{node['tag']}]") if node.get("tag") else ""
+            out.print(f"[yellow]{node['uuid']}[/]{tag} {escape(marker)}", markup=True)
+            command = escape(str(node.get("command") or ""))
+            out.print(f"    {command}  [dim]{node.get('created_at')}[/]", markup=True)
 
     emit(state, {"branch": s.branch, "log": chain}, human)
