@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
@@ -147,16 +148,22 @@ async def import_image(
         disable=not show,
     ) as bar:
         task = bar.add_task(f"import {reference}", total=None)
-        async for event in client.events(op_id, follow=True):
-            if event.type == "progress":
-                data = event.data
-                bar.update(
-                    task,
-                    completed=data.get("bytes_done", 0),
-                    total=data.get("bytes_total") or None,
-                    description=f"{data.get('phase')} {data.get('layers_done')}/"
-                    f"{data.get('layers_total')} layers",
-                )
+        try:
+            async for event in client.events(op_id, follow=True):
+                if event.type == "progress":
+                    data = event.data
+                    bar.update(
+                        task,
+                        completed=data.get("bytes_done", 0),
+                        total=data.get("bytes_total") or None,
+                        description=f"{data.get('phase')} {data.get('layers_done')}/"
+                        f"{data.get('layers_total')} layers",
+                    )
+        except (KeyboardInterrupt, anyio.get_cancelled_exc_class()):
+            # Ctrl-C stops the import on the server too (nothing half-imported stays).
+            with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                await client.cancel_operation(op_id)
+            raise
     done = await client.get_operation(op_id)
 
     def human() -> None:
