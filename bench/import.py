@@ -15,8 +15,8 @@ Each round, the order alternating (A/B, B/A, …):
   the same engine: a re-import of v1 (same manifest digest: nothing to download) and an import
   of v2 (one new layer, three reused by blob digest);
 * baseline: fresh dirs; ``skopeo copy docker://…:v1 oci:<dir>:v1`` then ``umoci raw unpack
-  --image <dir>:v1 <rootfs>``, each timed, then a ``sync`` (timed apart: ours fsyncs every file
-  before it adopts a layer, umoci does not). Then ``skopeo copy`` of v1 again into the same
+  --image <dir>:v1 <rootfs>``, each timed, then a ``sync`` (timed apart: ours makes each layer
+  durable before it adopts it, umoci does not). Then ``skopeo copy`` of v1 again into the same
   layout (all blobs present), and of v2 (three blobs present) plus its unpack into a new rootfs.
 
 skopeo keeps a blob-info cache (``/var/lib/containers/cache/blob-info-cache-v1.boltdb``): which
@@ -28,7 +28,7 @@ report.
 
 Usage (as root)::
 
-    python bench/import.py [--reps 5] [--quick] [--synthetic] [--keep-workdir]
+    python bench/import.py [--reps 5] [--quick] [--synthetic] [--work-root DIR] [--keep-workdir]
 """
 
 from __future__ import annotations
@@ -562,7 +562,7 @@ def make_rows(image: BenchImage, o: list[OursSample], b: list[BaseSample]) -> li
         Row("import v1 min", t, _secs(imp.min), _secs(pair.min), f"x{imp.min / pair.min:.2f}"),
         Row("  ↳ baseline: skopeo copy + umoci raw unpack", t, "—",
             f"{_secs(sk.p50)} + {_secs(um.p50)}", "medians"),
-        Row("  ↳ baseline + sync (ours fsyncs, umoci not)", t, _secs(imp.p50),
+        Row("  ↳ baseline + sync (ours flushes, umoci not)", t, _secs(imp.p50),
             _secs(synced.p50), f"x{imp.p50 / synced.p50:.2f}"),
         Row("  ↳ compressed MB/s", t, f"{mbps / (imp.p50 / 1000):.1f}",
             f"{mbps / (pair.p50 / 1000):.1f}", "median"),
@@ -651,6 +651,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="a smoke run: 1 round, no warm-up")  # fmt: skip
     parser.add_argument("--synthetic", action="store_true",
                         help="synthesise the rootfs even if Debian minbase is cached")  # fmt: skip
+    parser.add_argument("--work-root", type=Path, default=None,
+                        help="where to make the work dir (default $TMPDIR or /tmp): both sides "
+                        "write there, so this picks the filesystem measured")  # fmt: skip
     parser.add_argument("--keep-workdir", action="store_true",
                         help="do not delete the work dir (debugging)")  # fmt: skip
     ns = parser.parse_args(argv)
@@ -665,8 +668,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "docker-registry)\n")  # fmt: skip
         return 2
     signal.signal(signal.SIGTERM, _interrupt)
-    work = Path(tempfile.mkdtemp(prefix="sandtree-import-bench-"))
+    work = Path(tempfile.mkdtemp(prefix="sandtree-import-bench-", dir=ns.work_root))
     host = _common.host_info()
+    fs = _filesystem(work)
     started = time.perf_counter()
     log(f"work dir {work}")
     try:
@@ -698,7 +702,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "host": host,
         "loadavg_after": os.getloadavg(),
         "elapsed_s": round(elapsed, 1),
-        "config": {"reps": reps, "warmup": warmup, "quick": ns.quick, "synthetic": ns.synthetic},
+        "config": {
+            "reps": reps,
+            "warmup": warmup,
+            "quick": ns.quick,
+            "synthetic": ns.synthetic,
+            "work_dir": str(work),
+            "filesystem": fs,
+        },
         "goals": {"import_ratio_vs_skopeo_umoci": GOAL_RATIO},
         "rows": [r.to_json() for r in rows],
         **details,
@@ -707,13 +718,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     _common.print_table(
         rows,
         title=(
-            f"sandtree registry import — {host['kernel']}, {host['cpus']} CPUs, {elapsed:.0f} s "
-            "(engine = Engine.import_image call→SUCCESS; baseline = skopeo copy + umoci raw "
-            "unpack, same image, same loopback registry)"
+            f"sandtree registry import — {host['kernel']}, {host['cpus']} CPUs, "
+            f"{fs.split(' (')[0]}, {elapsed:.0f} s (engine = Engine.import_image call→SUCCESS; "
+            "baseline = skopeo copy + umoci raw unpack, same image, same loopback registry)"
         ),
     )
     print(f"results: {path}\n         {latest}")
     return 0
+
+
+def _filesystem(path: Path) -> str:
+    """The type and options of the filesystem ``path`` is on (the longest mount prefix)."""
+    best, found = "", "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mounts").read_text(encoding="utf-8").splitlines():
+            fields = line.split()
+            if len(fields) < 4:
+                continue
+            mnt = fields[1]
+            inside = str(path) == mnt or str(path).startswith(mnt.rstrip("/") + "/")
+            if inside and len(mnt) >= len(best):
+                best, found = mnt, f"{fields[2]} on {mnt} ({fields[0]}, {fields[3]})"
+    return found
 
 
 def _interrupt(signum: int, frame: object) -> None:
