@@ -58,6 +58,7 @@ def mcp(
             server = build_server(mc)
             try:
                 if use_http:
+                    click.echo(f"sandtree mcp on http://{host}:{port}/mcp", err=True)
                     await server.run_streamable_http_async(
                         host=host, port=port, streamable_http_path="/mcp"
                     )

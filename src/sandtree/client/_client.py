@@ -128,7 +128,12 @@ class SandtreeClient:
         return dict(await self._json("GET", "/inspect/", params={"tag": ref}))
 
     async def resolve_image(self, image: str) -> str:
-        """The UUID ``image`` (a UUID or ``tag:NAME``) names."""
+        """The UUID ``image`` (a UUID or ``tag:NAME``) names; a UUID is taken as given (the
+        call that uses it says if no such image exists), a tag costs one request."""
+        if _looks_like_uuid(image):
+            import uuid
+
+            return str(uuid.UUID(image))
         return str((await self.get_image(image))["uuid"])
 
     async def set_tag(self, uuid: str, tag: str) -> dict[str, Any]:

@@ -232,6 +232,16 @@ class SyncCache:
             rows = self._db.execute("SELECT sha256, uuid FROM uploads WHERE server=?", (server,))
             return dict(rows.fetchall())
 
+    def put_uploads(self, server: str, rows: dict[str, str]) -> None:
+        """Remember many uploads (sha256 → file uuid) in one transaction."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT OR REPLACE INTO uploads VALUES (?, ?, ?)",
+                [(server, sha, uuid) for sha, uuid in rows.items()],
+            )
+            self._db.execute("COMMIT")
+
     def put_upload(self, server: str, sha256: str, uuid: str) -> None:
         with self._lock:
             self._db.execute(
@@ -321,9 +331,9 @@ async def _upload_in_batches(
     tars of up to 2,000 files or 128 MiB each, two at a time."""
     for start in range(0, len(missing), _LOOKUP_BATCH):
         found = await client.lookup_files(missing[start : start + _LOOKUP_BATCH])
-        for sha, record in found.items():
-            uploads[sha] = str(record["uuid"])
-            cache.put_upload(server, sha, uploads[sha])
+        known = {sha: str(record["uuid"]) for sha, record in found.items()}
+        uploads.update(known)
+        await asyncio.to_thread(cache.put_uploads, server, known)
     todo = [sha for sha in missing if sha not in uploads]
     batches: list[list[str]] = [[]]
     size = 0
@@ -338,14 +348,16 @@ async def _upload_in_batches(
     async def send(batch: list[str]) -> None:
         async with gate:
             stored = await client.upload_files([Path(by_sha[sha].path) for sha in batch])
+        remember = {}
         for sha, record in zip(batch, stored, strict=True):
             uploads[sha] = str(record["uuid"])
             # A file that changed while it was sent arrives as its new content: use it now,
             # but never remember it under the old digest.
             if record.get("sha256") == sha:
-                cache.put_upload(server, sha, uploads[sha])
+                remember[sha] = uploads[sha]
             sent[0] += 1
             sent[1] += int(record.get("size") or 0)
+        await asyncio.to_thread(cache.put_uploads, server, remember)
 
     await asyncio.gather(*(send(batch) for batch in batches if batch))
 

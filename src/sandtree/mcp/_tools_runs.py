@@ -116,7 +116,10 @@ def register_run_tools(server: MCPServer, mc: McpContext) -> None:
         if max_layer_bytes:
             body["resources_limits"] = {"max_layer_bytes": max_layer_bytes}
         try:
-            with tool_errors("rsync again if the directory state is gone; upload files again"):
+            with tool_errors(
+                "list_images shows the images you can use, or import_image one; rsync again if "
+                "the directory state is gone, upload files again if they are"
+            ):
                 op = await mc.client.spawn(body)
         except ToolError:
             if directory_state_id:
