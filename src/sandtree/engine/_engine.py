@@ -21,7 +21,12 @@ from sandtree.config import Settings
 from sandtree.engine._clock import now_iso
 from sandtree.engine._compaction import Compactor
 from sandtree.engine._events import EventHub, EventLog
-from sandtree.engine._files import BlobStore, create_directory_state, get_directory_state
+from sandtree.engine._files import (
+    BlobStore,
+    StateLayers,
+    create_directory_state,
+    get_directory_state,
+)
 from sandtree.engine._imports import import_path
 from sandtree.engine._lineage import Diff, Lineage, diff_images, lineage
 from sandtree.engine._operations import JobFailed, JobOutcome, OperationQueue
@@ -136,6 +141,7 @@ class Engine:
             max_bytes=settings.max_import_bytes,
             workers=settings.import_workers,
         )
+        self._state_layers = StateLayers(self.store, self.layers, self.blobs)
         self._imports = RegistryImports(settings, self.store, self.layers, self.puller)
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -378,14 +384,11 @@ class Engine:
                 raise FileNotFoundInStoreError(
                     f"file {placed.uuid} for {placed.path} was not uploaded; upload it first"
                 )
-        if spec.directory_state is not None:
+        if spec.directory_state is not None:  # it must be ours; its layer is made at start
             try:
-                state = self.get_directory_state(spec.directory_state, namespace=namespace)
+                self.get_directory_state(spec.directory_state, namespace=namespace)
             except NotFoundError as exc:
                 raise InvalidRequestError(exc.message) from None
-            by_path = {f.path: f for f in state.files}
-            by_path.update((f.path, f) for f in spec.files)
-            spec = dataclasses.replace(spec, files=tuple(by_path.values()))
         op = OperationRecord(
             uuid=str(uuid.uuid4()),
             kind=OperationKind.INSTANCE,
@@ -401,6 +404,10 @@ class Engine:
 
     def _run_job(self, op_id: str, image: ImageRecord, spec: RunSpec, namespace: str) -> Any:
         async def job(log: EventLog, cancel: asyncio.Event) -> JobOutcome:
+            nonlocal spec
+            if spec.directory_state is not None:
+                layer = await self._state_layers.layer(spec.directory_state, namespace)
+                spec = dataclasses.replace(spec, lower_layers=(layer,))
             # Re-read: a compaction may have shortened (rebased) the stack since spawn.
             current = self._reload(image)
             if len(current.layers) > _HARD_STACK:
@@ -497,6 +504,10 @@ class Engine:
     ) -> FileRecord:
         """Store uploaded content once per sha256; returns its (possibly existing) record."""
         sha, size = await self.blobs.put_stream(chunks)
+        return self._file_record(sha, size, namespace)
+
+    def _file_record(self, sha: str, size: int, namespace: str) -> FileRecord:
+        """The namespace's record of content ``sha`` (stored already), made if new."""
         existing = self.store.find_file(namespace, sha)
         if existing is not None:
             return existing
@@ -512,17 +523,7 @@ class Engine:
         """Store each regular file of an uncompressed tar (many files in one request);
         returns ``(member name, record)`` pairs in order."""
         stored = await asyncio.to_thread(self.blobs.put_tar, tar_stream)
-        out = []
-        for name, sha, size in stored:
-            record = self.store.find_file(namespace, sha)
-            if record is None:
-                record = FileRecord(
-                    uuid=str(uuid.uuid4()), sha256=sha, size=size, created_at=now_iso(),
-                    namespace=namespace,
-                )  # fmt: skip
-                self.store.add_file(record)
-            out.append((name, record))
-        return out
+        return [(name, self._file_record(sha, size, namespace)) for name, sha, size in stored]
 
     def find_files(self, sha256s: Sequence[str], *, namespace: str = "default") -> list[FileRecord]:
         """The uploaded files of ``namespace`` with these contents (absent ones left out)."""

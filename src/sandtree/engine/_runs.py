@@ -142,7 +142,8 @@ class RunExecutor:
         started = time.monotonic()
         # Mounting a deep stack takes milliseconds and placing files copies them: keep both
         # off the event loop, where other runs' output is being pumped.
-        dirs = await asyncio.to_thread(self._layers.prepare_run, op_id, image.layers)
+        stack = (*image.layers, *spec.lower_layers)
+        dirs = await asyncio.to_thread(self._layers.prepare_run, op_id, stack)
         lease = None
         try:
             env = self.environment(image, spec)
@@ -385,17 +386,19 @@ class RunExecutor:
         await asyncio.to_thread(self._layers.release_run, dirs)
         if spec.disposable:
             return result, None
-        changed = await asyncio.to_thread(self._layers.has_changes, dirs)
+        upper_changed = await asyncio.to_thread(self._layers.has_changes, dirs)
+        # Files a directory state placed change the filesystem as files placed one by one do.
+        changed = upper_changed or bool(spec.lower_layers)
         new_env = self._preserved_env(image, spec) if spec.preserve_env else image.env
         new_cwd = cwd if spec.preserve_cwd else image.cwd
         if not changed and new_env == image.env and new_cwd == image.cwd:
             return dataclasses.replace(result, result_image=image.uuid), None
-        new_layers: tuple[str, ...] = ()
+        new_layers: tuple[str, ...] = spec.lower_layers
         size = 0
         layer_sizes: dict[str, int] = {}
-        if changed:
+        if upper_changed:
             layer_id, size = await asyncio.to_thread(self._layers.commit_run, dirs)
-            new_layers, layer_sizes = (layer_id,), {layer_id: size}
+            new_layers, layer_sizes = (*new_layers, layer_id), {layer_id: size}
         # The parent's stack as it is now, read with no await before the image is added: a
         # compaction may have landed while this run ran (the new layer sits as well on the
         # compacted stack as on the one we mounted), and one landing later will rebase us.

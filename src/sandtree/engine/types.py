@@ -140,6 +140,9 @@ class RunSpec:
     #: A directory state (``Engine.create_directory_state``) whose files are placed first;
     #: ``files`` placed at the same paths win.
     directory_state: int | None = None
+    #: Read-only layers mounted over the image (the engine sets this: a directory state's
+    #: files, made into a layer once); a kept result carries them in its stack.
+    lower_layers: tuple[str, ...] = ()
     disposable: bool = False
     preserve_env: bool = False
     preserve_cwd: bool = False

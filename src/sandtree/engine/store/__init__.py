@@ -91,4 +91,12 @@ class MetadataStore(Protocol):
     def get_directory_state(self, state_id: int) -> tuple[str, str, list[PlacedFile]] | None:
         """``(namespace, created_at, files)`` of a directory state, or None."""
 
+    def directory_state_layer(self, state_id: int) -> str | None:
+        """The layer holding a directory state's files, once made (None before)."""
+
+    def set_directory_state_layer(
+        self, state_id: int, layer_id: str, *, size: int, span: int
+    ) -> None:
+        """Record the state's layer (and the layer) in one transaction."""
+
     def close(self) -> None: ...

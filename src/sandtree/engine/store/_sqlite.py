@@ -109,6 +109,7 @@ CREATE TABLE IF NOT EXISTS directory_states (
 _ADDED_COLUMNS = (
     ("images", "source_digest", "TEXT"),  # registry imports: the manifest digest
     ("layers", "source", "TEXT"),  # registry layers: the blob digest they were unpacked from
+    ("directory_states", "layer", "TEXT"),  # the state's files as a layer, once first used
 )
 _ADDED_INDEXES = """
 CREATE INDEX IF NOT EXISTS images_source ON images(namespace, source_digest);
@@ -333,6 +334,7 @@ class SqliteStore:
         rows = self._query(
             "SELECT id FROM layers l WHERE NOT EXISTS"
             " (SELECT 1 FROM image_layers il WHERE il.layer = l.id)"
+            " AND NOT EXISTS (SELECT 1 FROM directory_states d WHERE d.layer = l.id)"
         )
         return [r["id"] for r in rows]
 
@@ -498,6 +500,20 @@ class SqliteStore:
             for p, u, m, uid, gid in json.loads(rows[0]["files"])
         ]
         return rows[0]["namespace"], rows[0]["created_at"], files
+
+    def directory_state_layer(self, state_id: int) -> str | None:
+        rows = self._query("SELECT layer FROM directory_states WHERE id=?", (state_id,))
+        return rows[0]["layer"] if rows else None
+
+    def set_directory_state_layer(
+        self, state_id: int, layer_id: str, *, size: int, span: int
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO layers(id, size, span) VALUES (?, ?, ?)",
+                (layer_id, size, span),
+            )
+            db.execute("UPDATE directory_states SET layer=? WHERE id=?", (layer_id, state_id))
 
     def get_file(self, uuid: str) -> FileRecord | None:
         rows = self._query("SELECT * FROM files WHERE uuid=?", (uuid,))

@@ -1,0 +1,85 @@
+"""Directory states: saved once, made into a layer on first use, mounted by every run."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from sandtree.engine import Engine, ImageRecord, PlacedFile
+from sandtree.testing import read_file, run_command
+
+pytestmark = pytest.mark.anyio
+
+
+async def _state(engine: Engine, files: dict[str, bytes]) -> int:
+    placed = []
+    for path, data in files.items():
+        record = await engine.upload_file(_chunks(data))
+        placed.append(PlacedFile(uuid=record.uuid, path=path, mode=0o640))
+    return engine.create_directory_state(placed).id
+
+
+async def _chunks(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def test_a_state_becomes_one_layer_that_every_run_mounts(
+    engine: Engine, base: ImageRecord
+) -> None:
+    state = await _state(engine, {"/app/a.py": b"a", "/app/pkg/b.py": b"b"})
+    assert engine.store.directory_state_layer(state) is None
+
+    first = await run_command(engine, "echo ok", base, directory_state=state, disposable=False)
+    layer = engine.store.directory_state_layer(state)
+    second = await run_command(engine, "echo ok", base, directory_state=state, disposable=False)
+
+    assert layer is not None
+    assert engine.store.directory_state_layer(state) == layer  # made once
+    child = engine.resolve_image(str(first.result_image))
+    assert child.layers == (*base.layers, layer)
+    assert read_file(engine, child, "/app/pkg/b.py") == b"b"
+    assert engine.stat_path(child, "/app/a.py").mode & 0o777 == 0o640
+    assert engine.resolve_image(str(second.result_image)).layers == child.layers
+
+
+async def test_a_run_that_also_writes_keeps_the_state_layer_under_its_own(
+    engine: Engine, base: ImageRecord
+) -> None:
+    state = await _state(engine, {"/app/a.py": b"a"})
+    done = await run_command(
+        engine, "write /app/out made", base, directory_state=state, disposable=False
+    )
+    child = engine.resolve_image(str(done.result_image))
+    layer = engine.store.directory_state_layer(state)
+    assert child.layers[:-1] == (*base.layers, layer)
+    assert read_file(engine, child, "/app/out") == b"made"
+    assert read_file(engine, child, "/app/a.py") == b"a"
+
+
+async def test_garbage_collection_keeps_a_state_layer_no_image_uses(
+    engine: Engine, base: ImageRecord
+) -> None:
+    state = await _state(engine, {"/f": b"x"})
+    done = await run_command(engine, "echo", base, directory_state=state, disposable=True)
+    layer = engine.store.directory_state_layer(state)
+    assert done.result_image is None
+    assert layer is not None
+
+    removed = await engine.collect_garbage()
+
+    assert layer not in removed
+    assert engine.layers.path(layer).is_dir()
+
+
+async def test_a_lost_state_layer_is_made_again(engine: Engine, base: ImageRecord) -> None:
+    state = await _state(engine, {"/f": b"x"})
+    await run_command(engine, "echo", base, directory_state=state)
+    first = engine.store.directory_state_layer(state)
+    assert first is not None
+    engine.layers.delete(first)
+
+    done = await run_command(engine, "echo", base, directory_state=state, disposable=False)
+
+    assert read_file(engine, engine.resolve_image(str(done.result_image)), "/f") == b"x"
+    assert engine.store.directory_state_layer(state) != first
