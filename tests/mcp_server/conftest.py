@@ -3,52 +3,28 @@ process, on the fake runtime."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from mcp import Client, MCPError
+from mcp import Client
 
 from sandtree.api import TokenStore, create_app
 from sandtree.client import SandtreeClient
 from sandtree.engine import Engine, ImageRecord
 from sandtree.mcp import McpContext, build_server
 
+from .agentkit import McpAgent
 
-class Agent:
-    """Calls tools as an agent does; ``call`` returns the JSON result, ``fail`` the error."""
+
+class Agent(McpAgent):
+    """An agent on the in-process stack, with the engine and the MCP context at hand."""
 
     def __init__(self, session: Client, engine: Engine, mc: McpContext) -> None:
-        self.session = session
+        super().__init__(session)
         self.engine = engine
         self.mc = mc
-
-    async def call(self, tool: str, **arguments: Any) -> Any:
-        result = await self.session.call_tool(tool, arguments)
-        text = "".join(getattr(c, "text", "") for c in result.content)
-        assert not result.is_error, f"{tool} failed: {text}"
-        return json.loads(text)
-
-    async def fail(self, tool: str, **arguments: Any) -> str:
-        result = await self.session.call_tool(tool, arguments)
-        text = "".join(getattr(c, "text", "") for c in result.content)
-        assert result.is_error, f"{tool} did not fail: {text}"
-        return text
-
-    async def read(self, uri: str) -> str:
-        result = await self.session.read_resource(uri)
-        return "".join(getattr(c, "text", "") for c in result.contents)
-
-    async def read_fails(self, uri: str) -> str:
-        """The error message reading ``uri`` answers (it must fail)."""
-        try:
-            await self.session.read_resource(uri)
-        except MCPError as exc:
-            return str(exc)
-        raise AssertionError(f"reading {uri} did not fail")
 
 
 @pytest.fixture

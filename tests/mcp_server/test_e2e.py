@@ -33,6 +33,8 @@ from sandtree.config import Settings
 from sandtree.engine import Engine, default_runtimes
 from sandtree.testing import ServerProcess
 
+from .agentkit import McpAgent as Agent
+
 pytestmark = [
     pytest.mark.isolation,
     pytest.mark.anyio,
@@ -95,30 +97,6 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-class Agent:
-    """An MCP client used as an agent uses it: ``call`` returns a tool's JSON result."""
-
-    def __init__(self, client: Client, name: str) -> None:
-        self.client = client
-        self.name = name
-
-    async def call(self, tool: str, **arguments: Any) -> Any:
-        result = await self.client.call_tool(tool, arguments)
-        text = "".join(getattr(c, "text", "") for c in result.content)
-        assert not result.is_error, f"{self.name}: {tool}({arguments}) failed: {text}"
-        return json.loads(text)
-
-    async def fail(self, tool: str, **arguments: Any) -> str:
-        result = await self.client.call_tool(tool, arguments)
-        text = "".join(getattr(c, "text", "") for c in result.content)
-        assert result.is_error, f"{self.name}: {tool}({arguments}) did not fail: {text}"
-        return text
-
-    async def read(self, uri: str) -> str:
-        result = await self.client.read_resource(uri)
-        return "".join(getattr(c, "text", "") for c in result.contents)
 
 
 def _ours_stdio(server: ServerProcess, state_dir: Path) -> StdioServerParameters:
