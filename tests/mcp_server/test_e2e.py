@@ -9,6 +9,7 @@ The reference lives in its own venv (it needs ``mcp<2``); ``scripts/install`` ma
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import select
@@ -17,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from sandtree.client import SandtreeClient
 from sandtree.config import Settings
 from sandtree.engine import Engine, default_runtimes
 from sandtree.testing import ServerProcess
+from sandtree.testing_registry import LocalRegistry, TestImage
 
 from .agentkit import McpAgent as Agent
 
@@ -81,6 +84,21 @@ def server(
     _import_busybox(tmp / "data", busybox_rootfs)
     with ServerProcess(tmp / "data", tmp / "config") as srv:
         yield srv
+
+
+@pytest.fixture(scope="module")
+def registry(
+    tmp_path_factory: pytest.TempPathFactory, busybox_rootfs: Path
+) -> Iterator[LocalRegistry]:
+    """A loopback registry holding ``tools/busybox:1.0`` (busybox as one layer, with ENV)."""
+    tmp = tmp_path_factory.mktemp("registry")
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w") as tar:
+        tar.add(busybox_rootfs, arcname=".")
+    with LocalRegistry(tmp / "registry") as reg:
+        image = TestImage(layers=[layer.getvalue()], env=["PATH=/bin", "FROM_REGISTRY=yes"])
+        reg.push_image("tools/busybox:1.0", [image], tmp)
+        yield reg
 
 
 @pytest.fixture(scope="module")
@@ -196,12 +214,23 @@ def make_project(root: Path) -> Path:
 # -- the spec's workflows, through our server -----------------------------------------------
 
 
-async def _workflows(agent: Agent, busybox: str, tmp: Path) -> None:
+async def _workflows(agent: Agent, busybox: str, tmp: Path, registry: LocalRegistry) -> None:
     # 1. Is there a base image already?
     images = (await agent.call("list_images", tag_prefix="busybox"))["images"]
     assert {(i["uuid"], i["tag"]) for i in images} >= {(busybox, "busybox:latest")}
     missing = await agent.fail("run", command="true", image="tag:python:3.11")
     assert "list_images" in missing
+
+    # 2. Only if not: import it (from the loopback registry), then run in it.
+    imported = await agent.call(
+        "import_image", registry_url=f"docker://{registry.host}/tools/busybox:1.0", tag="tools:1"
+    )
+    assert (imported["status"], imported["kind"]) == ("SUCCESS", "image_import")
+    assert imported["result"]["tag"] == "tools:1"
+    tagged = (await agent.call("list_images", tag_prefix="tools"))["images"]
+    assert [i["uuid"] for i in tagged] == [imported["result_image"]]
+    env = await agent.call("run", command="echo $FROM_REGISTRY", image="tag:tools:1")
+    assert (env["exit_code"], env["stdout"]) == (0, "yes\n")
 
     # 3-4. Sync once (nested excludes honoured), run with the directory state.
     project = make_project(tmp / "project")
@@ -323,18 +352,18 @@ async def _workflows(agent: Agent, busybox: str, tmp: Path) -> None:
 
 
 async def test_the_workflows_over_stdio(
-    server: ServerProcess, busybox_uuid: str, tmp_path: Path
+    server: ServerProcess, busybox_uuid: str, tmp_path: Path, registry: LocalRegistry
 ) -> None:
     params = _ours_stdio(server, tmp_path / "mcp-state")
     async with stdio_agent(params, tmp_path / "mcp.log", "sandtree mcp") as agent:
-        await _workflows(agent, busybox_uuid, tmp_path)
+        await _workflows(agent, busybox_uuid, tmp_path, registry)
 
 
 async def test_the_workflows_over_streamable_http(
-    server: ServerProcess, busybox_uuid: str, tmp_path: Path
+    server: ServerProcess, busybox_uuid: str, tmp_path: Path, registry: LocalRegistry
 ) -> None:
     async with http_agent(server, tmp_path) as agent:
-        await _workflows(agent, busybox_uuid, tmp_path)
+        await _workflows(agent, busybox_uuid, tmp_path, registry)
 
 
 async def test_stopping_the_stdio_server_leaves_a_detached_run_running(
