@@ -1,0 +1,216 @@
+"""Images, layers and tags in SQLite."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+
+from sandtree.engine.store._records import ImageQuery
+from sandtree.engine.store._sqlite_base import SqliteBase, namespace_clause
+from sandtree.engine.types import ImageRecord
+from sandtree.errors import ImageNotFoundError
+
+__all__ = ["ImageTables"]
+
+
+class ImageTables(SqliteBase):
+    """Images (with their layer stacks), layers and tags."""
+
+    # -- images -----------------------------------------------------------------------------
+
+    def add_image(
+        self, image: ImageRecord, *, layer_sizes: dict[str, int], layer_span: int = 1
+    ) -> None:
+        with self._tx() as db:
+            for layer_id, size in layer_sizes.items():
+                db.execute(
+                    "INSERT OR IGNORE INTO layers(id, size, span) VALUES (?, ?, ?)",
+                    (layer_id, size, layer_span),
+                )
+            db.execute(
+                "INSERT INTO images(uuid, namespace, parent, operation, command, depth, env, cwd,"
+                " user, size, public, created_at, source_digest)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    image.uuid,
+                    image.namespace,
+                    image.parent,
+                    image.operation,
+                    image.command,
+                    image.depth,
+                    json.dumps(list(image.env)),
+                    image.cwd,
+                    image.user,
+                    image.size,
+                    int(image.public),
+                    image.created_at,
+                    image.source_digest,
+                ),
+            )
+            db.executemany(
+                "INSERT INTO image_layers(image, position, layer) VALUES (?, ?, ?)",
+                [(image.uuid, i, layer) for i, layer in enumerate(image.layers)],
+            )
+            for tag in image.tags:
+                db.execute(
+                    "INSERT OR REPLACE INTO tags(namespace, tag, image) VALUES (?, ?, ?)",
+                    (image.namespace, tag, image.uuid),
+                )
+
+    def _image_from_row(self, row: sqlite3.Row) -> ImageRecord:
+        layers = self._query(
+            "SELECT layer FROM image_layers WHERE image=? ORDER BY position", (row["uuid"],)
+        )
+        tags = self._query("SELECT tag FROM tags WHERE image=? ORDER BY tag", (row["uuid"],))
+        return ImageRecord(
+            uuid=row["uuid"],
+            namespace=row["namespace"],
+            parent=row["parent"],
+            operation=row["operation"],
+            command=row["command"],
+            depth=row["depth"],
+            layers=tuple(r["layer"] for r in layers),
+            env=tuple(json.loads(row["env"])),
+            cwd=row["cwd"],
+            user=row["user"],
+            size=row["size"],
+            tags=tuple(r["tag"] for r in tags),
+            created_at=row["created_at"],
+            source_digest=row["source_digest"],
+        )
+
+    def get_image(self, uuid: str) -> ImageRecord | None:
+        rows = self._query("SELECT * FROM images WHERE uuid=?", (uuid,))
+        return self._image_from_row(rows[0]) if rows else None
+
+    def list_images(self, query: ImageQuery) -> list[ImageRecord]:
+        where, params = namespace_clause(query.namespaces, "i.namespace")
+        if query.include_public:
+            where = f"({where} OR i.public=1)"
+        clauses = [where]
+        if query.uuid:
+            clauses.append("i.uuid=?")
+            params.append(query.uuid)
+        if query.tagged is True:
+            clauses.append("EXISTS (SELECT 1 FROM tags t WHERE t.image=i.uuid)")
+        elif query.tagged is False:
+            clauses.append("NOT EXISTS (SELECT 1 FROM tags t WHERE t.image=i.uuid)")
+        if query.tag_prefix:
+            clauses.append(
+                # Tags are case-sensitive, and LIKE is not: compare the prefix exactly.
+                "EXISTS (SELECT 1 FROM tags t WHERE t.image=i.uuid"
+                " AND substr(t.tag, 1, length(?)) = ?)"
+            )
+            params += [query.tag_prefix, query.tag_prefix]
+        if query.since:
+            clauses.append("i.created_at >= ?")
+            params.append(query.since)
+        if query.until:
+            clauses.append("i.created_at <= ?")
+            params.append(query.until)
+        sql = (
+            f"SELECT * FROM images i WHERE {' AND '.join(clauses)}"
+            " ORDER BY i.created_at DESC, i.uuid LIMIT ? OFFSET ?"
+        )
+        rows = self._query(sql, [*params, query.limit, query.offset])
+        return [self._image_from_row(r) for r in rows]
+
+    def children(self, uuid: str) -> list[ImageRecord]:
+        rows = self._query("SELECT * FROM images WHERE parent=? ORDER BY created_at", (uuid,))
+        return [self._image_from_row(r) for r in rows]
+
+    def add_layer(self, layer_id: str, *, size: int, span: int, source: str | None = None) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO layers(id, size, span, source) VALUES (?, ?, ?, ?)",
+                (layer_id, size, span, source),
+            )
+
+    def layer_by_source(self, source: str) -> tuple[str, int] | None:
+        rows = self._query("SELECT id, size FROM layers WHERE source=?", (source,))
+        return (rows[0]["id"], rows[0]["size"]) if rows else None
+
+    def find_image_by_source(self, namespace: str, source_digest: str) -> ImageRecord | None:
+        rows = self._query(
+            "SELECT * FROM images WHERE namespace=? AND source_digest=?"
+            " ORDER BY created_at DESC LIMIT 1",
+            (namespace, source_digest),
+        )
+        return self._image_from_row(rows[0]) if rows else None
+
+    def layer_spans(self, layer_ids: Sequence[str]) -> dict[str, int]:
+        rows = self._query(
+            f"SELECT id, span FROM layers WHERE id IN ({', '.join('?' for _ in layer_ids)})",
+            list(layer_ids),
+        )
+        return {r["id"]: r["span"] for r in rows}
+
+    def replace_layers(self, uuid: str, layers: Sequence[str]) -> None:
+        """Swap an image's physical stack for an equivalent one (after compaction)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM image_layers WHERE image=?", (uuid,))
+            db.executemany(
+                "INSERT INTO image_layers(image, position, layer) VALUES (?, ?, ?)",
+                [(uuid, i, layer) for i, layer in enumerate(layers)],
+            )
+
+    def delete_image(self, uuid: str) -> None:
+        with self._tx() as db:
+            cur = db.execute("DELETE FROM images WHERE uuid=?", (uuid,))
+            if cur.rowcount == 0:
+                raise ImageNotFoundError(f"image {uuid} does not exist")
+            # Children keep their lineage pointer; they become roots of the visible tree.
+
+    def unreferenced_layers(self) -> list[str]:
+        rows = self._query(
+            "SELECT id FROM layers l WHERE NOT EXISTS"
+            " (SELECT 1 FROM image_layers il WHERE il.layer = l.id)"
+            " AND NOT EXISTS (SELECT 1 FROM directory_states d WHERE d.layer = l.id)"
+        )
+        return [r["id"] for r in rows]
+
+    def forget_layer(self, layer_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM layers WHERE id=?", (layer_id,))
+
+    def images_with_stack_longer_than(self, n: int) -> list[str]:
+        rows = self._query(
+            "SELECT image FROM image_layers GROUP BY image HAVING COUNT(*) > ?", (n,)
+        )
+        return [r["image"] for r in rows]
+
+    def known_layers(self) -> set[str]:
+        return {r["id"] for r in self._query("SELECT id FROM layers")}
+
+    # -- tags ---------------------------------------------------------------------------------
+
+    def set_tag(self, namespace: str, tag: str, image: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO tags(namespace, tag, image) VALUES (?, ?, ?)",
+                (namespace, tag, image),
+            )
+
+    def remove_tag(self, namespace: str, tag: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM tags WHERE namespace=? AND tag=?", (namespace, tag))
+
+    def remove_tags_of(self, image: str) -> list[str]:
+        with self._tx() as db:
+            rows = db.execute("SELECT tag FROM tags WHERE image=?", (image,)).fetchall()
+            db.execute("DELETE FROM tags WHERE image=?", (image,))
+        return [r["tag"] for r in rows]
+
+    def resolve_tag(self, namespaces: Iterable[str], tag: str) -> str | None:
+        ns = list(namespaces)
+        where, params = namespace_clause(ns, "t.namespace")
+        rows = self._query(
+            f"SELECT t.image, t.namespace FROM tags t WHERE t.tag=? AND {where}", [tag, *params]
+        )
+        # The caller's own namespace wins over a public one with the same tag.
+        by_ns = {r["namespace"]: r["image"] for r in rows}
+        for name in ns:
+            if name in by_ns:
+                return str(by_ns[name])
+        return None
