@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -16,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from sandtree.client import Connection, SandtreeClient, load_connection
+from sandtree.client import Connection, SandtreeClient, resolve_server
 from sandtree.errors import SandtreeError
 
 __all__ = [
@@ -47,16 +46,9 @@ class CliState:
     _connection: Connection | None = None
 
     def connection(self) -> Connection:
+        """The server named by flags, environment or config; else the embedded one, started."""
         if self._connection is None:
-            found = load_connection(url=self.url, token=self.token, environ=os.environ)
-            if found is not None and found.source in ("flags", "environment"):
-                self._connection = found  # what resolve_server answers, without its imports
-            else:
-                # A configured server that may be down, or none: start the embedded one. The
-                # import is deferred: it loads the MCP SDK (a second at every command's start).
-                from sandtree.mcp import resolve_server
-
-                self._connection = resolve_server(url=self.url, token=self.token)
+            self._connection = resolve_server(url=self.url, token=self.token)
         return self._connection
 
 

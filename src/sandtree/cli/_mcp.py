@@ -43,7 +43,8 @@ def mcp(
       claude mcp add sandtree -- sandtree mcp
       sandtree mcp --http --port 9451      # http://127.0.0.1:9451/mcp
     """
-    from sandtree.mcp import McpContext, build_server, default_state_dir, resolve_server
+    from sandtree.client import default_state_dir, resolve_server
+    from sandtree.mcp import McpContext, build_server
 
     try:
         connection = resolve_server(url=url, token=token)

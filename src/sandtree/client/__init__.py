@@ -7,6 +7,7 @@ from sandtree.client._config import (
     load_connection,
     write_client_config,
 )
+from sandtree.client._launch import default_state_dir, resolve_server
 from sandtree.client._sse import Event
 
 __all__ = [
@@ -14,6 +15,8 @@ __all__ = [
     "Event",
     "SandtreeClient",
     "client_config_path",
+    "default_state_dir",
     "load_connection",
+    "resolve_server",
     "write_client_config",
 ]

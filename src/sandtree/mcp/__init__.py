@@ -9,7 +9,6 @@ Example (in process, as the tests do)::
 """
 
 from sandtree.mcp._context import McpContext
-from sandtree.mcp._launch import default_state_dir, resolve_server
 from sandtree.mcp._rsync import ExcludeRules, collect
 from sandtree.mcp._server import build_server
 
@@ -18,6 +17,4 @@ __all__ = [
     "McpContext",
     "build_server",
     "collect",
-    "default_state_dir",
-    "resolve_server",
 ]

@@ -1,4 +1,4 @@
-"""Finding the sandtree server for the MCP server, or starting the embedded one.
+"""Finding the sandtree server for the CLI and the MCP server, or starting the embedded one.
 
 Order: ``--url``/``--token``, ``SANDTREE_URL``/``SANDTREE_TOKEN``, the client config that
 ``sandtree serve`` writes. With none, ``sandtree serve`` is started in the background on the
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from sandtree.client import Connection, load_connection
+from sandtree.client._config import Connection, load_connection
 from sandtree.config import Settings
 from sandtree.errors import ServerUnavailableError
 
