@@ -83,3 +83,26 @@ async def test_a_lost_state_layer_is_made_again(engine: Engine, base: ImageRecor
 
     assert read_file(engine, engine.resolve_image(str(done.result_image)), "/f") == b"x"
     assert engine.store.directory_state_layer(state) != first
+
+
+async def test_a_new_state_links_the_files_it_shares_with_the_previous_state_layer(
+    engine: Engine, base: ImageRecord
+) -> None:
+    first = await _state(engine, {"/app/a.py": b"a", "/app/b.py": b"b"})
+    await run_command(engine, "echo", base, directory_state=first)
+    old = engine.layers.path(str(engine.store.directory_state_layer(first)))
+    unchanged = engine.get_directory_state(first).files
+    edited = await engine.upload_file(_chunks(b"b2"))
+    second = engine.create_directory_state(
+        [f for f in unchanged if f.path == "/app/a.py"]
+        + [PlacedFile(uuid=edited.uuid, path="/app/b.py", mode=0o640)]
+    ).id
+
+    done = await run_command(engine, "echo", base, directory_state=second, disposable=False)
+
+    new = engine.layers.path(str(engine.store.directory_state_layer(second)))
+    assert (new / "app/a.py").stat().st_ino == (old / "app/a.py").stat().st_ino
+    assert (new / "app/b.py").stat().st_ino != (old / "app/b.py").stat().st_ino
+    child = engine.resolve_image(str(done.result_image))
+    assert read_file(engine, child, "/app/b.py") == b"b2"
+    assert read_file(engine, child, "/app/a.py") == b"a"

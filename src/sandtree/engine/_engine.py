@@ -21,12 +21,7 @@ from sandtree.config import Settings
 from sandtree.engine._clock import now_iso
 from sandtree.engine._compaction import Compactor
 from sandtree.engine._events import EventHub, EventLog
-from sandtree.engine._files import (
-    BlobStore,
-    StateLayers,
-    create_directory_state,
-    get_directory_state,
-)
+from sandtree.engine._files import BlobStore
 from sandtree.engine._imports import import_path
 from sandtree.engine._lineage import Diff, Lineage, diff_images, lineage
 from sandtree.engine._operations import JobFailed, JobOutcome, OperationQueue
@@ -34,6 +29,7 @@ from sandtree.engine._processes import process_result
 from sandtree.engine._registry_jobs import RegistryImports
 from sandtree.engine._results import run_outcome
 from sandtree.engine._runs import RunExecutor, RunFailure
+from sandtree.engine._states import StateLayers, create_directory_state, get_directory_state
 from sandtree.engine.layers import _grep, _inspect as _inspect_ops
 from sandtree.engine.layers._store import LayerStore
 from sandtree.engine.registry import Puller

@@ -2,36 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import hashlib
 import os
-import shutil
 import tarfile
 import uuid
-from collections.abc import AsyncIterable, Sequence
+from collections.abc import AsyncIterable
 from pathlib import Path
 from typing import BinaryIO
 
-from sandtree.engine._clock import now_iso
-from sandtree.engine.layers._paths import write_file_in_root
-from sandtree.engine.layers._store import LayerStore
-from sandtree.engine.store import MetadataStore
-from sandtree.engine.types import DirectoryState, PlacedFile
 from sandtree.errors import (
-    FileNotFoundInStoreError,
     InvalidRequestError,
-    LimitExceededError,
-    NotFoundError,
 )
 
-__all__ = [
-    "BlobStore",
-    "StateLayers",
-    "build_state_layer",
-    "create_directory_state",
-    "get_directory_state",
-]
+__all__ = ["BlobStore"]
 
 _MAX_STATE_FILES = 200_000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -130,87 +114,3 @@ def _syncfs(path: Path) -> None:
             raise OSError(err, f"syncfs({path}): {os.strerror(err)}")
     finally:
         os.close(fd)
-
-
-def create_directory_state(
-    store: MetadataStore, files: Sequence[PlacedFile], *, namespace: str
-) -> DirectoryState:
-    """Save ``files`` as a directory state of ``namespace``; each must be uploaded there."""
-    if len(files) > _MAX_STATE_FILES:
-        raise LimitExceededError(
-            f"a directory state holds at most {_MAX_STATE_FILES} files, not {len(files)}; "
-            "sync a smaller tree or exclude generated files"
-        )
-    for placed in files:
-        record = store.get_file(placed.uuid)
-        if record is None or record.namespace != namespace:
-            raise FileNotFoundInStoreError(
-                f"file {placed.uuid} for {placed.path} was not uploaded; upload it first"
-            )
-    created = now_iso()
-    state_id = store.add_directory_state(namespace, files, created)
-    return DirectoryState(id=state_id, namespace=namespace, created_at=created, files=tuple(files))
-
-
-def get_directory_state(store: MetadataStore, state_id: int, *, namespace: str) -> DirectoryState:
-    found = store.get_directory_state(state_id)
-    if found is None or found[0] != namespace:
-        raise NotFoundError(
-            f"directory state {state_id} does not exist; sync the directory again to get one"
-        )
-    return DirectoryState(
-        id=state_id, namespace=found[0], created_at=found[1], files=tuple(found[2])
-    )
-
-
-class StateLayers:
-    """Directory states as layers, made on first use: runs then mount a state's files
-    instead of copying thousands of them each time."""
-
-    def __init__(self, store: MetadataStore, layers: LayerStore, blobs: BlobStore) -> None:
-        self._store, self._layers, self._blobs = store, layers, blobs
-        self._locks: dict[int, asyncio.Lock] = {}
-
-    async def layer(self, state_id: int, namespace: str) -> str:
-        """The layer of state ``state_id`` (of ``namespace``), making it if needed."""
-        async with self._locks.setdefault(state_id, asyncio.Lock()):
-            layer = self._store.directory_state_layer(state_id)
-            if layer is None or not self._layers.path(layer).is_dir():
-                state = get_directory_state(self._store, state_id, namespace=namespace)
-                layer = await asyncio.to_thread(
-                    build_state_layer, self._store, self._layers, self._blobs, state
-                )
-            return layer
-
-
-def build_state_layer(
-    store: MetadataStore, layers: LayerStore, blobs: BlobStore, state: DirectoryState
-) -> str:
-    """Write a directory state's files into a new layer (blocking); returns its id."""
-    staging = layers.new_staging_dir()
-    shift = layers.uid_shift
-    try:
-        for placed in state.files:
-            record = store.get_file(placed.uuid)
-            if record is None:
-                raise FileNotFoundInStoreError(
-                    f"file {placed.uuid} of directory state {state.id} is gone; sync again"
-                )
-            with open(blobs.path(record.sha256), "rb") as src:
-                write_file_in_root(
-                    staging,
-                    placed.path,
-                    src,
-                    mode=placed.mode,
-                    uid=placed.uid + shift,
-                    gid=placed.gid + shift,
-                )
-        # Parents made above belong to the files' owner; the root of a layer is root's.
-        os.chown(staging, shift, shift)
-        os.chmod(staging, 0o755)
-        layer_id, size = layers.adopt(staging)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    store.set_directory_state_layer(state.id, layer_id, size=size, span=1)
-    return layer_id

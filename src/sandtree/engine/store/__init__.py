@@ -94,6 +94,9 @@ class MetadataStore(Protocol):
     def directory_state_layer(self, state_id: int) -> str | None:
         """The layer holding a directory state's files, once made (None before)."""
 
+    def latest_state_layer(self, namespace: str, *, exclude: int) -> tuple[int, str] | None:
+        """The newest other state of ``namespace`` that has a layer: ``(state id, layer)``."""
+
     def set_directory_state_layer(
         self, state_id: int, layer_id: str, *, size: int, span: int
     ) -> None:

@@ -50,6 +50,14 @@ class FileTables(SqliteBase):
         rows = self._query("SELECT layer FROM directory_states WHERE id=?", (state_id,))
         return rows[0]["layer"] if rows else None
 
+    def latest_state_layer(self, namespace: str, *, exclude: int) -> tuple[int, str] | None:
+        rows = self._query(
+            "SELECT id, layer FROM directory_states WHERE namespace=? AND id<>?"
+            " AND layer IS NOT NULL ORDER BY id DESC LIMIT 1",
+            (namespace, exclude),
+        )
+        return (int(rows[0]["id"]), str(rows[0]["layer"])) if rows else None
+
     def set_directory_state_layer(
         self, state_id: int, layer_id: str, *, size: int, span: int
     ) -> None:

@@ -1,0 +1,169 @@
+"""Directory states: a synced tree of uploaded files, saved once and named by id in runs.
+
+A state becomes a layer the first time a run uses it, so runs mount the tree instead of
+copying every file. Files a state shares with the namespace's previous state layer (same
+path, content, mode and owner) are hard links into that layer, not copies: syncing a
+10,000-file project after editing one file makes a layer of one new file and links.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from sandtree.engine._clock import now_iso
+from sandtree.engine._files import BlobStore
+from sandtree.engine.layers._paths import (
+    make_parents_in_root,
+    open_root,
+    split_components,
+    write_file_in_root,
+)
+from sandtree.engine.layers._store import LayerStore
+from sandtree.engine.store import MetadataStore
+from sandtree.engine.types import DirectoryState, PlacedFile
+from sandtree.errors import FileNotFoundInStoreError, LimitExceededError, NotFoundError
+
+__all__ = ["StateLayers", "build_state_layer", "create_directory_state", "get_directory_state"]
+
+_MAX_STATE_FILES = 200_000
+
+
+def create_directory_state(
+    store: MetadataStore, files: Sequence[PlacedFile], *, namespace: str
+) -> DirectoryState:
+    """Save ``files`` as a directory state of ``namespace``; each must be uploaded there."""
+    if len(files) > _MAX_STATE_FILES:
+        raise LimitExceededError(
+            f"a directory state holds at most {_MAX_STATE_FILES} files, not {len(files)}; "
+            "sync a smaller tree or exclude generated files"
+        )
+    for placed in files:
+        record = store.get_file(placed.uuid)
+        if record is None or record.namespace != namespace:
+            raise FileNotFoundInStoreError(
+                f"file {placed.uuid} for {placed.path} was not uploaded; upload it first"
+            )
+    created = now_iso()
+    state_id = store.add_directory_state(namespace, files, created)
+    return DirectoryState(id=state_id, namespace=namespace, created_at=created, files=tuple(files))
+
+
+def get_directory_state(store: MetadataStore, state_id: int, *, namespace: str) -> DirectoryState:
+    found = store.get_directory_state(state_id)
+    if found is None or found[0] != namespace:
+        raise NotFoundError(
+            f"directory state {state_id} does not exist; sync the directory again to get one"
+        )
+    return DirectoryState(
+        id=state_id, namespace=found[0], created_at=found[1], files=tuple(found[2])
+    )
+
+
+class StateLayers:
+    """Directory states as layers, made on first use: runs then mount a state's files
+    instead of copying thousands of them each time."""
+
+    def __init__(self, store: MetadataStore, layers: LayerStore, blobs: BlobStore) -> None:
+        self._store, self._layers, self._blobs = store, layers, blobs
+        self._locks: dict[int, asyncio.Lock] = {}
+
+    async def layer(self, state_id: int, namespace: str) -> str:
+        """The layer of state ``state_id`` (of ``namespace``), making it if needed."""
+        async with self._locks.setdefault(state_id, asyncio.Lock()):
+            layer = self._store.directory_state_layer(state_id)
+            if layer is None or not self._layers.path(layer).is_dir():
+                state = get_directory_state(self._store, state_id, namespace=namespace)
+                previous = self._previous(state)
+                layer = await asyncio.to_thread(
+                    build_state_layer, self._store, self._layers, self._blobs, state, previous
+                )
+            return layer
+
+    def _previous(self, state: DirectoryState) -> tuple[DirectoryState, Path] | None:
+        """The namespace's latest other state that has a layer on disk, to link files from."""
+        found = self._store.latest_state_layer(state.namespace, exclude=state.id)
+        if found is None:
+            return None
+        state_id, layer = found
+        root = self._layers.path(layer)
+        if not root.is_dir():
+            return None
+        return get_directory_state(self._store, state_id, namespace=state.namespace), root
+
+
+def _link_in_root(staging: Path, path: str, source: Path, *, uid: int, gid: int) -> bool:
+    """Hard-link ``source`` (a file of an earlier state layer) at ``path`` in ``staging``."""
+    try:
+        rootfd = open_root(staging)
+        try:
+            parent = make_parents_in_root(rootfd, path, uid=uid, gid=gid)
+            try:
+                os.link(source, split_components(path)[-1], dst_dir_fd=parent,
+                        follow_symlinks=False)  # fmt: skip
+            finally:
+                os.close(parent)
+        finally:
+            os.close(rootfd)
+    except OSError:
+        return False  # copied instead
+    return True
+
+
+def build_state_layer(
+    store: MetadataStore,
+    layers: LayerStore,
+    blobs: BlobStore,
+    state: DirectoryState,
+    previous: tuple[DirectoryState, Path] | None = None,
+) -> str:
+    """Write a directory state's files into a new layer (blocking); returns its id.
+
+    Files identical to one in ``previous`` (a state and its layer root) are linked from it.
+    """
+    staging = layers.new_staging_dir()
+    shift = layers.uid_shift
+    reusable: dict[tuple[str, str, int, int, int], Path] = {}
+    if previous is not None:
+        old, root = previous
+        for f in old.files:
+            # Paths come from our own earlier layer, but never trust ``..`` in them.
+            if ".." not in split_components(f.path):
+                reusable[(f.path, f.uuid, f.mode, f.uid, f.gid)] = root / f.path.lstrip("/")
+    copied = 0
+    try:
+        for placed in state.files:
+            key = (placed.path, placed.uuid, placed.mode, placed.uid, placed.gid)
+            source = reusable.get(key)
+            if source is not None and _link_in_root(
+                staging, placed.path, source, uid=placed.uid + shift, gid=placed.gid + shift
+            ):
+                continue
+            record = store.get_file(placed.uuid)
+            if record is None:
+                raise FileNotFoundInStoreError(
+                    f"file {placed.uuid} of directory state {state.id} is gone; sync again"
+                )
+            with open(blobs.path(record.sha256), "rb") as src:
+                write_file_in_root(
+                    staging,
+                    placed.path,
+                    src,
+                    mode=placed.mode,
+                    uid=placed.uid + shift,
+                    gid=placed.gid + shift,
+                )
+            copied += 1
+        # Parents made above belong to the files' owner; the root of a layer is root's.
+        os.chown(staging, shift, shift)
+        os.chmod(staging, 0o755)
+        # Linked files are durable already: only new entries need flushing.
+        layer_id, size = layers.adopt(staging, linked=copied == 0)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    store.set_directory_state_layer(state.id, layer_id, size=size, span=1)
+    return layer_id
