@@ -137,8 +137,8 @@ _EXTENSIONS: dict[str, Any] = {
             "summary": "Download an image as an OCI archive (sandtree extension)",
             "description": "A tar of an OCI image layout holding the image's layers (gzip), "
             "config (Env, WorkingDir, User) and manifest; it also carries a docker-save "
-            "manifest.json. skopeo (oci-archive:), podman load, docker load and sandtree's own "
-            "local import read it. Exports are reproducible: the same image gives the same "
+            "manifest.json for docker load; skopeo (oci-archive:) and sandtree's own local "
+            "import read it. Exports are reproducible: the same image gives the same "
             "digests.",
             "operationId": "sandtreeExportImage",
             "tags": ["images"],

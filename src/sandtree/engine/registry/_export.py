@@ -159,9 +159,9 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def write_oci_archive(oci: OciImage, out: BinaryIO, *, ref_name: str = "latest") -> None:
-    """Write ``oci`` to ``out`` as a tar of an OCI image layout (``skopeo copy oci-archive:``,
-    ``podman load`` and ``docker load`` read it; so does ``sandtree`` import). Sequential:
-    ``out`` may be a pipe."""
+    """Write ``oci`` to ``out`` as a tar of an OCI image layout, with a docker-save
+    ``manifest.json`` too (``skopeo copy oci-archive:`` and sandtree's local import read it).
+    Sequential: ``out`` may be a pipe."""
     index = {
         "schemaVersion": 2,
         "mediaType": MEDIA_INDEX,
