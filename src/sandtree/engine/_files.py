@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import os
 import tarfile
@@ -11,14 +10,10 @@ from collections.abc import AsyncIterable
 from pathlib import Path
 from typing import BinaryIO
 
-from sandtree.errors import (
-    InvalidRequestError,
-)
+from sandtree.engine.layers._store import syncfs
+from sandtree.errors import InvalidRequestError
 
 __all__ = ["BlobStore"]
-
-_MAX_STATE_FILES = 200_000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class BlobStore:
@@ -50,12 +45,7 @@ class BlobStore:
                 out.flush()
                 os.fsync(out.fileno())
             sha = digest.hexdigest()
-            target = self.path(sha)
-            if target.exists():
-                tmp.unlink()
-            else:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.rename(tmp, target)
+            self._settle(tmp, sha)
             return sha, size
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -80,20 +70,23 @@ class BlobStore:
                         while chunk := source.read(1 << 20):
                             digest.update(chunk)
                             out.write(chunk)
-                    sha = digest.hexdigest()
-                    target = self.path(sha)
-                    if target.exists():
-                        tmp.unlink()
-                    else:
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        os.rename(tmp, target)
-                    stored.append((member.name, sha, member.size))
+                    self._settle(tmp, digest.hexdigest())
+                    stored.append((member.name, digest.hexdigest(), member.size))
         except (tarfile.TarError, EOFError) as exc:
             raise InvalidRequestError(
                 f"the body is not a tar archive ({exc}); send an uncompressed tar of the files"
             ) from exc
-        _syncfs(self.root)
+        syncfs(self.root)
         return stored
+
+    def _settle(self, tmp: Path, sha: str) -> None:
+        """Move a whole temporary file to its content's place (or drop it: already there)."""
+        target = self.path(sha)
+        if target.exists():
+            tmp.unlink()
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(tmp, target)
 
     def put_bytes(self, data: bytes) -> tuple[str, int]:
         sha = hashlib.sha256(data).hexdigest()
@@ -104,13 +97,3 @@ class BlobStore:
             tmp.write_bytes(data)
             os.rename(tmp, target)
         return sha, len(data)
-
-
-def _syncfs(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        if _libc.syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"syncfs({path}): {os.strerror(err)}")
-    finally:
-        os.close(fd)

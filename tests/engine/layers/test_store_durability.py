@@ -23,8 +23,8 @@ def test_large_layers_are_flushed_with_one_syncfs_and_small_ones_per_entry(
 ) -> None:
     store = LayerStore(tmp_path / "store", uid_shift=100000)
     calls: list[Path] = []
-    real = _store._syncfs
-    monkeypatch.setattr(_store, "_syncfs", lambda path: (calls.append(path), real(path)))
+    real = _store.syncfs
+    monkeypatch.setattr(_store, "syncfs", lambda path: (calls.append(path), real(path)))
 
     layer_id, size = store.adopt(_staging(store, files))
 

@@ -24,7 +24,7 @@ from sandtree.engine.layers._overlay import bind_readonly, mount_overlay, unmoun
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
-__all__ = ["LayerStore", "RunDirs"]
+__all__ = ["LayerStore", "RunDirs", "syncfs"]
 
 _OPAQUE = "trusted.overlay.opaque"
 
@@ -281,7 +281,8 @@ def _same_dir_in_stack(lowers_top_first: Sequence[Path], rel: str, upper: os.sta
 _SYNCFS_ENTRIES = 256
 
 
-def _syncfs(path: Path) -> None:
+def syncfs(path: Path) -> None:
+    """Flush every dirty page and inode of the filesystem holding ``path`` (syncfs(2))."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         if _libc.syncfs(fd) != 0:
@@ -300,7 +301,7 @@ def _fsync_tree(top: Path, *, files: bool = True) -> int:
     entries = list(_walk(top))
     total = sum(st.st_size for st, _ in entries if stat.S_ISREG(st.st_mode))
     if len(entries) > _SYNCFS_ENTRIES:
-        _syncfs(top)
+        syncfs(top)
         return total
     for st, rel in entries:
         path = top / rel
