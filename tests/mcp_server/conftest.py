@@ -1,11 +1,13 @@
 """An MCP client talking to our MCP server in process, whose API client talks to the app in
-process, on the fake runtime."""
+process, on the fake runtime; and, for the end-to-end tests only, a real ``sandtree serve``
+(fixtures are lazy: no other test starts it)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 from mcp import Client
@@ -14,8 +16,10 @@ from sandtree.api import TokenStore, create_app
 from sandtree.client import SandtreeClient
 from sandtree.engine import Engine, ImageRecord
 from sandtree.mcp import McpContext, build_server
+from sandtree.testing import ServerProcess
 
 from .agentkit import McpAgent
+from .e2ekit import BUSYBOX, import_busybox
 
 
 class Agent(McpAgent):
@@ -50,3 +54,26 @@ async def agent(engine: Engine, tmp_path: Path) -> AsyncIterator[Agent]:
 async def base(engine: Engine, rootfs: Path) -> ImageRecord:
     """The mini root filesystem imported as ``tag:base:1``."""
     return await engine.import_local(rootfs, tag="base:1")
+
+
+# -- a real server, for the end-to-end tests (module-scoped: one per test module) ----------
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, busybox_rootfs: Path
+) -> Iterator[ServerProcess]:
+    """One real server for the module, its store holding ``busybox:latest``."""
+    tmp = tmp_path_factory.mktemp("serve")
+    import_busybox(tmp / "data", busybox_rootfs)
+    with ServerProcess(tmp / "data", tmp / "config") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def busybox_uuid(server: ServerProcess) -> str:
+    async def main() -> str:
+        async with SandtreeClient(server.url, server.admin_token) as client:
+            return await client.resolve_image(BUSYBOX)
+
+    return anyio.run(main)
