@@ -269,6 +269,7 @@ def test_ops_list_filters_by_kind_and_show_describes_a_run(sandtree: Sandtree) -
     assert imports == []
     assert "instance" in table
     assert "SUCCESS" in table
+    assert op_id in table  # piped output keeps whole UUIDs
     assert shown["uuid"] == op_id
     assert shown["metadata"]["result"]["state"]["exit_code"] == 3
     assert re.search(rf"^\s+uuid {op_id}$", described, re.MULTILINE)

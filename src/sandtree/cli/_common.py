@@ -32,7 +32,9 @@ __all__ = [
 P = ParamSpec("P")
 T = TypeVar("T")
 
-out = Console(highlight=False, soft_wrap=True)
+# Piped output is for scripts and files: tables get room for whole UUIDs instead of the
+# 80 columns rich assumes when it cannot ask a terminal.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
