@@ -106,3 +106,24 @@ async def test_a_new_state_links_the_files_it_shares_with_the_previous_state_lay
     child = engine.resolve_image(str(done.result_image))
     assert read_file(engine, child, "/app/b.py") == b"b2"
     assert read_file(engine, child, "/app/a.py") == b"a"
+
+
+async def test_a_state_used_again_on_an_image_that_holds_it_places_its_files_again(
+    engine: Engine, base: ImageRecord
+) -> None:
+    state = await _state(engine, {"/app/a.py": b"a"})
+    kept = await run_command(engine, "echo", base, directory_state=state, disposable=False)
+    child = engine.resolve_image(str(kept.result_image))
+    # Same state on top again: nothing to add (the layer is the image's top already).
+    again = await run_command(engine, "echo", child, directory_state=state, disposable=False)
+    assert again.result_image == child.uuid
+    edited = await run_command(
+        engine, "write /app/a.py changed", child, directory_state=state, disposable=False
+    )
+    grandchild = engine.resolve_image(str(edited.result_image))
+    # Deeper in the stack now: its files are placed again, over the change.
+    restored = await run_command(
+        engine, "echo", grandchild, directory_state=state, disposable=False
+    )
+    assert restored.status == "SUCCESS", restored.error
+    assert read_file(engine, engine.resolve_image(str(restored.result_image)), "/app/a.py") == b"a"

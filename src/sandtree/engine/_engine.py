@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import re
 import shutil
@@ -401,14 +400,13 @@ class Engine:
     def _run_job(self, op_id: str, image: ImageRecord, spec: RunSpec, namespace: str) -> Any:
         async def job(log: EventLog, cancel: asyncio.Event) -> JobOutcome:
             nonlocal spec
-            if spec.directory_state is not None:
-                layer = await self._state_layers.layer(spec.directory_state, namespace)
-                spec = dataclasses.replace(spec, lower_layers=(layer,))
             # Re-read: a compaction may have shortened (rebased) the stack since spawn.
             current = self._reload(image)
             if len(current.layers) > _HARD_STACK:
                 await self._compactor.compact(current, force=True)
                 current = self._reload(current)
+            if spec.directory_state is not None:
+                spec = await self._state_layers.place(spec, current, namespace)
             try:
                 result, child = await self.runs.execute(
                     op_id, current, spec, log, cancel, namespace=namespace

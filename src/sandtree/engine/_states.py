@@ -9,6 +9,7 @@ path, content, mode and owner) are hard links into that layer, not copies: synci
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
 from collections.abc import Sequence
@@ -24,7 +25,7 @@ from sandtree.engine.layers._paths import (
 )
 from sandtree.engine.layers._store import LayerStore
 from sandtree.engine.store import MetadataStore
-from sandtree.engine.types import DirectoryState, PlacedFile
+from sandtree.engine.types import DirectoryState, ImageRecord, PlacedFile, RunSpec
 from sandtree.errors import FileNotFoundInStoreError, LimitExceededError, NotFoundError
 
 __all__ = ["StateLayers", "build_state_layer", "create_directory_state", "get_directory_state"]
@@ -82,6 +83,22 @@ class StateLayers:
                     build_state_layer, self._store, self._layers, self._blobs, state, previous
                 )
             return layer
+
+    async def place(self, spec: RunSpec, image: ImageRecord, namespace: str) -> RunSpec:
+        """``spec`` with its directory state placed over ``image``: as a layer on top, or
+        as copied files when the image already holds that layer (a kept run made with the
+        same state): overlayfs refuses a layer twice in one stack."""
+        if spec.directory_state is None:
+            return spec
+        layer = await self.layer(spec.directory_state, namespace)
+        if layer not in image.layers:
+            return dataclasses.replace(spec, lower_layers=(layer,))
+        if image.layers[-1] == layer:
+            return spec  # the files are on top already, unchanged since
+        state = get_directory_state(self._store, spec.directory_state, namespace=namespace)
+        by_path = {f.path: f for f in state.files}
+        by_path.update((f.path, f) for f in spec.files)  # the request's own files win
+        return dataclasses.replace(spec, files=tuple(by_path.values()))
 
     def _previous(self, state: DirectoryState) -> tuple[DirectoryState, Path] | None:
         """The namespace's latest other state that has a layer on disk, to link files from."""

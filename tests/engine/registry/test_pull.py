@@ -14,7 +14,7 @@ import pytest
 from sandtree.engine import Engine, ImageQuery, ImageRecord, OperationRecord
 from sandtree.engine.registry import RegistryClient, parse_reference
 from sandtree.engine.types import OperationStatus
-from sandtree.testing import make_engine, read_file
+from sandtree.testing import make_engine, read_file, run_command
 from sandtree.testing_registry import (
     Entry,
     LocalRegistry,
@@ -329,3 +329,17 @@ async def test_docker_v2_manifests_and_manifest_lists_import_like_oci_ones(
     assert top.media_type == "application/vnd.docker.distribution.manifest.list.v2+json"
     assert read_file(engine, image, "/arch") == b"amd64\n"
     assert read_file(engine, arm_image, "/arch") == b"arm64\n"
+
+
+async def test_an_image_listing_one_layer_twice_imports_and_mounts(
+    engine: Engine, tmp_path: Path
+) -> None:
+    first = layer_tar([Entry(path="f", data=b"one\n")])
+    second = layer_tar([Entry(path="f", data=b"two\n")])
+    with LocalRegistry(tmp_path / "reg") as reg:
+        reg.push_image("dup/app:1", [TestImage(layers=[first, second, first])], tmp_path)
+        image = await _imported(engine, f"docker://{reg.host}/dup/app:1")
+    assert len(set(image.layers)) == len(image.layers) == 3
+    assert read_file(engine, image, "/f") == b"one\n"  # the repeated layer applies again on top
+    done = await run_command(engine, "echo ok", image)
+    assert done.status == OperationStatus.SUCCESS, done.error

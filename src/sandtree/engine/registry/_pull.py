@@ -29,6 +29,7 @@ import httpx
 from sandtree.engine._clock import now_iso
 from sandtree.engine._imports import IMPORTED_SPAN
 from sandtree.engine.layers._compression import CHUNK
+from sandtree.engine.layers._merge import merge_layers
 from sandtree.engine.layers._sources import ImageConfig, config_from_json
 from sandtree.engine.layers._store import LayerStore
 from sandtree.engine.layers._unpack import unpack_layer
@@ -315,7 +316,7 @@ class Puller:
                 raise ImportCancelled()
             progress.phase = "committing"
             report(progress)
-            stack = tuple(i for i in ids if i is not None)
+            stack = self._distinct(tuple(i for i in ids if i is not None), sizes)
             image = ImageRecord(
                 uuid=str(uuid.uuid4()),
                 created_at=now_iso(),
@@ -336,6 +337,28 @@ class Puller:
             return image
         finally:
             self.pinned.difference_update(i for i in ids if i is not None)
+
+    def _distinct(self, stack: tuple[str, ...], sizes: dict[str, int]) -> tuple[str, ...]:
+        """The stack with each repeated layer replaced by a hard-linked clone: images may
+        list one blob twice (empty layers, repeated steps), and overlayfs refuses a
+        directory twice in one stack."""
+        seen: set[str] = set()
+        out = []
+        for layer_id in stack:
+            if layer_id in seen:
+                staging = self._layers.new_staging_dir()
+                try:
+                    merge_layers([self._layers.path(layer_id)], staging)
+                    clone, size = self._layers.adopt(staging, linked=True)
+                except BaseException:
+                    shutil.rmtree(staging, ignore_errors=True)
+                    raise
+                self._store.add_layer(clone, size=size, span=IMPORTED_SPAN)
+                sizes[clone] = size
+                layer_id = clone
+            seen.add(layer_id)
+            out.append(layer_id)
+        return tuple(out)
 
     def _config(self, client: RegistryClient, desc: dict[str, Any]) -> ImageConfig:
         digest, size = desc.get("digest"), desc.get("size")
