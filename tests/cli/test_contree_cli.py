@@ -80,3 +80,18 @@ def test_contree_cli_reports_a_failing_command_with_its_exit_code(contree: Contr
     done = contree("run", "--", "sh", "-c", "echo oops >&2; exit 3")
     assert done.returncode == 3
     assert "oops" in done.stderr
+
+
+def test_contree_cli_attaches_a_local_directory_to_a_run(contree: Contree, tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    (project / "sub").mkdir(parents=True)
+    (project / "a.txt").write_text("a\n")
+    (project / "sub" / "b.txt").write_text("b\n")
+    contree.ok("use", "tag:busybox:latest")
+
+    listed = contree.ok(
+        "run", "-F", f"{project}:/app", "--", "sh", "-c", "find /app -type f | sort"
+    )
+
+    assert listed == "/app/a.txt\n/app/sub/b.txt\n"
+    assert contree.ok("run", "--", "cat", "/app/sub/b.txt") == "b\n"  # kept in the session
