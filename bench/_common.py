@@ -7,6 +7,7 @@ timestamped JSON document and a stable ``<name>-latest.json`` under ``bench/resu
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import hashlib
@@ -15,24 +16,32 @@ import math
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 __all__ = [
     "BENCH_DIR",
     "REPO",
     "RESULTS_DIR",
+    "BenchError",
     "Row",
     "Stats",
     "ensure_importable",
     "host_info",
+    "log",
     "percentile",
     "print_table",
+    "report",
     "require_root",
+    "run_guarded",
     "source_digest",
     "write_results",
 ]
@@ -40,6 +49,43 @@ __all__ = [
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
+
+
+class BenchError(RuntimeError):
+    """A run or side did not do what the bench needs (failed, wrong exit code or contents)."""
+
+
+def log(message: str) -> None:
+    """A timestamped progress line on stderr (stdout carries the table)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_guarded(bench: Coroutine[Any, Any, T], cleanup: Callable[[], None]) -> T | int:
+    """``asyncio.run(bench)`` with SIGTERM handled like Ctrl-C, then ``cleanup()`` whatever
+    happened; the bench's result, or the exit status: 130 when interrupted, 1 on BenchError.
+    """
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return asyncio.run(bench)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        log("interrupted; cleaned up")
+        return 130
+    except BenchError as exc:
+        log(f"bench failed: {exc}")
+        return 1
+    finally:
+        # A second Ctrl-C must not cut the clean-up short; it takes well under a second.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            cleanup()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def ensure_importable() -> None:
@@ -207,3 +253,21 @@ def write_results(name: str, doc: dict[str, Any]) -> tuple[Path, Path]:
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, latest)
     return path, latest
+
+
+def report(
+    name: str, rows: Sequence[Row], details: dict[str, Any], *, title: str, **fields: Any
+) -> int:
+    """Write the results document (``fields`` between the timestamp and the rows), print the
+    table and where the results went; the exit status 0."""
+    doc = {
+        "bench": name,
+        "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        **fields,
+        "rows": [r.to_json() for r in rows],
+        **details,
+    }
+    path, latest = write_results(name, doc)
+    print_table(rows, title=title)
+    print(f"results: {path}\n         {latest}")
+    return 0

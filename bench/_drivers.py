@@ -12,12 +12,12 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import _common
+from _common import BenchError
 
 _common.ensure_importable()
 
@@ -39,15 +39,6 @@ from sandtree.engine.runtime._host import CgroupSet  # noqa: E402
 TRUE = "/bin/true"
 #: Pause between samples so a run's background cleanup does not land in the next sample.
 SETTLE_S = 0.01
-
-
-class BenchError(RuntimeError):
-    """A run did not do what the bench needs (failed, wrong exit code, wrong output)."""
-
-
-def log(message: str) -> None:
-    stamp = time.strftime("%H:%M:%S")
-    print(f"[{stamp}] {message}", file=sys.stderr, flush=True)
 
 
 def ms(seconds: float) -> float:

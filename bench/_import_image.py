@@ -15,13 +15,12 @@ import os
 import random
 import shutil
 import stat
-import sys
 import tarfile
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import _common
+from _common import BenchError, log
 
 _common.ensure_importable()
 
@@ -33,15 +32,6 @@ REPO_NAME = "bench/debian"
 LAYER_PREFIXES = ("usr/lib", "usr/share", "usr", "")
 VARIANT_FILE = "etc/sandtree-bench-variant"
 SPOT_CHECKS = 6
-
-
-class BenchError(RuntimeError):
-    """A side did not produce the image the bench expects (failed, or wrong contents)."""
-
-
-def log(message: str) -> None:
-    stamp = time.strftime("%H:%M:%S")
-    print(f"[{stamp}] {message}", file=sys.stderr, flush=True)
 
 
 # -- the image -----------------------------------------------------------------------------------

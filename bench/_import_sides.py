@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import _common
-from _import_image import BenchError, BenchImage, check_tree, disk_bytes, tree_entries
+from _common import BenchError
+from _import_image import BenchImage, check_tree, disk_bytes, tree_entries
 
 _common.ensure_importable()
 

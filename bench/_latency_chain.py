@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import _common
-from _common import Row, Stats
-from _drivers import TRUE, BareSample, BenchError, EngineSample, log, ms
+from _common import BenchError, Row, Stats, log
+from _drivers import TRUE, BareSample, EngineSample, ms
 from _latency_core import DEPTH_GOAL_RATIO, BenchCore
 
 _common.ensure_importable()

@@ -10,8 +10,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import _common
-from _common import Row
-from _drivers import SETTLE_S, BareRunner, BareSample, EngineDriver, EngineSample, log
+from _common import Row, log
+from _drivers import SETTLE_S, BareRunner, BareSample, EngineDriver, EngineSample
 
 _common.ensure_importable()
 

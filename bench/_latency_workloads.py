@@ -8,8 +8,8 @@ import asyncio
 import time
 
 import _common
-from _common import Row, Stats
-from _drivers import TRUE, BenchError, EngineSample, log, ms, parse_ts
+from _common import BenchError, Row, Stats, log
+from _drivers import TRUE, EngineSample, ms, parse_ts
 from _latency_core import (
     COMMIT_GOAL_MS,
     CONCURRENT,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import shutil
 import sys
 import tempfile
@@ -157,17 +156,13 @@ def main(argv: list[str] | None = None) -> int:
         rows, details = asyncio.run(bench(work, ns.requests, ns.runs))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    doc = {
-        "bench": "api_latency",
-        "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "host": _common.host_info(),
-        "rows": [r.to_json() for r in rows],
-        **details,
-    }
-    path, latest = _common.write_results("api_latency", doc)
-    _common.print_table(rows, title="sandtree REST API vs the engine in process")
-    print(f"results: {path}\n         {latest}")
-    return 0
+    return _common.report(
+        "api_latency",
+        rows,
+        details,
+        title="sandtree REST API vs the engine in process",
+        host=_common.host_info(),
+    )
 
 
 if __name__ == "__main__":

@@ -37,10 +37,8 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import datetime
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -50,8 +48,8 @@ from pathlib import Path
 from typing import Any
 
 import _common
-from _common import Row, Stats
-from _import_image import LAYER_PREFIXES, BenchError, BenchImage, build_image, log
+from _common import Row, Stats, log
+from _import_image import LAYER_PREFIXES, BenchImage, build_image
 from _import_sides import BaseSample, OursSample, baseline, ours
 
 _common.ensure_importable()
@@ -228,42 +226,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"{', '.join(missing)} not installed (apt-get install skopeo umoci "
                          "docker-registry)\n")  # fmt: skip
         return 2
-    signal.signal(signal.SIGTERM, _interrupt)
     work = Path(tempfile.mkdtemp(prefix="sandtree-import-bench-", dir=ns.work_root))
     host = _common.host_info()
     fs = _filesystem(work)
     started = time.perf_counter()
     log(f"work dir {work}")
-    try:
-        rows, details = asyncio.run(bench(work, reps, warmup, ns.synthetic))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        log("interrupted; cleaned up")
-        return 130
-    except BenchError as exc:
-        log(f"bench failed: {exc}")
-        return 1
-    finally:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        try:
-            if ns.keep_workdir:
-                log(f"kept {work}")
-            else:
-                shutil.rmtree(work, ignore_errors=True)
-        finally:
-            signal.signal(signal.SIGINT, previous)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    def cleanup() -> None:
+        if ns.keep_workdir:
+            log(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+    outcome = _common.run_guarded(bench(work, reps, warmup, ns.synthetic), cleanup)
+    if isinstance(outcome, int):
+        return outcome
+    rows, details = outcome
     elapsed = time.perf_counter() - started
     host["skopeo"] = _version(["skopeo", "--version"])
     host["umoci"] = _version(["umoci", "--version"])
     host["docker_registry"] = _version(["docker-registry", "--version"])
-    doc = {
-        "bench": "import",
-        "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "host": host,
-        "loadavg_after": os.getloadavg(),
-        "elapsed_s": round(elapsed, 1),
-        "config": {
+    return _common.report(
+        "import",
+        rows,
+        details,
+        title=(
+            f"sandtree registry import — {host['kernel']}, {host['cpus']} CPUs, "
+            f"{fs.split(' (')[0]}, {elapsed:.0f} s (engine = Engine.import_image call→SUCCESS; "
+            "baseline = skopeo copy + umoci raw unpack, same image, same loopback registry)"
+        ),
+        host=host,
+        loadavg_after=os.getloadavg(),
+        elapsed_s=round(elapsed, 1),
+        config={
             "reps": reps,
             "warmup": warmup,
             "quick": ns.quick,
@@ -271,21 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "work_dir": str(work),
             "filesystem": fs,
         },
-        "goals": {"import_ratio_vs_skopeo_umoci": GOAL_RATIO},
-        "rows": [r.to_json() for r in rows],
-        **details,
-    }
-    path, latest = _common.write_results("import", doc)
-    _common.print_table(
-        rows,
-        title=(
-            f"sandtree registry import — {host['kernel']}, {host['cpus']} CPUs, "
-            f"{fs.split(' (')[0]}, {elapsed:.0f} s (engine = Engine.import_image call→SUCCESS; "
-            "baseline = skopeo copy + umoci raw unpack, same image, same loopback registry)"
-        ),
+        goals={"import_ratio_vs_skopeo_umoci": GOAL_RATIO},
     )
-    print(f"results: {path}\n         {latest}")
-    return 0
 
 
 def _filesystem(path: Path) -> str:
@@ -301,10 +283,6 @@ def _filesystem(path: Path) -> str:
             if inside and len(mnt) >= len(best):
                 best, found = mnt, f"{fields[2]} on {mnt} ({fields[0]}, {fields[3]})"
     return found
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 if __name__ == "__main__":

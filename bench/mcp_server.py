@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
 import hashlib
 import json
 import os
@@ -44,7 +43,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import _common
-from _common import Row, Stats
+from _common import Row, Stats, log
 
 _common.ensure_importable()
 
@@ -77,10 +76,6 @@ RUN_BODY: dict[str, Any] = {
     "disposable": True,
     "truncate_output_at": 8000,
 }
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 # -- the tree -------------------------------------------------------------------------------
@@ -450,17 +445,13 @@ def main(argv: list[str] | None = None) -> int:
             log(f"work dir kept: {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-    doc = {
-        "bench": "mcp",
-        "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "host": _common.host_info(),
-        "rows": [r.to_json() for r in rows],
-        **details,
-    }
-    path, latest = _common.write_results("mcp", doc)
-    _common.print_table(rows, title="sandtree MCP server: rsync and run latency")
-    print(f"results: {path}\n         {latest}")
-    return 0
+    return _common.report(
+        "mcp",
+        rows,
+        details,
+        title="sandtree MCP server: rsync and run latency",
+        host=_common.host_info(),
+    )
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import datetime
 import os
 import secrets
 import shutil
@@ -46,8 +45,8 @@ from pathlib import Path
 from typing import Any
 
 import _common
-from _common import Row, Stats
-from _drivers import BareRunner, BenchError, log, ms
+from _common import Row, Stats, log
+from _drivers import BareRunner, ms
 from _latency_chain import Chain
 from _latency_core import COMMIT_GOAL_MS, CONCURRENT, DEPTH_GOAL_RATIO, OVERHEAD_GOAL_MS, Config
 from _latency_workloads import Workloads
@@ -200,10 +199,6 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Config, argparse.Namespace]:
     return config, ns
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     config, ns = parse_args(argv)
     _common.require_root("bench/run_latency.py")
@@ -211,9 +206,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not enter_private_mount_namespace():
         sys.stderr.write("could not enter a private mount namespace (threads already running)\n")
         return 2
-    # SIGTERM cleans up like Ctrl-C: outside the loop by KeyboardInterrupt, inside it by
-    # cancelling the main task (asyncio.run already does that for SIGINT).
-    signal.signal(signal.SIGTERM, _interrupt)
     if "gvisor" in config.tiers and shutil.which("runsc") is None:
         sys.stderr.write("runsc is not installed; pass --tiers container or install runsc\n")
         return 2
@@ -222,6 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     log(f"work dir {work}; tiers {','.join(config.tiers)}; depth {config.depth}")
 
+    # SIGTERM cleans up like Ctrl-C: outside the loop by KeyboardInterrupt (run_guarded), inside
+    # it by cancelling the main task (asyncio.run already does that for SIGINT).
     async def runner() -> tuple[list[Row], dict[str, Any]]:
         task = asyncio.current_task()
         assert task is not None
@@ -229,52 +223,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         loop.add_signal_handler(signal.SIGTERM, task.cancel)
         return await bench(config, work)
 
-    try:
-        rows, details = asyncio.run(runner())
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        log("interrupted; cleaned up")
-        return 130
-    except BenchError as exc:
-        log(f"bench failed: {exc}")
-        return 1
-    finally:
-        # A second Ctrl-C must not cut the clean-up short; it takes well under a second.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        try:
-            if ns.keep_workdir:
-                log(f"kept {work}")
-            else:
-                _remove_tree_with_mounts(work)
-        finally:
-            signal.signal(signal.SIGINT, previous)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    def cleanup() -> None:
+        if ns.keep_workdir:
+            log(f"kept {work}")
+        else:
+            _remove_tree_with_mounts(work)
+
+    outcome = _common.run_guarded(runner(), cleanup)
+    if isinstance(outcome, int):
+        return outcome
+    rows, details = outcome
     elapsed = time.perf_counter() - started
-    doc = {
-        "bench": "run_latency",
-        "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "host": host,
-        "loadavg_after": os.getloadavg(),
-        "elapsed_s": round(elapsed, 1),
-        "config": dataclasses.asdict(config),
-        "goals": {
-            "true_overhead_ms": OVERHEAD_GOAL_MS,
-            "commit_extra_ms": f"{COMMIT_GOAL_MS} + flush",
-            "depth_ratio": DEPTH_GOAL_RATIO,
-        },
-        "rows": [r.to_json() for r in rows],
-        **details,
-    }
-    path, latest = _common.write_results("run_latency", doc)
-    _common.print_table(
+    return _common.report(
+        "run_latency",
         rows,
+        details,
         title=(
             f"sandtree run latency — {host['kernel']}, {host['cpus']} CPUs, "
             f"{elapsed:.0f} s (p50 unless noted; baseline = bare runtime on the same bundle)"
         ),
+        host=host,
+        loadavg_after=os.getloadavg(),
+        elapsed_s=round(elapsed, 1),
+        config=dataclasses.asdict(config),
+        goals={
+            "true_overhead_ms": OVERHEAD_GOAL_MS,
+            "commit_extra_ms": f"{COMMIT_GOAL_MS} + flush",
+            "depth_ratio": DEPTH_GOAL_RATIO,
+        },
     )
-    print(f"results: {path}\n         {latest}")
-    return 0
 
 
 if __name__ == "__main__":

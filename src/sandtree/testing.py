@@ -265,6 +265,10 @@ def _free_port() -> int:
         return port
 
 
+#: Seconds ``ServerProcess.wait_until_ready`` waits for ``sandtree serve`` to listen.
+SERVER_READY_DEADLINE = 60.0
+
+
 class ServerProcess:
     """A real ``sandtree serve`` in a child process, for end-to-end tests and benchmarks.
 
@@ -287,21 +291,30 @@ class ServerProcess:
             env=env,
         )  # fmt: skip
         self.output: list[str] = []
+        self._ready = False
+        #: Set once uvicorn says it is listening, or once the output ends (the server died).
+        self._settled = threading.Event()
+        # Read all along: a full pipe would block the server on its next log line.
         self._drainer = threading.Thread(target=self._drain, daemon=True)
+        self._drainer.start()
 
-    def wait_until_ready(self) -> None:
-        """Read the server's output until uvicorn says startup is complete (or it dies)."""
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.output.append(line)
-            if "Uvicorn running on" in line:  # printed once the socket is bound
-                # Keep reading: a full pipe would block the server on its next log line.
-                self._drainer.start()
-                return
-        raise AssertionError("sandtree serve exited before it was ready:\n" + "".join(self.output))
+    def wait_until_ready(self, timeout: float = SERVER_READY_DEADLINE) -> None:
+        """Wait until uvicorn says startup is complete; fail if the server dies or hangs."""
+        if not self._settled.wait(timeout):
+            raise TimeoutError(
+                f"sandtree serve not ready after {timeout}s:\n" + "".join(self.output)
+            )
+        if not self._ready:
+            raise AssertionError(
+                "sandtree serve exited before it was ready:\n" + "".join(self.output)
+            )
 
     def __enter__(self) -> ServerProcess:
-        self.wait_until_ready()
+        try:
+            self.wait_until_ready()
+        except BaseException:
+            self.stop()  # __exit__ does not run when __enter__ raises
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -317,12 +330,21 @@ class ServerProcess:
         assert self.process.stdout is not None
         for line in self.process.stdout:
             self.output.append(line)
+            if not self._ready and "Uvicorn running on" in line:  # printed once bound
+                self._ready = True
+                self._settled.set()
+        self._settled.set()
 
     def stop(self) -> bool:
         """SIGTERM; True when the server shut down cleanly (uvicorn re-raises the signal
-        after its shutdown, so the status is -15 either way)."""
+        after its shutdown, so the status is -15 either way). SIGKILL if it hangs."""
         self.process.send_signal(signal.SIGTERM)
-        self.process.wait(timeout=30)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()  # do not leak a hung server; the timeout still fails the caller
+            self.process.wait()
+            raise
         if self._drainer.is_alive():
             self._drainer.join(timeout=10)  # the pipe reaches EOF once the process is gone
         if self.process.stdout is not None:
