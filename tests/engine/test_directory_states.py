@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from sandtree.engine import Engine, ImageRecord, PlacedFile
+from sandtree.errors import FileNotFoundInStoreError
 from sandtree.testing import read_file, run_command
 
 pytestmark = pytest.mark.anyio
@@ -22,6 +23,19 @@ async def _state(engine: Engine, files: dict[str, bytes]) -> int:
 
 async def _chunks(data: bytes) -> AsyncIterator[bytes]:
     yield data
+
+
+async def test_a_state_only_takes_files_uploaded_to_its_namespace(engine: Engine) -> None:
+    mine = await engine.upload_file(_chunks(b"mine"))
+    theirs = await engine.upload_file(_chunks(b"theirs"), namespace="other")
+    ok = PlacedFile(uuid=mine.uuid, path="/mine", mode=0o644)
+
+    for stranger in (theirs.uuid, "00000000-0000-4000-8000-000000000000"):
+        with pytest.raises(FileNotFoundInStoreError, match=stranger):
+            engine.create_directory_state([ok, PlacedFile(uuid=stranger, path="/x", mode=0o644)])
+
+    copy = PlacedFile(uuid=mine.uuid, path="/copy", mode=0o644)
+    assert [f.path for f in engine.create_directory_state([ok, copy]).files] == ["/mine", "/copy"]
 
 
 async def test_a_state_becomes_one_layer_that_every_run_mounts(

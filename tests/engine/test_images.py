@@ -198,6 +198,20 @@ async def test_list_images_is_newest_first(engine: Engine, family: list[ImageRec
     assert _uuids(engine) == [i.uuid for i in reversed(family)]
 
 
+async def test_listed_images_carry_their_own_layers_and_tags(
+    engine: Engine, family: list[ImageRecord]
+) -> None:
+    base, a, b, c = family
+    c = engine.tag_image(engine.tag_image(c, "z"), "m")
+
+    listed = engine.list_images(ImageQuery())
+
+    assert listed == [c, b, a, base]
+    assert c.tags == ("m", "z")
+    assert [len(i.layers) for i in listed] == [4, 3, 2, 1]
+    assert engine.store.children(a.uuid) == [b]
+
+
 async def test_list_images_filters_tagged_and_untagged(
     engine: Engine, family: list[ImageRecord]
 ) -> None:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterable
 from pathlib import Path
 from typing import BinaryIO
 
-from sandtree.engine.layers._store import syncfs
+from sandtree.engine.layers._overlay import syncfs
 from sandtree.errors import InvalidRequestError
 
 __all__ = ["BlobStore"]

@@ -42,8 +42,9 @@ def create_directory_state(
             f"a directory state holds at most {_MAX_STATE_FILES} files, not {len(files)}; "
             "sync a smaller tree or exclude generated files"
         )
+    records = store.get_files(f.uuid for f in files)
     for placed in files:
-        record = store.get_file(placed.uuid)
+        record = records.get(placed.uuid)
         if record is None or record.namespace != namespace:
             raise FileNotFoundInStoreError(
                 f"file {placed.uuid} for {placed.path} was not uploaded; upload it first"
@@ -130,6 +131,11 @@ def _link_in_root(staging: Path, path: str, source: Path, *, uid: int, gid: int)
     return True
 
 
+def _same_file(f: PlacedFile) -> tuple[str, str, int, int, int]:
+    """What must match for a file of an earlier state layer to be linked, not copied."""
+    return (f.path, f.uuid, f.mode, f.uid, f.gid)
+
+
 def build_state_layer(
     store: MetadataStore,
     layers: LayerStore,
@@ -149,17 +155,18 @@ def build_state_layer(
         for f in old.files:
             # Paths come from our own earlier layer, but never trust ``..`` in them.
             if ".." not in split_components(f.path):
-                reusable[(f.path, f.uuid, f.mode, f.uid, f.gid)] = root / f.path.lstrip("/")
+                reusable[_same_file(f)] = root / f.path.lstrip("/")
+    # The files to copy, read in batches: one query per file is slow for a large state.
+    records = store.get_files(f.uuid for f in state.files if _same_file(f) not in reusable)
     copied = 0
     try:
         for placed in state.files:
-            key = (placed.path, placed.uuid, placed.mode, placed.uid, placed.gid)
-            source = reusable.get(key)
+            source = reusable.get(_same_file(placed))
             if source is not None and _link_in_root(
                 staging, placed.path, source, uid=placed.uid + shift, gid=placed.gid + shift
             ):
                 continue
-            record = store.get_file(placed.uuid)
+            record = records.get(placed.uuid) or store.get_file(placed.uuid)
             if record is None:
                 raise FileNotFoundInStoreError(
                     f"file {placed.uuid} of directory state {state.id} is gone; sync again"

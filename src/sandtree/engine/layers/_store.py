@@ -8,7 +8,6 @@ cost depends on what the run wrote, never on the image's size or depth.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import hashlib
 import os
@@ -20,11 +19,9 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from sandtree.engine.layers._overlay import bind_readonly, mount_overlay, unmount
+from sandtree.engine.layers._overlay import bind_readonly, mount_overlay, syncfs, unmount
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-__all__ = ["LayerStore", "RunDirs", "syncfs"]
+__all__ = ["LayerStore", "RunDirs"]
 
 _OPAQUE = "trusted.overlay.opaque"
 
@@ -279,17 +276,6 @@ def _same_dir_in_stack(lowers_top_first: Sequence[Path], rel: str, upper: os.sta
 #: Past this many entries one syncfs() (the whole filesystem) beats an fsync per entry: an
 #: imported Debian minbase has ~6,700 entries, and fsyncing each took 2-8 s on this host.
 _SYNCFS_ENTRIES = 256
-
-
-def syncfs(path: Path) -> None:
-    """Flush every dirty page and inode of the filesystem holding ``path`` (syncfs(2))."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        if _libc.syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"syncfs({path}): {os.strerror(err)}")
-    finally:
-        os.close(fd)
 
 
 def _fsync_tree(top: Path, *, files: bool = True) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import json
 import re
 import threading
 from collections.abc import Iterator
@@ -55,8 +56,6 @@ class Manifest:
     digest: str
 
     def json(self) -> dict[str, Any]:
-        import json
-
         try:
             value = json.loads(self.data)
         except ValueError as exc:
@@ -334,8 +333,6 @@ def _file_chunks(f: BinaryIO) -> Iterator[bytes]:
 
 
 def _declared_type(data: bytes) -> str:
-    import json
-
     try:
         value = json.loads(data)
     except ValueError:

@@ -73,6 +73,9 @@ class MetadataStore(Protocol):
     # files
     def add_file(self, record: FileRecord) -> None: ...
     def get_file(self, uuid: str) -> FileRecord | None: ...
+    def get_files(self, uuids: Iterable[str]) -> dict[str, FileRecord]:
+        """The records of those of ``uuids`` that exist, by uuid (one query per batch)."""
+
     def find_file(self, namespace: str, sha256: str) -> FileRecord | None: ...
     def list_files(
         self,

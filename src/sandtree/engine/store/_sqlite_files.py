@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from sandtree.engine.store._records import FileRecord
 from sandtree.engine.store._sqlite_base import SqliteBase
 from sandtree.engine.types import PlacedFile
 
 __all__ = ["FileTables"]
+
+#: File ids per ``IN (...)`` query: well under SQLite's bound-parameter limit.
+_IN_BATCH = 500
 
 
 class FileTables(SqliteBase):
@@ -71,6 +74,17 @@ class FileTables(SqliteBase):
     def get_file(self, uuid: str) -> FileRecord | None:
         rows = self._query("SELECT * FROM files WHERE uuid=?", (uuid,))
         return _file_from_row(rows[0]) if rows else None
+
+    def get_files(self, uuids: Iterable[str]) -> dict[str, FileRecord]:
+        wanted = list(dict.fromkeys(uuids))
+        found: dict[str, FileRecord] = {}
+        for i in range(0, len(wanted), _IN_BATCH):
+            batch = wanted[i : i + _IN_BATCH]
+            rows = self._query(
+                f"SELECT * FROM files WHERE uuid IN ({', '.join('?' for _ in batch)})", batch
+            )
+            found.update((r["uuid"], _file_from_row(r)) for r in rows)
+        return found
 
     def find_file(self, namespace: str, sha256: str) -> FileRecord | None:
         rows = self._query(

@@ -13,6 +13,9 @@ from sandtree.errors import ImageNotFoundError
 
 __all__ = ["ImageTables"]
 
+#: Image ids per ``IN (...)`` query: well under SQLite's bound-parameter limit.
+_IN_BATCH = 500
+
 
 class ImageTables(SqliteBase):
     """Images (with their layer stacks), layers and tags."""
@@ -58,31 +61,50 @@ class ImageTables(SqliteBase):
                     (image.namespace, tag, image.uuid),
                 )
 
-    def _image_from_row(self, row: sqlite3.Row) -> ImageRecord:
-        layers = self._query(
-            "SELECT layer FROM image_layers WHERE image=? ORDER BY position", (row["uuid"],)
-        )
-        tags = self._query("SELECT tag FROM tags WHERE image=? ORDER BY tag", (row["uuid"],))
-        return ImageRecord(
-            uuid=row["uuid"],
-            namespace=row["namespace"],
-            parent=row["parent"],
-            operation=row["operation"],
-            command=row["command"],
-            depth=row["depth"],
-            layers=tuple(r["layer"] for r in layers),
-            env=tuple(json.loads(row["env"])),
-            cwd=row["cwd"],
-            user=row["user"],
-            size=row["size"],
-            tags=tuple(r["tag"] for r in tags),
-            created_at=row["created_at"],
-            source_digest=row["source_digest"],
-        )
+    def _images_from_rows(self, rows: Sequence[sqlite3.Row]) -> list[ImageRecord]:
+        """Records for image rows, with their layers and tags read in one query each."""
+        layers: dict[str, list[str]] = {}
+        tags: dict[str, list[str]] = {}
+        uuids = [r["uuid"] for r in rows]
+        for i in range(0, len(uuids), _IN_BATCH):
+            batch = uuids[i : i + _IN_BATCH]
+            marks = ", ".join("?" for _ in batch)
+            for r in self._query(
+                f"SELECT image, layer FROM image_layers WHERE image IN ({marks})"
+                " ORDER BY image, position",
+                batch,
+            ):
+                layers.setdefault(r["image"], []).append(r["layer"])
+            for r in self._query(
+                f"SELECT image, tag FROM tags WHERE image IN ({marks}) ORDER BY image, tag", batch
+            ):
+                tags.setdefault(r["image"], []).append(r["tag"])
+        return [
+            ImageRecord(
+                uuid=row["uuid"],
+                namespace=row["namespace"],
+                parent=row["parent"],
+                operation=row["operation"],
+                command=row["command"],
+                depth=row["depth"],
+                layers=tuple(layers.get(row["uuid"], ())),
+                env=tuple(json.loads(row["env"])),
+                cwd=row["cwd"],
+                user=row["user"],
+                size=row["size"],
+                tags=tuple(tags.get(row["uuid"], ())),
+                created_at=row["created_at"],
+                source_digest=row["source_digest"],
+            )
+            for row in rows
+        ]
+
+    def _image_from_rows(self, rows: Sequence[sqlite3.Row]) -> ImageRecord | None:
+        return self._images_from_rows(rows[:1])[0] if rows else None
 
     def get_image(self, uuid: str) -> ImageRecord | None:
         rows = self._query("SELECT * FROM images WHERE uuid=?", (uuid,))
-        return self._image_from_row(rows[0]) if rows else None
+        return self._image_from_rows(rows)
 
     def list_images(self, query: ImageQuery) -> list[ImageRecord]:
         where, params = namespace_clause(query.namespaces, "i.namespace")
@@ -114,11 +136,11 @@ class ImageTables(SqliteBase):
             " ORDER BY i.created_at DESC, i.uuid LIMIT ? OFFSET ?"
         )
         rows = self._query(sql, [*params, query.limit, query.offset])
-        return [self._image_from_row(r) for r in rows]
+        return self._images_from_rows(rows)
 
     def children(self, uuid: str) -> list[ImageRecord]:
         rows = self._query("SELECT * FROM images WHERE parent=? ORDER BY created_at", (uuid,))
-        return [self._image_from_row(r) for r in rows]
+        return self._images_from_rows(rows)
 
     def add_layer(self, layer_id: str, *, size: int, span: int, source: str | None = None) -> None:
         with self._tx() as db:
@@ -137,7 +159,7 @@ class ImageTables(SqliteBase):
             " ORDER BY created_at DESC LIMIT 1",
             (namespace, source_digest),
         )
-        return self._image_from_row(rows[0]) if rows else None
+        return self._image_from_rows(rows)
 
     def layer_spans(self, layer_ids: Sequence[str]) -> dict[str, int]:
         rows = self._query(
