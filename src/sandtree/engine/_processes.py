@@ -15,12 +15,18 @@ from typing import Any
 
 from sandtree.engine._events import EventLog
 from sandtree.engine._streams import Collector, encode_stream
-from sandtree.engine.runtime import Runtime, Sandbox, SandboxSpec
-from sandtree.engine.runtime._base import SandboxProcess
+from sandtree.engine.runtime import (
+    ProcessSpec,
+    Runtime,
+    Sandbox,
+    SandboxExit,
+    SandboxProcess,
+    SandboxSpec,
+)
 from sandtree.engine.types import OperationEvent
 from sandtree.errors import ConflictError, NotFoundError
 
-__all__ = ["LiveRun", "ProcessTable", "process_result"]
+__all__ = ["LiveRun", "ProcessTable", "exit_event", "process_result"]
 
 #: How long the end of a run waits for its exec'd processes' output to drain.
 _DRAIN_SECONDS = 5.0
@@ -89,8 +95,8 @@ class ProcessTable:
             else:
                 merged[key] = value
         cwd = cwd or live.spec.cwd
-        process = await live.runtime.exec(live.spec, name=f"exec-{spid}", args=args, env=merged,
-                                          cwd=cwd, uid=uid, gid=gid)  # fmt: skip
+        wanted = ProcessSpec(name=f"exec-{spid}", args=args, env=merged, cwd=cwd, uid=uid, gid=gid)
+        process = await live.runtime.exec(live.spec, wanted)
         live.processes[spid] = process
         cap = truncate if truncate is not None else live.truncate
         live.log.emit("spawn", {"pid": process.pid, "command": args[0], "args": list(args[1:]),
@@ -118,12 +124,11 @@ class ProcessTable:
                           spid=spid)  # fmt: skip
 
     async def signal(self, op_id: str, spid: int, signum: int) -> None:
-        process = self._process(op_id, spid)
         if spid == 1:
             # The main process is the sandbox's init: ending it ends the run, like a failure.
             await self._get(op_id).sandbox.kill()
             return
-        await process.signal(signum)  # type: ignore[union-attr]
+        await self._process(op_id, spid).signal(signum)  # type: ignore[union-attr]
 
 
 async def _supervise(
@@ -147,19 +152,34 @@ async def _supervise(
     await asyncio.gather(*pumps, return_exceptions=True)
     out.finish()
     err.finish()
-    log.emit("exit", {"pid": process.pid, "code": -1 if exit.signal else exit.exit_code,
-                      "signal": exit.signal or -1, "timed_out": False,
-                      "duration_ms": int((loop.time() - started) * 1000),
-                      "resources": _zero_resources()}, spid=spid)  # fmt: skip
+    log.emit(
+        "exit",
+        exit_event(process.pid, exit, timed_out=False, elapsed=loop.time() - started),
+        spid=spid,
+    )
 
 
-def _zero_resources() -> dict[str, int]:
-    return dict.fromkeys(
-        ("user_time_us", "sys_time_us", "max_rss_kb", "shared_memory", "unshared_memory",
-         "swaps", "minor_faults", "major_faults", "voluntary_ctx_switches",
-         "involuntary_ctx_switches", "block_input_ops", "block_output_ops", "ipc_msgs_sent",
-         "ipc_msgs_received", "signals_received"), 0,
+def exit_event(pid: int, exit: SandboxExit, *, timed_out: bool, elapsed: float) -> dict[str, Any]:
+    """The data of a process's ``exit`` event."""
+    zero = dict.fromkeys(
+        ("shared_memory", "unshared_memory", "swaps", "minor_faults", "major_faults",
+         "voluntary_ctx_switches", "involuntary_ctx_switches", "block_input_ops",
+         "block_output_ops", "ipc_msgs_sent", "ipc_msgs_received", "signals_received"), 0,
     )  # fmt: skip
+    resources = {
+        "user_time_us": int(exit.user_cpu_time * 1e6),
+        "sys_time_us": int(exit.system_cpu_time * 1e6),
+        "max_rss_kb": exit.max_rss_kb,
+        **zero,
+    }
+    return {
+        "pid": pid,
+        "code": -1 if exit.signal else exit.exit_code,
+        "signal": exit.signal or -1,
+        "timed_out": timed_out,
+        "duration_ms": int(elapsed * 1000),
+        "resources": resources,
+    }
 
 
 def process_result(events: Sequence[OperationEvent], spid: int) -> dict[str, Any]:

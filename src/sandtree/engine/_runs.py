@@ -17,7 +17,7 @@ from sandtree.config import Settings
 from sandtree.engine._clock import now_iso
 from sandtree.engine._events import EventLog
 from sandtree.engine._files import BlobStore
-from sandtree.engine._processes import LiveRun, ProcessTable
+from sandtree.engine._processes import LiveRun, ProcessTable, exit_event
 from sandtree.engine._streams import Collector
 from sandtree.engine.layers._paths import make_parents_in_root, open_root, write_file_in_root
 from sandtree.engine.layers._store import LayerStore, RunDirs
@@ -341,18 +341,7 @@ class RunExecutor:
     ) -> tuple[RunResult, ImageRecord | None]:
         exit = outcome.exit
         stdout, stderr = out.finish(), err.finish()
-        log.emit(
-            "exit",
-            {
-                "pid": 1,
-                "code": exit.exit_code if not exit.signal else -1,
-                "signal": exit.signal or -1,
-                "timed_out": outcome.timed_out,
-                "duration_ms": int(elapsed * 1000),
-                "resources": _event_resources(exit),
-            },
-            spid=1,
-        )
+        log.emit("exit", exit_event(1, exit, timed_out=outcome.timed_out, elapsed=elapsed), spid=1)
         reason = (
             "timeout" if outcome.timed_out else ("signal" if outcome.cancelled else "job_complete")
         )
@@ -383,10 +372,10 @@ class RunExecutor:
         if failure is not None:
             message, cancelled = failure
             raise RunFailure(message, result, cancelled=cancelled)
-        await asyncio.to_thread(self._layers.release_run, dirs)
+        committed = await asyncio.to_thread(self._settle_upper, dirs, keep=not spec.disposable)
         if spec.disposable:
             return result, None
-        upper_changed = await asyncio.to_thread(self._layers.has_changes, dirs)
+        upper_changed = committed is not None
         # Files a directory state placed change the filesystem as files placed one by one do.
         changed = upper_changed or bool(spec.lower_layers)
         new_env = self._preserved_env(image, spec) if spec.preserve_env else image.env
@@ -396,8 +385,8 @@ class RunExecutor:
         new_layers: tuple[str, ...] = spec.lower_layers
         size = 0
         layer_sizes: dict[str, int] = {}
-        if upper_changed:
-            layer_id, size = await asyncio.to_thread(self._layers.commit_run, dirs)
+        if committed is not None:
+            layer_id, size = committed
             new_layers, layer_sizes = (*new_layers, layer_id), {layer_id: size}
         # The parent's stack as it is now, read with no await before the image is added: a
         # compaction may have landed while this run ran (the new layer sits as well on the
@@ -422,6 +411,14 @@ class RunExecutor:
         return dataclasses.replace(
             result, result_image=child.uuid, filesystem_changed=changed, image_size=size
         ), child
+
+    def _settle_upper(self, dirs: RunDirs, *, keep: bool) -> tuple[str, int] | None:
+        """Unmount a finished run and, when ``keep``, turn a changed upper dir into a layer;
+        returns ``(layer_id, bytes)`` if one was made. One thread hop for all three steps."""
+        self._layers.release_run(dirs)
+        if not keep or not self._layers.has_changes(dirs):
+            return None
+        return self._layers.commit_run(dirs)
 
     def _failure(
         self, spec: RunSpec, outcome: _Outcome, exit: SandboxExit
@@ -474,29 +471,3 @@ def _describe(spec: RunSpec) -> str:
     if spec.shell:
         return spec.command
     return " ".join([spec.command, *spec.args])
-
-
-def _event_resources(exit: SandboxExit) -> dict[str, int]:
-    zero = dict.fromkeys(
-        (
-            "shared_memory",
-            "unshared_memory",
-            "swaps",
-            "minor_faults",
-            "major_faults",
-            "voluntary_ctx_switches",
-            "involuntary_ctx_switches",
-            "block_input_ops",
-            "block_output_ops",
-            "ipc_msgs_sent",
-            "ipc_msgs_received",
-            "signals_received",
-        ),
-        0,
-    )
-    return {
-        "user_time_us": int(exit.user_cpu_time * 1e6),
-        "sys_time_us": int(exit.system_cpu_time * 1e6),
-        "max_rss_kb": exit.max_rss_kb,
-        **zero,
-    }

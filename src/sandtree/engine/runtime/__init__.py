@@ -5,7 +5,15 @@ tier) from the same generated bundle; ``FakeRuntime`` interprets a tiny command 
 process so engine behaviour can be tested fast and deterministically.
 """
 
-from sandtree.engine.runtime._base import Limits, Runtime, Sandbox, SandboxExit, SandboxSpec
+from sandtree.engine.runtime._base import (
+    Limits,
+    ProcessSpec,
+    Runtime,
+    Sandbox,
+    SandboxExit,
+    SandboxProcess,
+    SandboxSpec,
+)
 from sandtree.engine.runtime._fake import FakeRuntime
 from sandtree.engine.runtime._host import enter_private_mount_namespace
 from sandtree.engine.runtime._oci import OciRuntime
@@ -14,9 +22,11 @@ __all__ = [
     "FakeRuntime",
     "Limits",
     "OciRuntime",
+    "ProcessSpec",
     "Runtime",
     "Sandbox",
     "SandboxExit",
+    "SandboxProcess",
     "SandboxSpec",
     "enter_private_mount_namespace",
 ]

@@ -8,7 +8,15 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["Limits", "Runtime", "Sandbox", "SandboxExit", "SandboxProcess", "SandboxSpec"]
+__all__ = [
+    "Limits",
+    "ProcessSpec",
+    "Runtime",
+    "Sandbox",
+    "SandboxExit",
+    "SandboxProcess",
+    "SandboxSpec",
+]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -42,6 +50,19 @@ class SandboxSpec:
     nameservers: Sequence[str] = ()
     #: Largest file any process may write (RLIMIT_FSIZE), or None for no cap.
     max_file_bytes: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ProcessSpec:
+    """A process to exec into a running sandbox (its capabilities and caps are the sandbox's)."""
+
+    #: Unique within the sandbox; names the runtime's files for this process.
+    name: str
+    args: Sequence[str]
+    env: Mapping[str, str]
+    cwd: str
+    uid: int
+    gid: int
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -109,18 +130,8 @@ class Runtime(Protocol):
 
     async def start(self, spec: SandboxSpec) -> Sandbox: ...
 
-    async def exec(
-        self,
-        spec: SandboxSpec,
-        *,
-        name: str,
-        args: Sequence[str],
-        env: Mapping[str, str],
-        cwd: str,
-        uid: int,
-        gid: int,
-    ) -> SandboxProcess:
-        """Start another process in the running sandbox ``spec``."""
+    async def exec(self, spec: SandboxSpec, process: ProcessSpec) -> SandboxProcess:
+        """Start ``process`` in the running sandbox ``spec``."""
 
     def cleanup_stale(self) -> None:
         """Remove sandboxes, cgroups and state left behind by a previous process."""

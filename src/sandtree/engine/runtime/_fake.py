@@ -18,10 +18,10 @@ import asyncio
 import dataclasses
 import os
 import shutil
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-from sandtree.engine.runtime._base import SandboxExit, SandboxSpec
+from sandtree.engine.runtime._base import ProcessSpec, SandboxExit, SandboxSpec
 
 __all__ = ["FakeRuntime", "FakeSandbox"]
 
@@ -142,21 +142,11 @@ class FakeRuntime:
         self._next_pid += 1
         return FakeSandbox(spec, self._next_pid, uid_shift=self._uid_shift)
 
-    async def exec(
-        self,
-        spec: SandboxSpec,
-        *,
-        name: str,
-        args: Sequence[str],
-        env: Mapping[str, str],
-        cwd: str,
-        uid: int,
-        gid: int,
-    ) -> FakeSandbox:
+    async def exec(self, spec: SandboxSpec, process: ProcessSpec) -> FakeSandbox:
         self._next_pid += 1
-        child = dataclasses.replace(spec, args=tuple(args), env=dict(env), cwd=cwd, uid=uid,
-                                    gid=gid)  # fmt: skip
-        return FakeSandbox(child, self._next_pid)
+        child = dataclasses.replace(spec, args=tuple(process.args), env=dict(process.env),
+                                    cwd=process.cwd, uid=process.uid, gid=process.gid)  # fmt: skip
+        return FakeSandbox(child, self._next_pid, uid_shift=self._uid_shift)
 
     def cleanup_stale(self) -> None:
         return None

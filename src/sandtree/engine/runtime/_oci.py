@@ -8,10 +8,10 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
-from sandtree.engine.runtime._base import SandboxExit, SandboxSpec
+from sandtree.engine.runtime._base import ProcessSpec, SandboxExit, SandboxSpec
 from sandtree.engine.runtime._host import CgroupSet, runtime_prefix
 from sandtree.engine.runtime._ocispec import build_config, build_process
 from sandtree.engine.runtime._process import AsyncProcess
@@ -305,30 +305,22 @@ class OciRuntime:
             raise
         return OciSandbox(process, cgroups, spec.workdir / "runtime.log")
 
-    async def exec(
-        self,
-        spec: SandboxSpec,
-        *,
-        name: str,
-        args: Sequence[str],
-        env: Mapping[str, str],
-        cwd: str,
-        uid: int,
-        gid: int,
-    ) -> OciExec:
-        """Start another process in the running sandbox ``spec``, in its cgroups."""
+    async def exec(self, spec: SandboxSpec, process: ProcessSpec) -> OciExec:
+        """Start ``process`` in the running sandbox ``spec``, in its cgroups."""
         if not await _wait_for_file(spec.workdir / _INIT_PID):
             raise ConflictError(
                 "the sandbox is not running (it has not started yet or has already ended); "
                 "retry once the operation's spawn event has arrived"
             )
-        process_file = spec.workdir / f"{name}.json"
-        pid_file = spec.workdir / f"{name}.pid"
+        process_file = spec.workdir / f"{process.name}.json"
+        pid_file = spec.workdir / f"{process.name}.pid"
         # crun writes the host pid; runsc's own pid file holds its exec helper, so ask it for
         # the sandbox-internal pid and signal through `runsc kill --pid`.
         pid_flag = "--internal-pid-file" if self.kind == "runsc" else "--pid-file"
-        process = build_process(spec, args, env, cwd, uid, gid)
-        process_file.write_text(json.dumps(process), encoding="utf-8")
+        config = build_process(
+            spec, process.args, process.env, process.cwd, process.uid, process.gid
+        )
+        process_file.write_text(json.dumps(config), encoding="utf-8")
         argv = [
             *runtime_prefix(),
             *self._global_args(spec),
