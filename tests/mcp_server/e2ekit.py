@@ -88,9 +88,14 @@ def make_project(root: Path) -> Path:
         ".gitignore": "__pycache__/\n",
         "__pycache__/top.pyc": "compiled",
     }
+    write_files(root, files)
+    (root / "run.sh").chmod(0o755)
+    return root
+
+
+def write_files(root: Path, files: dict[str, str]) -> None:
+    """Write ``files`` (a relative path → its text) under ``root``, making directories."""
     for rel, text in files.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
-    (root / "run.sh").chmod(0o755)
-    return root

@@ -15,6 +15,7 @@ from sandtree.mcp import McpContext, build_server
 from sandtree.mcp._rsync import SyncResult, sync
 
 from .conftest import Agent
+from .e2ekit import write_files
 
 pytestmark = pytest.mark.anyio
 
@@ -41,10 +42,7 @@ def _tree(root: Path) -> Path:
         ".gitignore": "*.pyc\n",
         "run.sh": "#!/bin/sh\necho run\n",
     }
-    for rel, text in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+    write_files(root, files)
     (root / "run.sh").chmod(0o755)
     (root / "docs/public/readme.md").chmod(0o600)
     return root

@@ -8,9 +8,9 @@ from __future__ import annotations
 from starlette.requests import Request
 
 from sandtree.engine import Engine
-from sandtree.errors import TooManyRequestsError
+from sandtree.errors import LimitExceededError, TooManyRequestsError
 
-__all__ = ["check_concurrency", "track"]
+__all__ = ["check_concurrency", "check_timeout", "track"]
 
 
 def _in_flight(request: Request, token_uuid: str, kind: str) -> set[str]:
@@ -39,3 +39,15 @@ def check_concurrency(
 def track(request: Request, token_uuid: str, op_id: str, *, kind: str) -> None:
     """Count ``op_id`` against the token's limit until it ends."""
     _in_flight(request, token_uuid, kind).add(op_id)
+
+
+def check_timeout(timeout: int, *, asked: bool, limit: int | None, name: str = "limit") -> int:
+    """``timeout`` under the token's ``limit``: a default is lowered to it (a default never
+    exceeds a limit), a timeout the request ``asked`` for above it is refused."""
+    if limit is None:
+        return timeout
+    if not asked:
+        return min(timeout, limit)
+    if timeout > limit:
+        raise LimitExceededError(f"timeout {timeout} s is above this token's {name} of {limit} s")
+    return timeout

@@ -9,9 +9,8 @@ from starlette.routing import Route
 from sandtree.api._auth import require
 from sandtree.api._params import json_body
 from sandtree.api._streaming import thread_chunks
-from sandtree.api.images import image_in_path
+from sandtree.api.images import image_in_path, registry_fields
 from sandtree.engine import Engine
-from sandtree.errors import InvalidRequestError
 
 __all__ = ["routes"]
 
@@ -40,15 +39,7 @@ async def push_image(request: Request) -> Response:
     engine: Engine = request.app.state.engine
     image = image_in_path(request)
     body = await json_body(request, example=_PUSH_EXAMPLE)
-    registry = body.get("registry") if isinstance(body, dict) else None
-    url = registry.get("url") if isinstance(registry, dict) else None
-    if not isinstance(url, str) or not url.strip():
-        raise InvalidRequestError(f"'registry.url' is required, e.g. {_PUSH_EXAMPLE}")
-    credentials = registry.get("credentials") if isinstance(registry, dict) else None
-    if credentials is not None and not isinstance(credentials, dict):
-        raise InvalidRequestError(
-            "'registry.credentials' must be an object with 'username' and 'password'"
-        )
+    url, credentials = registry_fields(body, _PUSH_EXAMPLE)
     digest = await engine.push_image(image, url, credentials=credentials)
     return JSONResponse({"image": image.uuid, "url": url, "digest": digest})
 

@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from sandtree.api._auth import require
-from sandtree.api._limits import check_concurrency, track
+from sandtree.api._limits import check_concurrency, check_timeout, track
 from sandtree.api._params import int_param, json_body, time_param
 from sandtree.engine import Engine, ImageQuery, ImageRecord
 from sandtree.errors import (
@@ -107,18 +107,24 @@ async def untag_image(request: Request) -> Response:
 _IMPORT_EXAMPLE = '{"registry": {"url": "docker://alpine:3.20"}, "tag": "alpine:3.20"}'
 
 
-def _import_fields(body: Any) -> tuple[str, dict[str, Any] | None, str | None, int, str | None]:
-    if not isinstance(body, dict):
-        raise InvalidRequestError(f"send a JSON object like {_IMPORT_EXAMPLE}")
-    registry = body.get("registry")
+def registry_fields(body: Any, example: str) -> tuple[str, dict[str, Any] | None]:
+    """``registry.url`` and ``registry.credentials`` of an import or push body, checked."""
+    registry = body.get("registry") if isinstance(body, dict) else None
     url = registry.get("url") if isinstance(registry, dict) else None
     if not isinstance(url, str) or not url.strip():
-        raise InvalidRequestError(f"'registry.url' is required, e.g. {_IMPORT_EXAMPLE}")
+        raise InvalidRequestError(f"'registry.url' is required, e.g. {example}")
     credentials = registry.get("credentials") if isinstance(registry, dict) else None
     if credentials is not None and not isinstance(credentials, dict):
         raise InvalidRequestError(
             "'registry.credentials' must be an object with 'username' and 'password'"
         )
+    return url, credentials
+
+
+def _import_fields(body: Any) -> tuple[str, dict[str, Any] | None, str | None, int, str | None]:
+    if not isinstance(body, dict):
+        raise InvalidRequestError(f"send a JSON object like {_IMPORT_EXAMPLE}")
+    url, credentials = registry_fields(body, _IMPORT_EXAMPLE)
     tag = body.get("tag")
     if tag is not None and (not isinstance(tag, str) or not tag):
         raise InvalidRequestError("'tag' must be a non-empty string such as 'alpine:3.20', or null")
@@ -136,13 +142,12 @@ async def import_image(request: Request) -> Response:
     engine = _engine(request)
     body = await json_body(request, example=_IMPORT_EXAMPLE)
     url, credentials, tag, timeout, platform = _import_fields(body)
-    max_timeout = token.limits.get("images_import_max_timeout")
-    if max_timeout is not None and body.get("timeout") is None:
-        timeout = min(timeout, max_timeout)  # a default never exceeds a limit
-    if max_timeout is not None and timeout > max_timeout:
-        raise LimitExceededError(
-            f"timeout {timeout} s is above this token's import limit of {max_timeout} s"
-        )
+    timeout = check_timeout(
+        timeout,
+        asked=body.get("timeout") is not None,
+        limit=token.limits.get("images_import_max_timeout"),
+        name="import limit",
+    )
     limit = token.limits.get("images_import_max_concurrency")
     try:
         check_concurrency(request, engine, token.uuid, limit, kind="imports")

@@ -14,14 +14,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from sandtree.api._auth import require
-from sandtree.api._limits import check_concurrency, track
+from sandtree.api._limits import check_concurrency, check_timeout, track
 from sandtree.api._params import json_body
 from sandtree.engine import Engine, PlacedFile, RunSpec
 from sandtree.errors import (
     ForbiddenError,
     ImageNotFoundError,
     InvalidRequestError,
-    LimitExceededError,
 )
 
 __all__ = [
@@ -194,13 +193,13 @@ async def spawn_instance(request: Request) -> Response:
                 'this token may only run disposable instances; send "disposable": true '
                 "or use a token with the 'spawn' permission"
             ) from None
-    max_timeout = token.limits.get("instance_max_timeout")
-    if max_timeout is not None and body.get("timeout") is None and spec.timeout > max_timeout:
-        spec = dataclasses.replace(spec, timeout=max_timeout)  # a default never exceeds a limit
-    if max_timeout is not None and spec.timeout > max_timeout:
-        raise LimitExceededError(
-            f"timeout {spec.timeout} s is above this token's limit of {max_timeout} s"
-        )
+    timeout = check_timeout(
+        spec.timeout,
+        asked=body.get("timeout") is not None,
+        limit=token.limits.get("instance_max_timeout"),
+    )
+    if timeout != spec.timeout:
+        spec = dataclasses.replace(spec, timeout=timeout)
     limit = token.limits.get("instance_max_concurrency")
     check_concurrency(request, engine, token.uuid, limit, kind="instances")
     try:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import anyio
@@ -15,11 +16,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from sandtree.client import Connection, SandtreeClient, resolve_server
+from sandtree.client import Connection, Event, SandtreeClient, resolve_server
 from sandtree.errors import SandtreeError
 
 __all__ = [
     "CliState",
+    "cancel_on_interrupt",
     "client_command",
     "connection_options",
     "emit",
@@ -27,6 +29,7 @@ __all__ = [
     "escape",
     "out",
     "uuid_table",
+    "write_output",
 ]
 
 P = ParamSpec("P")
@@ -137,3 +140,23 @@ def emit(state: CliState, data: Any, human: Callable[[], None]) -> None:
         click.echo(json.dumps(data, indent=2, default=str))
     else:
         human()
+
+
+def write_output(event: Event) -> None:
+    """Copy a stdout/stderr event's bytes to our own stdout/stderr; other events are ignored."""
+    if event.type in ("stdout", "stderr"):
+        stream = sys.stdout if event.type == "stdout" else sys.stderr
+        stream.buffer.write(event.raw())
+        stream.flush()
+
+
+@contextlib.asynccontextmanager
+async def cancel_on_interrupt(client: SandtreeClient, operation_id: str) -> AsyncIterator[None]:
+    """Ctrl-C inside the block (a KeyboardInterrupt, or the main task's cancellation under
+    asyncio) cancels the operation on the server too, rather than leaving it running."""
+    try:
+        yield
+    except (KeyboardInterrupt, anyio.get_cancelled_exc_class()):
+        with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+            await client.cancel_operation(operation_id)
+        raise

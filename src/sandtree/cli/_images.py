@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import anyio
 import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
@@ -20,7 +19,16 @@ from rich.tree import Tree
 from sandtree.client import SandtreeClient
 from sandtree.errors import InvalidRequestError
 
-from ._common import CliState, client_command, emit, err_console, escape, out, uuid_table
+from ._common import (
+    CliState,
+    cancel_on_interrupt,
+    client_command,
+    emit,
+    err_console,
+    escape,
+    out,
+    uuid_table,
+)
 
 __all__ = ["images"]
 
@@ -148,7 +156,8 @@ async def import_image(
         disable=not show,
     ) as bar:
         task = bar.add_task(f"import {reference}", total=None)
-        try:
+        # Ctrl-C stops the import on the server too (nothing half-imported stays).
+        async with cancel_on_interrupt(client, op_id):
             async for event in client.events(op_id, follow=True):
                 if event.type == "progress":
                     data = event.data
@@ -159,11 +168,6 @@ async def import_image(
                         description=f"{data.get('phase')} {data.get('layers_done')}/"
                         f"{data.get('layers_total')} layers",
                     )
-        except (KeyboardInterrupt, anyio.get_cancelled_exc_class()):
-            # Ctrl-C stops the import on the server too (nothing half-imported stays).
-            with anyio.CancelScope(shield=True), anyio.move_on_after(10):
-                await client.cancel_operation(op_id)
-            raise
     done = await client.get_operation(op_id)
 
     def human() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
 import anyio
@@ -12,7 +11,7 @@ from rich.table import Table
 
 from sandtree.client import SandtreeClient
 
-from ._common import CliState, client_command, emit, err_console, escape, out
+from ._common import CliState, client_command, emit, err_console, escape, out, write_output
 
 __all__ = ["ops"]
 
@@ -180,9 +179,7 @@ async def logs(client: SandtreeClient, state: CliState, operation_id: str, follo
                 )
             )
         elif event.type in ("stdout", "stderr"):
-            stream = sys.stdout if event.type == "stdout" else sys.stderr
-            stream.buffer.write(event.raw())
-            stream.flush()
+            write_output(event)
         elif event.type == "progress":
             data = event.data
             err_console.print(

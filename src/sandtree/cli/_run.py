@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
-import anyio
 import click
 
 from sandtree.client import SandtreeClient
 from sandtree.errors import InvalidRequestError
 
-from ._common import CliState, client_command, emit, err_console, escape
+from ._common import (
+    CliState,
+    cancel_on_interrupt,
+    client_command,
+    emit,
+    err_console,
+    escape,
+    write_output,
+)
 from ._session import Session
 
 __all__ = ["run"]
@@ -82,18 +88,10 @@ async def run(
         body["networking"] = {"enabled": True}
     op = await client.spawn(body)
     op_id = str(op["uuid"])
-    try:
+    async with cancel_on_interrupt(client, op_id):
         async for event in client.events(op_id, follow=True):
-            if event.type in ("stdout", "stderr") and not state.json:
-                stream = sys.stdout if event.type == "stdout" else sys.stderr
-                stream.buffer.write(event.raw())
-                stream.flush()
-    except (KeyboardInterrupt, anyio.get_cancelled_exc_class()):
-        # Ctrl-C reaches us as the main task's cancellation (asyncio) or KeyboardInterrupt:
-        # stop the sandbox too, rather than leaving it running on the server.
-        with anyio.CancelScope(shield=True), anyio.move_on_after(10):
-            await client.cancel_operation(op_id)
-        raise
+            if not state.json:
+                write_output(event)
     done = await client.get_operation(op_id)
     result = (done.get("metadata") or {}).get("result") or {}
     exit_code = (result.get("state") or {}).get("exit_code")

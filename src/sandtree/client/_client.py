@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tarfile
+import tempfile
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import httpx
 
@@ -25,9 +28,10 @@ from sandtree.errors import (
 
 from ._sse import Event, parse_frames
 
-__all__ = ["SandtreeClient"]
+__all__ = ["TERMINAL_STATUSES", "SandtreeClient"]
 
-_TERMINAL = frozenset({"SUCCESS", "FAILED", "CANCELLED"})
+#: The statuses an operation ends in (it never leaves them).
+TERMINAL_STATUSES = frozenset({"SUCCESS", "FAILED", "CANCELLED"})
 _UPLOAD_CHUNK = 1 << 20
 
 
@@ -123,17 +127,16 @@ class SandtreeClient:
     async def get_image(self, image: str) -> dict[str, Any]:
         """An image by UUID or ``tag:NAME`` (a bare tag works too)."""
         ref = image.removeprefix("tag:")
-        if ref == image and _looks_like_uuid(image):
+        if ref == image and _canonical_uuid(image) is not None:
             return dict(await self._json("GET", f"/inspect/{image}/"))
         return dict(await self._json("GET", "/inspect/", params={"tag": ref}))
 
     async def resolve_image(self, image: str) -> str:
         """The UUID ``image`` (a UUID or ``tag:NAME``) names; a UUID is taken as given (the
         call that uses it says if no such image exists), a tag costs one request."""
-        if _looks_like_uuid(image):
-            import uuid
-
-            return str(uuid.UUID(image))
+        canonical = _canonical_uuid(image)
+        if canonical is not None:
+            return canonical
         return str((await self.get_image(image))["uuid"])
 
     async def set_tag(self, uuid: str, tag: str) -> dict[str, Any]:
@@ -152,10 +155,11 @@ class SandtreeClient:
         platform: str | None = None,
     ) -> str:
         """Start a registry import; returns its operation id."""
-        registry: dict[str, Any] = {"url": url}
-        if credentials:
-            registry["credentials"] = dict(credentials)
-        body: dict[str, Any] = {"registry": registry, "tag": tag, "timeout": timeout}
+        body: dict[str, Any] = {
+            "registry": _registry(url, credentials),
+            "tag": tag,
+            "timeout": timeout,
+        }
         if platform:
             body["platform"] = platform
         return str((await self._json("POST", "/images/import", json=body))["uuid"])
@@ -170,10 +174,8 @@ class SandtreeClient:
     async def push_image(
         self, uuid: str, url: str, *, credentials: Mapping[str, str] | None = None
     ) -> dict[str, Any]:
-        registry: dict[str, Any] = {"url": url}
-        if credentials:
-            registry["credentials"] = dict(credentials)
-        return dict(await self._json("POST", f"/images/{uuid}/push", json={"registry": registry}))
+        body = {"registry": _registry(url, credentials)}
+        return dict(await self._json("POST", f"/images/{uuid}/push", json=body))
 
     async def export_image(self, uuid: str) -> AsyncIterator[bytes]:
         """The image as an OCI archive, in chunks."""
@@ -261,7 +263,7 @@ class SandtreeClient:
                 pass
 
         op = await self.get_operation(operation_id)
-        if op.get("status") in _TERMINAL:
+        if op.get("status") in TERMINAL_STATUSES:
             return op
         await asyncio.wait_for(follow(), timeout)
         return await self.get_operation(operation_id)
@@ -388,14 +390,20 @@ def _retry_after(response: httpx.Response) -> float:
         return 0.2
 
 
-def _looks_like_uuid(value: str) -> bool:
-    import uuid
+def _registry(url: str, credentials: Mapping[str, str] | None) -> dict[str, Any]:
+    """The ``registry`` object of an import or push request."""
+    registry: dict[str, Any] = {"url": url}
+    if credentials:
+        registry["credentials"] = dict(credentials)
+    return registry
 
+
+def _canonical_uuid(value: str) -> str | None:
+    """``value`` as a canonical UUID string, or None if it is not a UUID."""
     try:
-        uuid.UUID(value)
+        return str(UUID(value))
     except ValueError:
-        return False
-    return True
+        return None
 
 
 async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
@@ -410,9 +418,6 @@ async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
 
 def _tar_of(paths: list[Path]) -> Any:
     """An uncompressed tar of ``paths`` (named by their index), spooled to disk past 64 MiB."""
-    import tarfile
-    import tempfile
-
     # Returned open: the caller streams it, then closes it.
     spool = tempfile.SpooledTemporaryFile(max_size=64 << 20)  # noqa: SIM115
     with tarfile.open(fileobj=spool, mode="w", format=tarfile.PAX_FORMAT) as tar:

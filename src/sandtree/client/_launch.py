@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -82,8 +83,6 @@ def resolve_server(
     settings = Settings.from_env(env)
     if found is not None:
         # The config names a local server that is not running: start it where it was.
-        from urllib.parse import urlsplit
-
         parts = urlsplit(found.url)
         local = parts.hostname in ("127.0.0.1", "localhost") and parts.port is not None
         if not local:

@@ -242,12 +242,6 @@ class SyncCache:
             )
             self._db.execute("COMMIT")
 
-    def put_upload(self, server: str, sha256: str, uuid: str) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO uploads VALUES (?, ?, ?)", (server, sha256, uuid)
-            )
-
     def state(self, server: str, key: str) -> int | None:
         with self._lock:
             row = self._db.execute(
@@ -372,6 +366,7 @@ async def _upload_one_by_one(
     sent: list[int],
 ) -> None:
     gate = asyncio.Semaphore(_UPLOADS_AT_ONCE)
+    done: dict[str, str] = {}
 
     async def ensure(sha: str) -> None:
         async with gate:
@@ -380,10 +375,13 @@ async def _upload_one_by_one(
                 found = await client.upload_file(Path(by_sha[sha].path))
                 sent[0] += 1
                 sent[1] += by_sha[sha].size
-            uploads[sha] = str(found["uuid"])
-            cache.put_upload(server, sha, uploads[sha])
+            uploads[sha] = done[sha] = str(found["uuid"])
 
-    await asyncio.gather(*(ensure(sha) for sha in missing if sha not in uploads))
+    try:
+        await asyncio.gather(*(ensure(sha) for sha in missing if sha not in uploads))
+    finally:
+        # One transaction for the lot (not one per file), kept even if an upload failed.
+        cache.put_uploads(server, done)
 
 
 async def _publish(

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
+from sandtree.client import TERMINAL_STATUSES
 from sandtree.errors import SandtreeError
 
 from ._context import McpContext, tool_errors
@@ -25,7 +26,6 @@ __all__ = ["register_run_tools"]
 
 _PROGRESS_EVERY = 0.5  # seconds between progress notifications
 _TAIL_LINES = 5
-_TERMINAL = ("SUCCESS", "FAILED", "CANCELLED")
 
 
 def _stdin(text: str) -> dict[str, str]:
@@ -209,7 +209,7 @@ def register_run_tools(server: MCPServer, mc: McpContext) -> None:
         """Cancel a pending or running operation (one already ended is left as it is)."""
         with tool_errors("list_operations shows the ids you can use"):
             op = await mc.client.get_operation(operation_id)
-            if op.get("status") in _TERMINAL:
+            if op.get("status") in TERMINAL_STATUSES:
                 return {
                     "cancelled": op.get("status") == "CANCELLED",
                     "operation_id": operation_id,
