@@ -338,13 +338,20 @@ class OciRuntime:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signum)
                 return
-            killer = await AsyncProcess.start(
-                [*runtime_prefix(), *self._global_args(spec), "kill", f"--pid={pid}", spec.id,
-                 str(signum)]
-            )  # fmt: skip
-            killer.stdin.close()
-            await asyncio.gather(killer.stdout.read(), killer.stderr.read())
-            await killer.wait()
+            argv = [*runtime_prefix(), *self._global_args(spec), "kill", f"--pid={pid}",
+                    spec.id, str(signum)]  # fmt: skip
+            # runsc kill can fail transiently on a loaded host (it talks to the sandbox over
+            # its control socket): try twice, and say so rather than leave the process be.
+            for _ in range(2):
+                killer = await AsyncProcess.start(argv)
+                killer.stdin.close()
+                _, err = await asyncio.gather(killer.stdout.read(), killer.stderr.read())
+                if await killer.wait() == 0:
+                    return
+            raise RuntimeUnavailableError(
+                f"runsc could not signal process {pid} of sandbox {spec.id}: "
+                f"{err.decode(errors='replace').strip()[-300:]}; signal it again"
+            )
 
         return OciExec(started, pid_file, deliver)
 
