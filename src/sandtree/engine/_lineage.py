@@ -8,11 +8,19 @@ record is gone).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
+from sandtree.engine.layers._paths import (
+    SpecialFileError,
+    lstat_beneath,
+    open_regular,
+    open_root,
+    walk_tree,
+)
 from sandtree.engine.layers._store import LayerStore
 from sandtree.engine.store import MetadataStore
 from sandtree.engine.types import ImageRecord
@@ -79,20 +87,16 @@ def lineage(
     )
 
 
-def _walk(top: Path) -> Iterator[tuple[str, os.stat_result]]:
-    stack = [""]
-    while stack:
-        rel = stack.pop()
-        try:
-            entries = sorted(os.scandir(top / rel if rel else top), key=lambda e: e.name)
-        except (NotADirectoryError, FileNotFoundError):
-            continue
-        for entry in entries:
-            child = f"{rel}/{entry.name}" if rel else entry.name
-            st = entry.stat(follow_symlinks=False)
-            yield child, st
-            if stat.S_ISDIR(st.st_mode):
-                stack.append(child)
+def _entry(rootfd: int, rel: str) -> os.stat_result | None:
+    """The entry ``rel`` of a tree as it is, or None when it is not there *as such*: missing,
+    or under a file or a symlink (never followed: a symlink ``/a -> /root`` of an image must
+    not make ``/a/x`` mean the host's ``/root/x``)."""
+    try:
+        return lstat_beneath(rootfd, rel)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            return None
+        raise
 
 
 def diff_layer(layer: Path, parent_view: Path) -> Diff:
@@ -100,31 +104,35 @@ def diff_layer(layer: Path, parent_view: Path) -> Diff:
     added: list[str] = []
     changed: list[str] = []
     deleted: list[str] = []
-    for rel, st in _walk(layer):
-        path = "/" + rel
-        try:
-            below = os.lstat(parent_view / rel)
-        except (FileNotFoundError, NotADirectoryError):  # a parent below is a file
-            below = None
-        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-            if below is not None:
-                deleted.append(path)
-            continue
-        if below is None:
-            added.append(path)
-        elif stat.S_ISDIR(st.st_mode) and stat.S_ISDIR(below.st_mode):
-            opaque = _opaque(layer / rel)
-            if opaque or _meta_differs(st, below):
+    below_root = open_root(parent_view)
+    layer_root = open_root(layer)
+    try:
+        for rel, st in walk_tree(layer):
+            path = "/" + rel
+            below = _entry(below_root, rel)
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                if below is not None:
+                    deleted.append(path)
+                continue
+            if below is None:
+                added.append(path)
+            elif stat.S_ISDIR(st.st_mode) and stat.S_ISDIR(below.st_mode):
+                opaque = _opaque(layer / rel)
+                if opaque or _meta_differs(st, below):
+                    changed.append(path)
+                if opaque:
+                    # A replaced directory hides everything beneath it that the layer lacks
+                    # (``rel`` is a real directory of the view: no symlink on the way).
+                    deleted.extend(
+                        f"{path}/{sub}"
+                        for sub, _ in walk_tree(parent_view / rel)
+                        if _entry(layer_root, f"{rel}/{sub}") is None
+                    )
+            else:
                 changed.append(path)
-            if opaque:
-                # A replaced directory hides everything beneath it that the layer lacks.
-                deleted.extend(
-                    f"{path}/{sub}"
-                    for sub, _ in _walk(parent_view / rel)
-                    if not os.path.lexists(layer / rel / sub)
-                )
-        else:
-            changed.append(path)
+    finally:
+        os.close(layer_root)
+        os.close(below_root)
     return Diff(added=sorted(added), changed=sorted(changed), deleted=sorted(deleted))
 
 
@@ -145,8 +153,8 @@ def diff_images(layers: LayerStore, new: Sequence[str], old: Sequence[str]) -> D
 
 def diff_trees(old: Path, new: Path) -> Diff:
     """Compare two mounted image views entry by entry (any two images; O(size))."""
-    old_entries = dict(_walk(old))
-    new_entries = dict(_walk(new))
+    old_entries = dict(walk_tree(old))
+    new_entries = dict(walk_tree(new))
     added = sorted("/" + p for p in new_entries.keys() - old_entries.keys())
     deleted = sorted("/" + p for p in old_entries.keys() - new_entries.keys())
     changed = []
@@ -174,13 +182,16 @@ def _meta_differs(a: os.stat_result, b: os.stat_result) -> bool:
 def _same_content(p: Path, q: Path, a: os.stat_result, b: os.stat_result) -> bool:
     if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino) or a.st_mtime_ns == b.st_mtime_ns:
         return True
-    with open(p, "rb") as f, open(q, "rb") as g:
-        while True:
-            x, y = f.read(1 << 20), g.read(1 << 20)
-            if x != y:
-                return False
-            if not x:
-                return True
+    try:
+        with open(open_regular(p), "rb") as f, open(open_regular(q), "rb") as g:
+            while True:
+                x, y = f.read(1 << 20), g.read(1 << 20)
+                if x != y:
+                    return False
+                if not x:
+                    return True
+    except SpecialFileError:
+        return False  # not what the walk saw: count it as changed
 
 
 def _opaque(path: Path) -> bool:

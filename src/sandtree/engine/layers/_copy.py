@@ -7,6 +7,7 @@ import os
 import stat
 from pathlib import Path
 
+from ._paths import SpecialFileError, open_regular
 from ._writer import FileMeta, LayerWriter, UnpackStats
 
 __all__ = ["copy_rootfs_dir"]
@@ -55,7 +56,11 @@ def copy_rootfs_dir(
                     if key in inodes:
                         writer.hardlink(here, inodes[key])
                         continue
-                    fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                    try:
+                        fd = open_regular(entry.path)
+                    except SpecialFileError:
+                        writer.warn(f"{'/'.join(here)}: changed while it was copied; skipped")
+                        continue
                     with open(fd, "rb") as f:
                         writer.regular(here, meta, f, st.st_size)
                     if st.st_nlink > 1:

@@ -9,23 +9,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from ._paths import open_regular, walk_tree
 from ._writer import OPAQUE_MARKER, OPAQUE_XATTR, WHITEOUT_PREFIX, remap_xattr, unshift_id
 
 __all__ = ["write_layer_tar"]
 
 
 def _walk(root: Path) -> Iterator[tuple[str, str, os.stat_result]]:
-    """Pre-order, name-sorted walk (so the tar is reproducible) without recursion limits."""
-    stack = [(".", str(root))]
-    while stack:
-        rel, path = stack.pop()
-        st = os.lstat(path)
-        yield rel, path, st
-        if stat.S_ISDIR(st.st_mode):
-            with os.scandir(path) as it:
-                names = sorted((e.name for e in it), reverse=True)
-            prefix = "" if rel == "." else f"{rel}/"
-            stack.extend((prefix + name, os.path.join(path, name)) for name in names)
+    """Pre-order, name-sorted walk (so the tar is reproducible), never following a link."""
+    yield ".", str(root), os.lstat(root)
+    for rel, st in walk_tree(root, sort=True):
+        yield rel, os.path.join(root, rel), st
 
 
 def _info(
@@ -98,8 +92,8 @@ def write_layer_tar(layer: Path, out: BinaryIO, *, uid_shift: int) -> None:
                     links[key] = rel
                 info = _info(rel, st, uid_shift, tarfile.REGTYPE, path)
                 info.size = st.st_size
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                with open(fd, "rb") as f:
+                # Not a FIFO or a link now, whatever the walk saw: never wait on one.
+                with open(open_regular(path), "rb") as f:
                     tar.addfile(info, f)
             elif stat.S_ISLNK(mode):
                 info = _info(rel, st, uid_shift, tarfile.SYMTYPE)

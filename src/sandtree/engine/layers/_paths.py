@@ -18,6 +18,7 @@ import errno
 import os
 import posixpath
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -30,14 +31,18 @@ __all__ = [
     "RESOLVE_NO_MAGICLINKS",
     "RESOLVE_NO_SYMLINKS",
     "RESOLVE_NO_XDEV",
+    "SpecialFileError",
+    "lstat_beneath",
     "make_parents_in_root",
     "normalise_path",
+    "open_regular",
     "open_root",
     "openat2",
     "reopen_regular",
     "resolve_in_root",
     "split_components",
     "user_error",
+    "walk_tree",
     "write_file_in_root",
 ]
 
@@ -47,6 +52,12 @@ RESOLVE_NO_SYMLINKS = 0x04
 RESOLVE_BENEATH = 0x08
 RESOLVE_IN_ROOT = 0x10
 DEFAULT_RESOLVE = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS
+#: Below a directory fd, taking every component as it is: a symlink anywhere fails (ELOOP).
+_LITERAL = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
+# Image content is opened with these: a FIFO must never make the open (or a read) wait for a
+# writer, and a terminal must never become our controlling one. O_NONBLOCK changes nothing
+# for the regular files that are then the only thing kept open.
+_NO_WAIT = os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 # openat2 arrived after the syscall tables were unified, so it is 437 on every architecture
 # Linux supports except alpha, which sandtree does not run on.
@@ -55,6 +66,11 @@ _SYS_OPENAT2 = 437
 # elsewhere on the system races a ".." step; a few retries make that invisible.
 _EAGAIN_RETRIES = 16
 _CHUNK = 1 << 20
+
+
+class SpecialFileError(OSError):
+    """A path expected to be a regular file is something else (a FIFO, a device, a socket,
+    a directory or a symlink): it was not opened for its contents."""
 
 
 class _OpenHow(ctypes.Structure):
@@ -178,11 +194,92 @@ def reopen_regular(pathfd: int) -> int:
     """
     if not stat.S_ISREG(os.fstat(pathfd).st_mode):
         raise InvalidRequestError("not a regular file")
-    fd = os.open(f"/proc/self/fd/{pathfd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+    fd = os.open(f"/proc/self/fd/{pathfd}", os.O_RDONLY | _NO_WAIT)
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise InvalidRequestError("not a regular file")
     return fd
+
+
+def open_regular(path: str | os.PathLike[str], *, dir_fd: int | None = None) -> int:
+    """Open the regular file at the host path ``path`` (an entry of a layer, a run's upper dir
+    or a view, found by a walk) for reading and return its fd.
+
+    The last component is never followed and the open never waits (``O_NONBLOCK``), so an
+    entry swapped for a symlink or a FIFO since it was listed cannot send us to a host file or
+    freeze the thread. Raises ``SpecialFileError`` for anything but a regular file.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | _NO_WAIT, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SpecialFileError(errno.ELOOP, "a symlink, not a regular file", path) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise SpecialFileError(errno.EINVAL, "not a regular file", path)
+    return fd
+
+
+def lstat_beneath(rootfd: int, rel: str) -> os.stat_result:
+    """``lstat`` of ``rel`` below the directory ``rootfd``, every component taken literally.
+
+    A plain ``os.lstat(root / rel)`` follows symlinks in the *parents*: with a symlink
+    ``a -> /etc`` in a layer, ``a/passwd`` would be the host's file. Here a symlink anywhere
+    but the last component fails with ``ELOOP`` (a non-directory with ``ENOTDIR``), which
+    means the entry ``rel`` does not exist as such in that tree.
+    """
+    fd = openat2(rootfd, rel, os.O_PATH | os.O_NOFOLLOW, resolve=_LITERAL)
+    try:
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
+def walk_tree(top: Path, *, sort: bool = False) -> Iterator[tuple[str, os.stat_result]]:
+    """Every entry below the host directory ``top`` as ``(relative path, lstat)``, pre-order
+    (``sort``: in name order, for reproducible output), ``top`` itself not included.
+
+    Never follows a symlink, not even one a sandbox swaps in for a directory while the walk
+    runs (a run's upper dir is walked while it writes): each directory is opened from ``top``
+    with every component taken literally, so the walk cannot leave ``top``. A directory that
+    vanished or changed kind since it was listed is skipped. One directory fd is open at a
+    time, however wide the tree. Raises ``OSError`` if ``top`` is not a directory.
+    """
+    topfd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        pending: list[tuple[str, os.stat_result]] = []
+        _list_into(pending, topfd, "", sort)
+        while pending:
+            rel, st = pending.pop()
+            yield rel, st
+            if stat.S_ISDIR(st.st_mode):
+                try:
+                    fd = openat2(topfd, rel, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
+                                 resolve=_LITERAL)  # fmt: skip
+                except OSError:
+                    continue  # gone, or a symlink now: nothing of ours below it
+                try:
+                    _list_into(pending, fd, rel + "/", sort)
+                finally:
+                    os.close(fd)
+    finally:
+        os.close(topfd)
+
+
+def _list_into(
+    pending: list[tuple[str, os.stat_result]], dirfd: int, prefix: str, sort: bool
+) -> None:
+    entries: list[tuple[str, os.stat_result]] = []
+    with os.scandir(dirfd) as it:
+        for entry in it:
+            try:
+                entries.append((entry.name, entry.stat(follow_symlinks=False)))
+            except FileNotFoundError:
+                continue
+    if sort:
+        entries.sort(reverse=True)  # popped from the end: first name first
+    pending.extend((prefix + name, st) for name, st in entries)
 
 
 def make_parents_in_root(rootfd: int, path: str, *, uid: int, gid: int, mode: int = 0o755) -> int:
@@ -263,13 +360,19 @@ def write_file_in_root(
         fd = openat2(
             parent,
             name,
-            os.O_CREAT | os.O_TRUNC | os.O_WRONLY | os.O_NOFOLLOW | os.O_NOCTTY,
+            os.O_CREAT | os.O_TRUNC | os.O_WRONLY | os.O_NOFOLLOW | _NO_WAIT,
             mode & 0o7777,
-            resolve=RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+            resolve=_LITERAL,
         )
     finally:
         os.close(parent)
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            # Made a FIFO again since it was replaced above (only a sandbox running over this
+            # root could): never write into it.
+            raise InvalidRequestError(
+                f"cannot write {normalise_path(path)}: it is not a regular file"
+            )
         _write_all(fd, data_source)
         os.fchown(fd, uid, gid)
         # After fchown, which clears set-id bits, so a requested setuid bit survives.

@@ -20,6 +20,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from sandtree.engine.layers._overlay import bind_readonly, mount_overlay, syncfs, unmount
+from sandtree.engine.layers._paths import (
+    SpecialFileError,
+    lstat_beneath,
+    open_regular,
+    walk_tree,
+)
 
 __all__ = ["LayerStore", "RunDirs"]
 
@@ -102,13 +108,19 @@ class LayerStore:
 
     def has_changes(self, dirs: RunDirs) -> bool:
         """True when the upper holds anything but copies of directories the image has."""
-        lowers = list(reversed(self.paths(dirs.layers)))
-        for entry, rel in _walk(dirs.upper):
-            if not stat.S_ISDIR(entry.st_mode):
-                return True
-            if _is_opaque(dirs.upper / rel) or not _same_dir_in_stack(lowers, rel, entry):
-                return True
-        return False
+        lowers: list[int] = []
+        try:
+            for layer in reversed(self.paths(dirs.layers)):
+                lowers.append(os.open(layer, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+            for entry, rel in _walk(dirs.upper):
+                if not stat.S_ISDIR(entry.st_mode):
+                    return True
+                if _is_opaque(dirs.upper / rel) or not _same_dir_in_stack(lowers, rel, entry):
+                    return True
+            return False
+        finally:
+            for fd in lowers:
+                os.close(fd)
 
     def commit_run(self, dirs: RunDirs) -> tuple[str, int]:
         """Turn a finished run's upper dir into a new layer; returns ``(layer_id, bytes)``."""
@@ -234,16 +246,10 @@ class LayerStore:
 
 
 def _walk(top: Path) -> Iterator[tuple[os.stat_result, str]]:
-    stack = [""]
-    while stack:
-        rel = stack.pop()
-        with os.scandir(top / rel if rel else top) as it:
-            for entry in it:
-                st = entry.stat(follow_symlinks=False)
-                child = f"{rel}/{entry.name}" if rel else entry.name
-                yield st, child
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append(child)
+    # A run's upper is walked while the sandbox writes to it: walk_tree never follows a
+    # directory it swapped for a symlink out to the host.
+    for rel, st in walk_tree(top):
+        yield st, rel
 
 
 def _tree_bytes(top: Path) -> int:
@@ -262,13 +268,20 @@ def _is_opaque(path: Path) -> bool:
         return False
 
 
-def _same_dir_in_stack(lowers_top_first: Sequence[Path], rel: str, upper: os.stat_result) -> bool:
-    """True when the image already has this directory with the same mode and owner."""
+def _same_dir_in_stack(lowers_top_first: Sequence[int], rel: str, upper: os.stat_result) -> bool:
+    """True when the image already has this directory with the same mode and owner.
+
+    ``lowers_top_first`` are fds of the layer roots. A layer where a parent of ``rel`` is a
+    symlink or a file hides the layers beneath: the directory is new (and a symlink in a
+    layer is never followed to the host).
+    """
     for layer in lowers_top_first:
         try:
-            st = os.lstat(layer / rel)
+            st = lstat_beneath(layer, rel)
         except FileNotFoundError:
             continue
+        except OSError:
+            return False
         return (st.st_mode, st.st_uid, st.st_gid) == (upper.st_mode, upper.st_uid, upper.st_gid)
     return False
 
@@ -294,7 +307,10 @@ def _fsync_tree(top: Path, *, files: bool = True) -> int:
         if stat.S_ISREG(st.st_mode):
             if not files:
                 continue
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                fd = open_regular(path)
+            except SpecialFileError:
+                continue  # swapped for a FIFO or a link since the walk: no data to flush
             try:
                 os.fsync(fd)
             finally:
@@ -306,7 +322,7 @@ def _fsync_tree(top: Path, *, files: bool = True) -> int:
 
 
 def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:

@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
+from sandtree.engine.layers._paths import write_file_in_root
 from sandtree.engine.runtime._base import ProcessSpec, SandboxExit, SandboxSpec
 from sandtree.engine.runtime._host import CgroupSet, runtime_prefix
 from sandtree.engine.runtime._ocispec import build_config, build_process
 from sandtree.engine.runtime._process import AsyncProcess
-from sandtree.errors import ConflictError, RuntimeUnavailableError
+from sandtree.errors import ConflictError, InvalidRequestError, RuntimeUnavailableError
 
 __all__ = ["OciExec", "OciRuntime", "OciSandbox"]
 
@@ -25,6 +27,8 @@ _RUNSC_BASE_TASKS = 64
 _PID_FILE_WAIT = 5.0
 _INIT_PID = "init.pid"
 _RUNSC_TASKS_PER_PROCESS = 12
+
+logger = logging.getLogger(__name__)
 
 
 class _OciProcess:
@@ -273,17 +277,21 @@ class OciRuntime:
         if spec.nameservers:
             self._write_resolv_conf(spec)
 
-    @staticmethod
-    def _write_resolv_conf(spec: SandboxSpec) -> None:
-        etc = spec.rootfs / "etc"
-        if etc.is_dir() and not etc.is_symlink():
-            resolv = etc / "resolv.conf"
-            with contextlib.suppress(OSError):
-                if resolv.is_symlink():
-                    resolv.unlink()
-                resolv.write_text(
-                    "".join(f"nameserver {ns}\n" for ns in spec.nameservers), encoding="utf-8"
-                )
+    def _write_resolv_conf(self, spec: SandboxSpec) -> None:
+        """Point the image's /etc/resolv.conf at the lease's nameservers.
+
+        The image owns that path and may have made it anything: a FIFO (opening it would wait
+        for a writer for ever), a symlink to a host file, a directory. So it is never opened
+        as found: it is resolved inside the rootfs and replaced by a new regular file.
+        """
+        text = "".join(f"nameserver {ns}\n" for ns in spec.nameservers)
+        try:
+            write_file_in_root(spec.rootfs, "/etc/resolv.conf", text.encode(), mode=0o644,
+                               uid=self.uid_shift, gid=self.uid_shift)  # fmt: skip
+        except (OSError, InvalidRequestError) as exc:
+            # /etc is not a directory or resolv.conf is one: the image chose that, and the
+            # run goes on with what its own files say, as it would without a network.
+            logger.info("sandbox %s keeps its own /etc/resolv.conf: %s", spec.id, exc)
 
     async def start(self, spec: SandboxSpec) -> OciSandbox:
         cgroups = CgroupSet(spec.id)
@@ -293,7 +301,8 @@ class OciRuntime:
             cpus=spec.limits.cpus,
         )
         try:
-            self.write_bundle(spec, cgroups)
+            # The bundle write touches image content (resolv.conf): never on the event loop.
+            await asyncio.to_thread(self.write_bundle, spec, cgroups)
             process = await AsyncProcess.start(
                 self.command(spec),
                 # Join the sandbox's cgroups before exec: the runtime and everything it starts
