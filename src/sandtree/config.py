@@ -71,6 +71,9 @@ class Settings:
     insecure_registries: str = ""
     #: Cap on one operation's stored event log (stream events are dropped past it).
     event_log_cap_bytes: int = 64 * 1024**2
+    #: Seconds a stop signal (SIGTERM, Ctrl-C) waits for requests and running work; past it
+    #: the server exits anyway, whatever a worker thread is blocked in.
+    shutdown_timeout: float = 25.0
 
     def __post_init__(self) -> None:
         if self.default_isolation not in ISOLATION_TIERS:
@@ -82,6 +85,8 @@ class Settings:
             raise InvalidRequestError("max_concurrency must be at least 1")
         if not 2 <= self.max_stack_layers <= 400:
             raise InvalidRequestError("max_stack_layers must be between 2 and 400")
+        if self.shutdown_timeout <= 0:
+            raise InvalidRequestError("shutdown_timeout must be a positive number of seconds")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
