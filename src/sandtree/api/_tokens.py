@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
+from sandtree._datadir import private_file
 from sandtree.errors import (
     InvalidRequestError,
     NotFoundError,
@@ -91,6 +92,8 @@ class TokenStore:
     def __init__(self, path: Path | str, *, clock: Clock = _utc_now) -> None:
         self._clock = clock
         self._lock = threading.Lock()
+        if str(path) != ":memory:":
+            private_file(Path(path))  # token hashes and namespaces: the server's eyes only
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._migrate()

@@ -16,7 +16,7 @@ from starlette.routing import Route
 from sandtree.api._auth import require
 from sandtree.api._limits import check_concurrency, check_timeout, track
 from sandtree.api._params import json_body
-from sandtree.engine import Engine, PlacedFile, RunSpec
+from sandtree.engine import Engine, PlacedFile, RunSpec, check_sandbox_id
 from sandtree.errors import (
     ForbiddenError,
     ImageNotFoundError,
@@ -93,11 +93,18 @@ def parse_placed_files(raw: Any) -> tuple[PlacedFile, ...]:
                 uuid=str(meta["uuid"]),
                 path=path,
                 mode=mode,
-                uid=_field(meta, "uid", int, 0),
-                gid=_field(meta, "gid", int, 0),
+                uid=_owner_id(meta, path, "uid"),
+                gid=_owner_id(meta, path, "gid"),
             )
         )
     return tuple(placed)
+
+
+def _owner_id(meta: dict[str, Any], path: str, name: str) -> int:
+    # Shifted into the sandbox's host range, an id outside 0..65535 would be a host id of its
+    # own (-100000 is host root): only ids the sandbox has are accepted.
+    value = _field(meta, name, int, 0)
+    return check_sandbox_id(value, f"files[{path!r}].{name}")
 
 
 def _stdin_close(raw: Any) -> bool:
@@ -123,9 +130,8 @@ def _process_fields(body: dict[str, Any]) -> dict[str, Any]:
     truncate = _field(body, "truncate_output_at", int, 1024 * 1024)
     if not 0 <= truncate <= _MAX_TRUNCATE:
         raise InvalidRequestError(f"'truncate_output_at' must be between 0 and {_MAX_TRUNCATE}")
-    uid, gid = _field(body, "uid", int, 0), _field(body, "gid", int, 0)
-    if uid < 0 or gid < 0 or uid > 65535 or gid > 65535:
-        raise InvalidRequestError("'uid' and 'gid' must be between 0 and 65535")
+    uid = check_sandbox_id(_field(body, "uid", int, 0), "'uid'")
+    gid = check_sandbox_id(_field(body, "gid", int, 0), "'gid'")
     return {
         "command": body["command"],
         "args": tuple(args),

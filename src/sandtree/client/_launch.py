@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from sandtree._datadir import private_dir, private_file
 from sandtree.client._config import Connection, load_connection
 from sandtree.config import Settings
 from sandtree.errors import ServerUnavailableError
@@ -43,8 +44,8 @@ def _write_pid(path: Path, pid: int) -> None:
 
 def _start_embedded(settings: Settings) -> Connection:
     url = f"http://{settings.host}:{settings.port}"
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    log = settings.data_dir / "serve.log"
+    private_dir(settings.data_dir)
+    log = private_file(settings.data_dir / "serve.log")  # the server's output: its alone too
     with log.open("ab") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "sandtree", "serve", "--data-dir", str(settings.data_dir),

@@ -7,6 +7,7 @@ HTTP, MCP or CLI layers.
 from sandtree.engine._engine import Engine, default_runtimes
 from sandtree.engine._lineage import Diff, Lineage
 from sandtree.engine.layers._grep import GrepMatch, GrepResult
+from sandtree.engine.layers._ids import check_sandbox_id
 from sandtree.engine.layers._inspect import FileItem, format_ls
 from sandtree.engine.store import FileRecord, ImageQuery, OperationQuery
 from sandtree.engine.types import (
@@ -40,6 +41,7 @@ __all__ = [
     "PlacedFile",
     "RunResult",
     "RunSpec",
+    "check_sandbox_id",
     "default_runtimes",
     "format_ls",
 ]

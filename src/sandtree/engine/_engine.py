@@ -16,6 +16,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Ma
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from sandtree._datadir import private_dir
 from sandtree.config import Settings
 from sandtree.engine._clock import now_iso
 from sandtree.engine._compaction import Compactor
@@ -28,8 +29,14 @@ from sandtree.engine._processes import process_result
 from sandtree.engine._registry_jobs import RegistryImports
 from sandtree.engine._results import run_outcome
 from sandtree.engine._runs import RunExecutor, RunFailure
-from sandtree.engine._states import StateLayers, create_directory_state, get_directory_state
+from sandtree.engine._states import (
+    StateLayers,
+    check_owners,
+    create_directory_state,
+    get_directory_state,
+)
 from sandtree.engine.layers import _grep, _inspect as _inspect_ops
+from sandtree.engine.layers._ids import check_sandbox_id
 from sandtree.engine.layers._store import LayerStore
 from sandtree.engine.registry import Puller
 from sandtree.engine.runtime import OciRuntime, Runtime
@@ -112,7 +119,9 @@ class Engine:
         network: Any | None = None,
     ) -> None:
         self.settings = settings
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        # The data dir is the server's alone (databases, tokens, setuid files in layers): 0700,
+        # also when an older sandtree made it with the umask's mode.
+        private_dir(settings.data_dir)
         self.store = store if store is not None else SqliteStore(settings.data_dir / "sandtree.db")
         self.layers = LayerStore(settings.data_dir / "store", uid_shift=settings.uid_shift)
         self.blobs = BlobStore(settings.data_dir / "files")
@@ -362,6 +371,10 @@ class Engine:
                 f"timeout must be between 1 and {self.settings.max_timeout} seconds, "
                 f"not {spec.timeout}"
             )
+        # The run's ids and its files' owners become host ids (shifted): only the sandbox's.
+        check_sandbox_id(spec.uid, "uid")
+        check_sandbox_id(spec.gid, "gid")
+        check_owners(spec.files)
         tier = spec.isolation or self.settings.default_isolation
         runtime = self.runs.runtime(tier)  # fails fast on an unknown or unavailable tier
         if spec.network and self._network is None:
@@ -468,6 +481,8 @@ class Engine:
         Raises:
             ConflictError: the operation is not running a sandbox (queued or ended).
         """
+        check_sandbox_id(uid, "uid")
+        check_sandbox_id(gid, "gid")
         argv = ["/bin/sh", "-c", command] if shell else [command, *args]
         return await self.runs.processes.exec(
             op.uuid, args=argv, env=env or {}, cwd=cwd, uid=uid, gid=gid, stdin=stdin,

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterable
 from pathlib import Path
 from typing import BinaryIO
 
+from sandtree._datadir import private_dir
 from sandtree.engine.layers._overlay import syncfs
 from sandtree.errors import InvalidRequestError
 
@@ -20,9 +21,8 @@ class BlobStore:
     """Content-addressed blobs. Writes go to a temporary file and are renamed in when whole."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self._tmp = root / "tmp"
-        self._tmp.mkdir(parents=True, exist_ok=True)
+        self.root = private_dir(root)  # uploads are tenants' files: the server's eyes only
+        self._tmp = private_dir(root / "tmp")
 
     def path(self, sha256: str) -> Path:
         return self.root / "blobs" / sha256[:2] / sha256

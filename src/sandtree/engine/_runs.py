@@ -19,6 +19,7 @@ from sandtree.engine._events import EventLog
 from sandtree.engine._files import BlobStore
 from sandtree.engine._processes import LiveRun, ProcessTable, exit_event
 from sandtree.engine._streams import Collector
+from sandtree.engine.layers._ids import sandbox_owner
 from sandtree.engine.layers._paths import make_parents_in_root, open_root, write_file_in_root
 from sandtree.engine.layers._store import LayerStore, RunDirs
 from sandtree.engine.runtime import Limits, Runtime, Sandbox, SandboxExit, SandboxSpec
@@ -255,21 +256,18 @@ class RunExecutor:
                     f"file {placed.uuid} (for {placed.path}) was not uploaded; upload it with "
                     "POST /v1/files first and pass the uuid it returns"
                 )
+            uid, gid = sandbox_owner(
+                placed.uid, placed.gid, uid_shift=shift, field=f"files[{placed.path!r}]"
+            )
             with open(self._blobs.path(record.sha256), "rb") as src:
                 write_file_in_root(
-                    dirs.merged,
-                    placed.path,
-                    src,
-                    mode=placed.mode,
-                    uid=placed.uid + shift,
-                    gid=placed.gid + shift,
+                    dirs.merged, placed.path, src, mode=placed.mode, uid=uid, gid=gid
                 )
         if cwd != "/":
+            uid, gid = sandbox_owner(spec.uid, spec.gid, uid_shift=shift, field="")
             rootfd = open_root(dirs.merged)
             try:
-                parent = make_parents_in_root(
-                    rootfd, cwd.rstrip("/") + "/x", uid=spec.uid + shift, gid=spec.gid + shift
-                )
+                parent = make_parents_in_root(rootfd, cwd.rstrip("/") + "/x", uid=uid, gid=gid)
                 os.close(parent)
             finally:
                 os.close(rootfd)

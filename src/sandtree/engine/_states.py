@@ -17,6 +17,7 @@ from pathlib import Path
 
 from sandtree.engine._clock import now_iso
 from sandtree.engine._files import BlobStore
+from sandtree.engine.layers._ids import check_sandbox_id, sandbox_owner
 from sandtree.engine.layers._paths import (
     make_parents_in_root,
     open_root,
@@ -28,7 +29,13 @@ from sandtree.engine.store import MetadataStore
 from sandtree.engine.types import DirectoryState, ImageRecord, PlacedFile, RunSpec
 from sandtree.errors import FileNotFoundInStoreError, LimitExceededError, NotFoundError
 
-__all__ = ["StateLayers", "build_state_layer", "create_directory_state", "get_directory_state"]
+__all__ = [
+    "StateLayers",
+    "build_state_layer",
+    "check_owners",
+    "create_directory_state",
+    "get_directory_state",
+]
 
 _MAX_STATE_FILES = 200_000
 
@@ -42,6 +49,7 @@ def create_directory_state(
             f"a directory state holds at most {_MAX_STATE_FILES} files, not {len(files)}; "
             "sync a smaller tree or exclude generated files"
         )
+    check_owners(files)
     records = store.get_files(f.uuid for f in files)
     for placed in files:
         record = records.get(placed.uuid)
@@ -52,6 +60,14 @@ def create_directory_state(
     created = now_iso()
     state_id = store.add_directory_state(namespace, files, created)
     return DirectoryState(id=state_id, namespace=namespace, created_at=created, files=tuple(files))
+
+
+def check_owners(files: Sequence[PlacedFile]) -> None:
+    """Refuse placed files whose owner is not an id the sandbox has (``0..65535``): shifted,
+    such an id would be a host id, e.g. host root for ``-100000``."""
+    for placed in files:
+        check_sandbox_id(placed.uid, f"files[{placed.path!r}].uid")
+        check_sandbox_id(placed.gid, f"files[{placed.path!r}].gid")
 
 
 def get_directory_state(store: MetadataStore, state_id: int, *, namespace: str) -> DirectoryState:
@@ -161,10 +177,12 @@ def build_state_layer(
     copied = 0
     try:
         for placed in state.files:
+            # A state saved before owners were checked may hold any id: refuse it here too.
+            uid, gid = sandbox_owner(
+                placed.uid, placed.gid, uid_shift=shift, field=f"files[{placed.path!r}]"
+            )
             source = reusable.get(_same_file(placed))
-            if source is not None and _link_in_root(
-                staging, placed.path, source, uid=placed.uid + shift, gid=placed.gid + shift
-            ):
+            if source is not None and _link_in_root(staging, placed.path, source, uid=uid, gid=gid):
                 continue
             record = records.get(placed.uuid) or store.get_file(placed.uuid)
             if record is None:
@@ -172,14 +190,7 @@ def build_state_layer(
                     f"file {placed.uuid} of directory state {state.id} is gone; sync again"
                 )
             with open(blobs.path(record.sha256), "rb") as src:
-                write_file_in_root(
-                    staging,
-                    placed.path,
-                    src,
-                    mode=placed.mode,
-                    uid=placed.uid + shift,
-                    gid=placed.gid + shift,
-                )
+                write_file_in_root(staging, placed.path, src, mode=placed.mode, uid=uid, gid=gid)
             copied += 1
         # Parents made above belong to the files' owner; the root of a layer is root's.
         os.chown(staging, shift, shift)

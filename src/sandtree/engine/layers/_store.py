@@ -19,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from sandtree._datadir import private_dir
 from sandtree.engine.layers._overlay import bind_readonly, mount_overlay, syncfs, unmount
 from sandtree.engine.layers._paths import (
     SpecialFileError,
@@ -68,6 +69,10 @@ class LayerStore:
         self.views_dir = self.mounts_dir / "views"
         for d in (self.layers_dir, self.runs_dir, self.tmp_dir, self.views_dir):
             d.mkdir(parents=True, exist_ok=True)
+        # Runs' bundles hold env values and their uppers the runs' files (setuid ones too):
+        # no host user walks into the store.
+        for d in (self.root, self.runs_dir):
+            private_dir(d)
         for d in (self.mounts_dir.parent, self.mounts_dir):
             os.chmod(d, 0o711)
         # Layers keep images' setuid files (as the OCI spec and containerd do); host users
@@ -89,7 +94,7 @@ class LayerStore:
     def prepare_run(self, run_id: str, layer_ids: Sequence[str]) -> RunDirs:
         """Mount a writable overlay of ``layer_ids`` for a run at ``RunDirs.merged``."""
         dirs = RunDirs(self.runs_dir / run_id, tuple(layer_ids), self.mounts_dir / run_id)
-        dirs.root.mkdir()
+        dirs.root.mkdir(mode=0o700)
         for d in (dirs.upper, dirs.work, dirs.merged, dirs.bundle):
             d.mkdir()
         os.chown(dirs.upper, self.uid_shift, self.uid_shift)

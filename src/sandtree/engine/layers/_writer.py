@@ -21,14 +21,13 @@ from typing import IO
 from sandtree.errors import LimitExceededError
 
 from ._compression import CHUNK
+from ._ids import NOBODY, in_sandbox_range, shift_id, unshift_id
 
 __all__ = ["FileMeta", "LayerWriter", "UnpackStats", "remap_xattr", "shift_id", "unshift_id"]
 
 OPAQUE_XATTR = "trusted.overlay.opaque"
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
-ID_RANGE = 65536  # ids a sandbox user namespace maps; others become "nobody"
-NOBODY = 65534
 _MAX_WARNINGS = 100
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CAP_V2, _CAP_V3 = 0x02000000, 0x03000000
@@ -53,17 +52,6 @@ class FileMeta:
     mode: int
     mtime_ns: int
     xattrs: dict[str, bytes] = dataclasses.field(default_factory=dict)
-
-
-def shift_id(value: int, uid_shift: int) -> int:
-    """Map an image uid/gid to the host: clamp unmapped ids to nobody, then shift."""
-    return uid_shift + (value if 0 <= value < ID_RANGE else NOBODY)
-
-
-def unshift_id(value: int, uid_shift: int) -> int:
-    """Map a host uid/gid back to the image; ids outside the shifted range become nobody."""
-    inner = value - uid_shift
-    return inner if 0 <= inner < ID_RANGE else NOBODY
 
 
 def remap_xattr(name: str, value: bytes, map_id: Callable[[int], int]) -> bytes | None:
@@ -120,6 +108,7 @@ class LayerWriter:
         self._dir_times: dict[tuple[str, ...], int] = {}
         self._dropped: Counter[str] = Counter()
         self._suppressed = 0
+        self._clamped = 0
         os.chown(self._root, uid_shift, uid_shift)  # the image root is owned by (shifted) root
 
     def close(self) -> None:
@@ -136,6 +125,11 @@ class LayerWriter:
                 os.close(fd)
         for name, count in sorted(self._dropped.items()):
             self.warn(f"dropped xattr {name} on {count} entries (not allowed in layers)")
+        if self._clamped:
+            self.warn(
+                f"{self._clamped} owner ids outside 0..65535 (ids a sandbox cannot have) "
+                f"became nobody ({NOBODY}), without setuid/setgid bits"
+            )
         if self._suppressed:
             self.stats.warnings.append(f"... and {self._suppressed} more warnings")
         self.close()
@@ -237,11 +231,15 @@ class LayerWriter:
 
     def _owner(self, meta: FileMeta) -> tuple[int, int, int]:
         mode = meta.mode & 0o7777
-        # setuid/setgid only for owners the sandbox can actually be: never for "nobody".
-        if not 0 <= meta.uid < ID_RANGE:
+        # An owner the sandbox has no id for becomes nobody (as the kernel would show it),
+        # never a host id of its own; and setuid/setgid only for owners the sandbox can
+        # actually be: never for "nobody".
+        if not in_sandbox_range(meta.uid):
             mode &= ~stat.S_ISUID
-        if not 0 <= meta.gid < ID_RANGE:
+            self._clamped += 1
+        if not in_sandbox_range(meta.gid):
             mode &= ~stat.S_ISGID
+            self._clamped += 1
         return shift_id(meta.uid, self._shift), shift_id(meta.gid, self._shift), mode
 
     def _finish_fd(self, fd: int, meta: FileMeta, *, is_dir: bool = False) -> None:

@@ -12,6 +12,7 @@ import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
+from sandtree._datadir import private_dir
 from sandtree.engine.layers._paths import write_file_in_root
 from sandtree.engine.runtime._base import ProcessSpec, SandboxExit, SandboxSpec
 from sandtree.engine.runtime._host import CgroupSet, runtime_prefix
@@ -201,7 +202,7 @@ class OciRuntime:
         self.binary = path
         self.state_dir = state_dir
         self.uid_shift = uid_shift
-        state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(state_dir)  # the runtime's own state: no other host user reads it
 
     @property
     def name(self) -> str:

@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from sandtree._datadir import private_file
+
 __all__ = ["SqliteBase", "namespace_clause"]
 
 _SCHEMA = """
@@ -110,6 +112,8 @@ class SqliteBase:
 
     def __init__(self, path: Path | str) -> None:
         self._lock = threading.RLock()
+        if str(path) != ":memory:":
+            private_file(Path(path))  # run output and env values: the server's eyes only
         self._db = sqlite3.connect(
             str(path), check_same_thread=False, isolation_level=None, timeout=30
         )
