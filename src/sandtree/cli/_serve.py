@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 import uvicorn
 
+from sandtree._datadir import private_dir
 from sandtree.api import PERMISSIONS, TokenStore, create_app
 from sandtree.client._config import write_client_config
 from sandtree.config import Settings
@@ -75,7 +76,7 @@ def _expiry(
 
 
 def _tokens(data_dir: Path) -> TokenStore:
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)  # tokens, the admin token and the store: the server's alone
     return TokenStore(data_dir / "tokens.db")
 
 
