@@ -74,6 +74,25 @@ class Settings:
     #: Seconds a stop signal (SIGTERM, Ctrl-C) waits for requests and running work; past it
     #: the server exits anyway, whatever a worker thread is blocked in.
     shutdown_timeout: float = 25.0
+    #: The server's edge. Request bodies: a JSON body (``max_json_bytes``; a directory
+    #: state's may reach ``max_directory_state_bytes`` and ``max_directory_state_entries``
+    #: files), one upload or one tar batch (``max_upload_bytes``, a batch at most
+    #: ``max_upload_entries`` members). Larger ones get a 413 before they are read whole.
+    max_json_bytes: int = 1024**2
+    max_directory_state_bytes: int = 16 * 1024**2
+    max_directory_state_entries: int = 100_000
+    max_upload_bytes: int = 1024**3
+    max_upload_entries: int = 20_000
+    #: Seconds a client may take to send a request's headers, and to send its body (a body
+    #: may take longer only while it keeps arriving at 64 KiB/s or more); slower ones are cut.
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    #: Open connections at most (idle ones are closed first to make room), requests in flight
+    #: per token (an event stream counts while it is open), and the size of a request's line
+    #: and headers.
+    max_connections: int = 1024
+    max_requests_per_token: int = 256
+    max_header_bytes: int = 64 * 1024
 
     def __post_init__(self) -> None:
         if self.default_isolation not in ISOLATION_TIERS:
@@ -87,6 +106,10 @@ class Settings:
             raise InvalidRequestError("max_stack_layers must be between 2 and 400")
         if self.shutdown_timeout <= 0:
             raise InvalidRequestError("shutdown_timeout must be a positive number of seconds")
+        if min(self.header_timeout, self.body_timeout) <= 0:
+            raise InvalidRequestError("header_timeout and body_timeout must be positive seconds")
+        if min(self.max_connections, self.max_requests_per_token) < 1:
+            raise InvalidRequestError("max_connections and max_requests_per_token must be >= 1")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -14,8 +14,10 @@ and what to do next, because the reader is often an agent::
     │   ├── OperationNotFoundError
     │   ├── FileNotFoundInStoreError
     │   └── PathNotFoundError
+    ├── RequestTimeoutError (408)
     ├── ConflictError (409)
     ├── GoneError (410)
+    ├── PayloadTooLargeError (413)
     ├── UnprocessableError (422)
     ├── NotReadyError (425)
     ├── TooManyRequestsError (429)
@@ -42,8 +44,10 @@ __all__ = [
     "NotFoundError",
     "NotReadyError",
     "OperationNotFoundError",
+    "PayloadTooLargeError",
     "PathNotFoundError",
     "RegistryError",
+    "RequestTimeoutError",
     "RuntimeUnavailableError",
     "SandtreeError",
     "ServerUnavailableError",
@@ -125,6 +129,13 @@ class PathNotFoundError(NotFoundError):
     code = "path_not_found"
 
 
+class RequestTimeoutError(SandtreeError):
+    """The client sent its request too slowly (headers or body); send it again, whole."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class ConflictError(SandtreeError):
     """The request conflicts with the current state (e.g. cancelling a finished operation)."""
 
@@ -137,6 +148,13 @@ class GoneError(SandtreeError):
 
     status = 410
     code = "gone"
+
+
+class PayloadTooLargeError(SandtreeError):
+    """A request body is larger than the server accepts; the message says what to send."""
+
+    status = 413
+    code = "payload_too_large"
 
 
 class UnprocessableError(SandtreeError):
@@ -201,8 +219,10 @@ _BY_STATUS: tuple[type[SandtreeError], ...] = (
     UnauthorizedError,
     ForbiddenError,
     NotFoundError,
+    RequestTimeoutError,
     ConflictError,
     GoneError,
+    PayloadTooLargeError,
     UnprocessableError,
     NotReadyError,
     TooManyRequestsError,
