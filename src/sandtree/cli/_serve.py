@@ -13,6 +13,7 @@ import uvicorn
 
 from sandtree._datadir import private_dir
 from sandtree.api import PERMISSIONS, TokenStore, create_app
+from sandtree.cli._shutdown import serve_until_stopped
 from sandtree.client._config import write_client_config
 from sandtree.config import Settings
 from sandtree.engine import Engine
@@ -137,7 +138,15 @@ def serve(host: str | None, port: int | None, data_dir: Path | None) -> None:
     engine = Engine(settings, network=_network())
     app = create_app(engine, tokens_store=tokens)
     click.echo(f"sandtree listening on {url} (data in {settings.data_dir})")
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        # Open requests (an SSE follower) get a fifth of the shutdown; running work the rest.
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout / 5)),
+    )
+    serve_until_stopped(config, deadline=settings.shutdown_timeout)
 
 
 @click.group()
