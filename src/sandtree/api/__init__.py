@@ -71,7 +71,13 @@ def create_app(
                 ],
             )
         ],
-        middleware=[Middleware(AuthMiddleware, tokens=tokens_store)],
+        middleware=[
+            Middleware(
+                AuthMiddleware,
+                tokens=tokens_store,
+                max_requests=engine.settings.max_requests_per_token,
+            )
+        ],
         exception_handlers=exception_handlers,
         lifespan=lifespan,
     )

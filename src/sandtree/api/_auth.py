@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import re
 
 from starlette.requests import Request
@@ -19,11 +20,19 @@ _OPEN_PATHS = re.compile(r"^/v1/(openapi\.json|inspect|inspect/[^/]+)$")
 
 class AuthMiddleware:
     """Rejects ``/v1`` requests without a live ``Authorization: Bearer`` token (401: none,
-    unknown, revoked or expired) and hands the token to routes as ``request.state.token``."""
+    unknown, revoked or expired) and hands the token to routes as ``request.state.token``.
 
-    def __init__(self, app: ASGIApp, *, tokens: TokenStore) -> None:
+    It runs before any route reads a body, so an unauthenticated body is never read. A token
+    may have at most ``max_requests`` requests in flight (an open event stream counts): past
+    that it gets a 429, so one tenant's open connections cannot take every slot the server
+    has for the others.
+    """
+
+    def __init__(self, app: ASGIApp, *, tokens: TokenStore, max_requests: int) -> None:
         self.app = app
         self.tokens = tokens
+        self.max_requests = max_requests
+        self._in_flight: collections.Counter[str] = collections.Counter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or _OPEN_PATHS.match(scope["path"]):
@@ -43,8 +52,22 @@ class AuthMiddleware:
         except UnauthorizedError as exc:  # unknown, revoked or expired: the message says which
             await error_response(exc.status, exc.message)(scope, receive, send)
             return
+        if self._in_flight[token.uuid] >= self.max_requests:
+            message = (
+                f"this token already has {self.max_requests} requests in flight (the server's "
+                "max_requests_per_token); wait for some to end (close event streams you no "
+                "longer follow), then retry"
+            )
+            await error_response(429, message)(scope, receive, send)
+            return
         scope.setdefault("state", {})["token"] = token
-        await self.app(scope, receive, send)
+        self._in_flight[token.uuid] += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._in_flight[token.uuid] -= 1
+            if not self._in_flight[token.uuid]:
+                del self._in_flight[token.uuid]
 
 
 def require(request: Request, permission: str) -> TokenRecord:

@@ -21,7 +21,11 @@ def error_response(status: int, message: str) -> JSONResponse:
 
 async def _sandtree_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, SandtreeError)
-    return error_response(exc.status, exc.message)
+    response = error_response(exc.status, exc.message)
+    if exc.status == 408:
+        # The client is too slow to keep serving: the connection ends with this answer.
+        response.headers["Connection"] = "close"
+    return response
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -1,4 +1,5 @@
-"""Query-parameter parsing shared by the routes, with errors that say what to send."""
+"""Query-parameter and JSON-body parsing shared by the routes, with errors that say what to
+send."""
 
 from __future__ import annotations
 
@@ -9,12 +10,10 @@ from typing import Any
 
 from starlette.requests import Request
 
-from sandtree.errors import InvalidRequestError, LimitExceededError
+from sandtree.api._body import read_body, settings_of
+from sandtree.errors import InvalidRequestError
 
-__all__ = ["MAX_JSON_BYTES", "int_param", "json_body", "time_param"]
-
-#: A JSON request body may not be larger (a spawn's stdin travels inside it).
-MAX_JSON_BYTES = 64 * 1024 * 1024
+__all__ = ["int_param", "json_body", "time_param"]
 
 _INTERVAL = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -57,18 +56,22 @@ def time_param(request: Request, name: str) -> str | None:
     return moment.astimezone(datetime.UTC).isoformat(timespec="microseconds")
 
 
-async def json_body(request: Request, *, example: str) -> Any:
-    """The request's JSON body, read up to ``MAX_JSON_BYTES``; ``example`` shows what to send."""
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_JSON_BYTES:
-            raise LimitExceededError(
-                f"the request body is larger than {MAX_JSON_BYTES} bytes; upload large inputs "
-                "with POST /v1/files and place them with 'files'"
-            )
-        chunks.append(chunk)
+async def json_body(
+    request: Request, *, example: str, limit: int | None = None, too_large: str | None = None
+) -> Any:
+    """The request's JSON body; ``example`` shows what to send.
+
+    At most ``limit`` bytes (the server's ``max_json_bytes`` unless given; larger gets a 413
+    saying ``too_large``, by default: upload large inputs as files). Routes call this after
+    their permission check, so a caller who may not use the route never has its body read.
+    """
+    cap = settings_of(request).max_json_bytes if limit is None else limit
+    message = too_large or (
+        f"the request body is larger than {cap} bytes (the server's max_json_bytes); upload "
+        "large inputs with POST /v1/files (or /v1/files/batch) and place them with 'files'"
+    )
+    raw = await read_body(request, limit=cap, too_large=message)
     try:
-        return json.loads(b"".join(chunks))
-    except ValueError:
+        return json.loads(raw)
+    except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
         raise InvalidRequestError(f"send a JSON body like {example}") from None

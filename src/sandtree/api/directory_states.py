@@ -18,7 +18,7 @@ from sandtree.api._auth import require
 from sandtree.api._params import json_body
 from sandtree.api.instances import parse_placed_files
 from sandtree.engine import DirectoryState, Engine
-from sandtree.errors import InvalidRequestError, NotFoundError
+from sandtree.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
 
 __all__ = ["routes", "state_json"]
 
@@ -42,9 +42,25 @@ def state_json(state: DirectoryState, *, with_files: bool) -> dict[str, Any]:
 async def create_state(request: Request) -> Response:
     token = require(request, "upload")
     engine: Engine = request.app.state.engine
-    body = await json_body(request, example=_EXAMPLE)
+    # A synced tree is a larger body than other requests: its own caps, the entries counted
+    # before they are parsed into placed files.
+    limit, entries = (
+        engine.settings.max_directory_state_bytes,
+        engine.settings.max_directory_state_entries,
+    )
+    too_large = (
+        f"the directory state is larger than {limit} bytes (the server's "
+        "max_directory_state_bytes); exclude build outputs and dependencies from the sync"
+    )
+    body = await json_body(request, example=_EXAMPLE, limit=limit, too_large=too_large)
     if not isinstance(body, dict) or not isinstance(body.get("files"), dict):
         raise InvalidRequestError(f"send a JSON object like {_EXAMPLE}")
+    if len(body["files"]) > entries:
+        raise PayloadTooLargeError(
+            f"a directory state holds at most {entries} files (the server's "
+            f"max_directory_state_entries), not {len(body['files'])}; exclude build outputs "
+            "and dependencies from the sync"
+        )
     files = parse_placed_files(body["files"])
     state = engine.create_directory_state(files, namespace=token.namespace)
     return JSONResponse(

@@ -183,6 +183,10 @@ def parse_spawn_request(body: Any, *, default_timeout: int) -> RunSpec:
 
 
 async def spawn_instance(request: Request) -> Response:
+    if not {"spawn", "spawn_disposable"} & request.state.token.permissions:
+        # Which of the two a run needs is in its body; a token with neither is refused
+        # before the body is read at all.
+        require(request, "spawn_disposable")
     body = await json_body(
         request, example='{"command": "echo hi", "image": "tag:busybox:latest", "shell": true}'
     )

@@ -13,6 +13,7 @@ import uvicorn
 
 from sandtree._datadir import private_dir
 from sandtree.api import PERMISSIONS, TokenStore, create_app
+from sandtree.cli._http_edge import edge_options
 from sandtree.cli._shutdown import serve_until_stopped
 from sandtree.client._config import write_client_config
 from sandtree.config import Settings
@@ -131,10 +132,10 @@ def serve(host: str | None, port: int | None, data_dir: Path | None) -> None:
     url = f"http://{settings.host}:{settings.port}"
     secret = _first_start(settings, tokens)
     if secret is not None:
-        config = write_client_config(url, secret)
+        client_config = write_client_config(url, secret)
         click.echo(f"admin token (shown once; also in {settings.data_dir / _ADMIN_TOKEN_FILE}):")
         click.echo(f"  {secret}")
-        click.echo(f"client config written to {config}")
+        click.echo(f"client config written to {client_config}")
     engine = Engine(settings, network=_network())
     app = create_app(engine, tokens_store=tokens)
     click.echo(f"sandtree listening on {url} (data in {settings.data_dir})")
@@ -145,6 +146,8 @@ def serve(host: str | None, port: int | None, data_dir: Path | None) -> None:
         log_level="info",
         # Open requests (an SSE follower) get a fifth of the shutdown; running work the rest.
         timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout / 5)),
+        # Header and linger deadlines, the connection cap, the header size (slowloris).
+        **edge_options(settings),
     )
     serve_until_stopped(config, deadline=settings.shutdown_timeout)
 
