@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from sandtree.engine import Engine, ImageRecord
+from sandtree.engine._lineage import diff_layer
 from sandtree.errors import InvalidRequestError
 from sandtree.testing import make_child
 
@@ -210,4 +214,40 @@ async def test_diff_of_a_file_replaced_by_a_directory(engine: Engine, base: Imag
 
     assert diff.changed == ["/thing"]
     assert diff.added == ["/thing/inside"]
+    assert diff.deleted == []
+
+
+# -- diffs never look through an image's symlinks at the host ----------------------------------
+
+
+def _probe_layers(tmp_path: Path) -> tuple[Path, Path]:
+    """A parent view where ``/probe`` is a symlink to a host directory, and a layer over it
+    that made ``/probe`` a directory holding ``secret`` (a name the host directory has, with
+    a file in it) and ``absent`` (a name it lacks); ``secret`` is opaque."""
+    host = tmp_path / "host"
+    (host / "secret").mkdir(parents=True)
+    (host / "secret" / "host-file").write_bytes(b"host\n")
+    view = tmp_path / "view"
+    view.mkdir()
+    (view / "probe").symlink_to(host)
+    layer = tmp_path / "layer"
+    for name in ("secret", "absent"):
+        (layer / "probe" / name).mkdir(parents=True)
+        os.chmod(layer / "probe" / name, os.stat(host / "secret").st_mode)
+    os.setxattr(layer / "probe", "trusted.overlay.opaque", b"y")
+    os.setxattr(layer / "probe" / "secret", "trusted.overlay.opaque", b"y")
+    return layer, view
+
+
+def test_diff_of_a_layer_over_an_image_symlink_reports_its_paths_as_added_not_host_ones(
+    tmp_path: Path,
+) -> None:
+    layer, view = _probe_layers(tmp_path)
+
+    diff = diff_layer(layer, view)
+
+    # Whether the host has /secret must not show (it made "secret" changed, not added), and
+    # the host directory's files must not be listed as deleted.
+    assert diff.added == ["/probe/absent", "/probe/secret"]
+    assert diff.changed == ["/probe"]
     assert diff.deleted == []

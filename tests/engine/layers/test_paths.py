@@ -10,12 +10,16 @@ from typing import TYPE_CHECKING
 import pytest
 
 from sandtree.engine.layers._paths import (
+    SpecialFileError,
+    lstat_beneath,
     make_parents_in_root,
     normalise_path,
+    open_regular,
     open_root,
     openat2,
     resolve_in_root,
     user_error,
+    walk_tree,
     write_file_in_root,
 )
 from sandtree.errors import InvalidRequestError, PathNotFoundError
@@ -332,3 +336,99 @@ def test_write_file_in_root_replaces_a_fifo_without_blocking_on_it(
     write_file_in_root(sample_rootfs.root, "/tmp/fifo", b"data\n", mode=0o644, uid=0, gid=0)
     assert stat.S_ISREG(os.stat(sample_rootfs.root / "tmp" / "fifo").st_mode)
     assert (sample_rootfs.root / "tmp" / "fifo").read_bytes() == b"data\n"
+
+
+# -- opening and walking image content without following or waiting --------------------------
+
+
+def test_open_regular_refuses_a_fifo_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(SpecialFileError):
+        open_regular(tmp_path / "fifo")
+
+
+def test_open_regular_refuses_a_symlink_instead_of_following_it(tmp_path: Path) -> None:
+    (tmp_path / "target").write_bytes(b"host\n")
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    with pytest.raises(SpecialFileError):
+        open_regular(tmp_path / "link")
+
+
+def test_open_regular_reads_a_regular_file(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"data\n")
+    with open(open_regular(tmp_path / "file"), "rb") as f:
+        assert f.read() == b"data\n"
+
+
+def test_lstat_beneath_refuses_a_path_through_a_symlinked_parent(tmp_path: Path) -> None:
+    host = tmp_path / "host"
+    (host / "secret").mkdir(parents=True)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "probe").symlink_to(host)
+    rootfd = open_root(tree)
+    try:
+        with pytest.raises(OSError, match="symbolic links") as caught:
+            lstat_beneath(rootfd, "probe/secret")
+        assert caught.value.errno == errno.ELOOP
+        assert stat.S_ISLNK(lstat_beneath(rootfd, "probe").st_mode)
+    finally:
+        os.close(rootfd)
+
+
+def test_walk_tree_lists_special_files_and_never_enters_a_symlinked_directory(
+    tmp_path: Path,
+) -> None:
+    host = tmp_path / "host"
+    (host / "hostdir").mkdir(parents=True)
+    tree = tmp_path / "tree"
+    (tree / "b").mkdir(parents=True)
+    os.mkfifo(tree / "b" / "fifo")
+    (tree / "a").symlink_to(host)
+    (tree / "c").write_bytes(b"x")
+    walked = list(walk_tree(tree, sort=True))
+    assert [rel for rel, _ in walked] == ["a", "b", "b/fifo", "c"]
+    kinds = {rel: stat.S_IFMT(st.st_mode) for rel, st in walked}
+    assert kinds["a"] == stat.S_IFLNK
+    assert kinds["b/fifo"] == stat.S_IFIFO
+
+
+def test_write_file_in_root_never_writes_into_a_fifo_it_finds_after_replacing(
+    sample_rootfs: SampleImage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a process running over the root could do between the replacement and the open:
+    # put a FIFO back, with a reader waiting on it.
+    fifo = sample_rootfs.root / "tmp" / "raced"
+    reader = None
+
+    def race(parent: int, name: str, path: str) -> None:
+        nonlocal reader
+        os.mkfifo(fifo)
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+
+    monkeypatch.setattr("sandtree.engine.layers._paths._replace_unsafe_existing", race)
+    try:
+        with pytest.raises(InvalidRequestError, match="not a regular file"):
+            write_file_in_root(sample_rootfs.root, "/tmp/raced", b"x", mode=0o644, uid=0, gid=0)
+        assert reader is not None
+        assert os.read(reader, 1) == b""  # the open was let go, nothing written into it
+    finally:
+        if reader is not None:
+            os.close(reader)
+
+
+def test_walk_tree_does_not_enter_a_directory_swapped_for_a_symlink_while_it_walks(
+    tmp_path: Path,
+) -> None:
+    # A run's upper is walked while the sandbox writes: it can swap a directory the walk has
+    # just listed for a symlink to the host before the walk goes in.
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "host-file").write_bytes(b"x")
+    tree = tmp_path / "tree"
+    (tree / "dir").mkdir(parents=True)
+    walk = walk_tree(tree)
+    assert next(walk)[0] == "dir"
+    (tree / "dir").rmdir()
+    (tree / "dir").symlink_to(host)
+    assert list(walk) == []
