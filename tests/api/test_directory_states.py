@@ -112,6 +112,28 @@ async def test_bad_directory_states_are_refused_saying_what_to_send(
     assert complaint in response.json()["error"]
 
 
+@pytest.mark.parametrize(
+    ("owner", "field"),
+    [
+        ({"uid": -100000, "gid": -100000}, "files['/bin/rootme'].uid"),
+        ({"gid": -100000}, "files['/bin/rootme'].gid"),
+        ({"uid": 70000}, "files['/bin/rootme'].uid"),
+        ({"gid": 2**32}, "files['/bin/rootme'].gid"),
+    ],
+)
+async def test_a_directory_state_with_an_owner_outside_the_sandbox_ids_gets_400(
+    api: Api, owner: dict[str, object], field: str
+) -> None:
+    file_id = await _upload(api, b"#!/bin/sh\n")
+    files = {"/bin/rootme": {"uuid": file_id, "mode": "04755", **owner}}
+
+    response = await api.http.post("/v1/directory_states", json={"files": files}, headers=api.auth)
+
+    assert response.status_code == 400
+    assert field in response.json()["error"]
+    assert "0 to 65535" in response.json()["error"]
+
+
 async def test_creating_a_directory_state_needs_the_upload_permission(api: Api) -> None:
     response = await api.http.post(
         "/v1/directory_states", json={"files": {}}, headers=api.token("list")

@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from sandtree.engine import Engine, ImageRecord, PlacedFile
-from sandtree.errors import FileNotFoundInStoreError
+from sandtree.engine import Engine, ImageRecord, OperationStatus, PlacedFile
+from sandtree.errors import FileNotFoundInStoreError, InvalidRequestError
 from sandtree.testing import read_file, run_command
 
 pytestmark = pytest.mark.anyio
@@ -141,3 +141,31 @@ async def test_a_state_used_again_on_an_image_that_holds_it_places_its_files_aga
     )
     assert restored.status == "SUCCESS", restored.error
     assert read_file(engine, engine.resolve_image(str(restored.result_image)), "/app/a.py") == b"a"
+
+
+async def test_a_state_whose_file_is_owned_outside_the_sandbox_ids_is_refused(
+    engine: Engine,
+) -> None:
+    record = await engine.upload_file(_chunks(b"#!"))
+    for uid, gid in ((-100000, 0), (0, -100000), (70000, 0), (0, 2**32)):
+        placed = PlacedFile(uuid=record.uuid, path="/bin/x", mode=0o4755, uid=uid, gid=gid)
+        with pytest.raises(InvalidRequestError, match=r"files\['/bin/x'\]\.[ug]id .*0 to 65535"):
+            engine.create_directory_state([placed])
+
+
+async def test_a_state_saved_with_a_host_root_owner_fails_the_run_and_writes_no_layer(
+    engine: Engine, base: ImageRecord
+) -> None:
+    # As a state saved by a version that did not check owners: straight into the store.
+    record = await engine.upload_file(_chunks(b"#!"))
+    bad = PlacedFile(uuid=record.uuid, path="/bin/rootme", mode=0o4755, uid=-100000, gid=0)
+    state = engine.store.add_directory_state("default", [bad], "2026-01-01T00:00:00+00:00")
+    layers_before = set(engine.layers.layers_dir.iterdir())
+
+    op = await run_command(engine, "true", base, directory_state=state, disposable=False)
+
+    assert op.status == OperationStatus.FAILED
+    assert op.error is not None and "files['/bin/rootme'].uid" in op.error
+    assert engine.store.directory_state_layer(state) is None
+    assert set(engine.layers.layers_dir.iterdir()) == layers_before
+    assert list(engine.layers.tmp_dir.iterdir()) == []

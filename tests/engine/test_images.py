@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import os
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -82,6 +85,36 @@ async def test_import_with_an_invalid_tag_is_refused(engine: Engine, rootfs: Pat
 async def test_import_of_a_missing_path_is_refused(engine: Engine, tmp_path: Path) -> None:
     with pytest.raises(InvalidRequestError):
         await engine.import_local(tmp_path / "nope")
+
+
+def _tar_with(path: Path, *entries: tuple[str, bytes, int, int]) -> Path:
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data, mode, owner in entries:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.uid, info.gid = len(data), mode, owner, owner
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+async def test_a_local_tar_whose_setuid_entry_has_uid_4000000_imports_it_as_nobody(
+    engine: Engine, tmp_path: Path
+) -> None:
+    archive = _tar_with(
+        tmp_path / "alien.tar",
+        ("bin/su", b"#!/bin/sh\n", 0o4755, 4_000_000),
+        ("bin/ok", b"#!/bin/sh\n", 0o4755, 0),
+    )
+
+    image = await engine.import_local(archive, tag="alien")
+
+    shift = engine.settings.uid_shift
+    with engine.mounted(image) as root:
+        alien, ok = os.lstat(root / "bin" / "su"), os.lstat(root / "bin" / "ok")
+    assert (alien.st_uid, alien.st_gid) == (shift + 65534, shift + 65534)
+    assert alien.st_mode & 0o7777 == 0o755  # no setuid for nobody
+    assert (ok.st_uid, ok.st_mode & 0o7777) == (shift, 0o4755)  # image root's setuid stays
+    item = engine.stat_path(image, "/bin/su")
+    assert (item.uid, item.gid) == (65534, 65534)
 
 
 # -- tags ------------------------------------------------------------------------------------

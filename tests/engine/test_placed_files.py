@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 from runkit import chunks
 
-from sandtree.engine import Engine, ImageRecord, OperationStatus, PlacedFile
+from sandtree.engine import (
+    Engine,
+    ImageRecord,
+    OperationQuery,
+    OperationStatus,
+    PlacedFile,
+    RunSpec,
+)
+from sandtree.errors import InvalidRequestError
 from sandtree.testing import read_file, run_command
 
 pytestmark = pytest.mark.anyio
@@ -168,3 +176,67 @@ async def test_placed_file_with_dotdot_stays_inside_the_root(
     assert not _host_path_exists("/escaped.txt")
     assert op.result_image is not None
     assert read_file(engine, engine.resolve_image(op.result_image), "/escaped.txt") == b"climb"
+
+
+# -- owners: only ids the sandbox has ---------------------------------------------------------
+
+
+def _image_content_owned_outside_the_sandbox(engine: Engine) -> list[str]:
+    """Entries of layers and run uppers whose host owner is not a shifted sandbox id."""
+    shift = engine.settings.uid_shift
+    tops = [*engine.layers.layers_dir.iterdir(), *engine.layers.runs_dir.glob("*/upper")]
+    found = []
+    for top in tops:
+        for path in [top, *top.rglob("*")]:
+            st = os.lstat(path)
+            if not (shift <= st.st_uid <= shift + 65535 and shift <= st.st_gid <= shift + 65535):
+                found.append(f"{path} ({st.st_uid}:{st.st_gid})")
+    return found
+
+
+@pytest.mark.parametrize(
+    ("uid", "gid", "field"),
+    [(-100000, -100000, ".uid"), (0, -100000, ".gid"), (70000, 0, ".uid"), (0, 2**32, ".gid")],
+)
+async def test_a_placed_file_owned_outside_the_sandbox_ids_is_refused_before_the_run(
+    engine: Engine, base: ImageRecord, uid: int, gid: int, field: str
+) -> None:
+    record = await engine.upload_file(chunks(b"#!/bin/sh\nid\n"))
+    # -100000 + the uid shift (100000) is host root: with 04755 a setuid-root file.
+    placed = PlacedFile(uuid=record.uuid, path="/bin/rootme", mode=0o4755, uid=uid, gid=gid)
+
+    with pytest.raises(InvalidRequestError) as caught:
+        await engine.spawn(RunSpec(image=base.uuid, command="true", files=(placed,)))
+
+    assert f"files['/bin/rootme']{field}" in caught.value.message
+    assert "0 to 65535" in caught.value.message
+    assert engine.list_operations(OperationQuery()) == []
+    assert _image_content_owned_outside_the_sandbox(engine) == []
+
+
+async def test_a_run_whose_uid_is_outside_the_sandbox_ids_cannot_create_its_cwd_as_host_root(
+    engine: Engine, base: ImageRecord
+) -> None:
+    for uid, gid in ((-100000, 0), (0, -100000), (65536, 0)):
+        with pytest.raises(InvalidRequestError, match="0 to 65535"):
+            await engine.spawn(
+                RunSpec(image=base.uuid, command="true", cwd="/made/here", uid=uid, gid=gid)
+            )
+    assert engine.list_operations(OperationQuery()) == []
+    assert _image_content_owned_outside_the_sandbox(engine) == []
+
+
+async def test_a_placed_file_with_the_highest_sandbox_ids_is_stored_at_the_top_of_the_range(
+    engine: Engine, base: ImageRecord
+) -> None:
+    record = await engine.upload_file(chunks(b"x"))
+    placed = PlacedFile(uuid=record.uuid, path="/top", mode=0o644, uid=65535, gid=65535)
+
+    op = await run_command(engine, "true", base, files=(placed,))
+
+    assert op.status == OperationStatus.SUCCESS, op.error
+    assert op.result_image is not None
+    with engine.mounted(engine.resolve_image(op.result_image)) as root:
+        st = os.lstat(root / "top")
+    top = engine.settings.uid_shift + 65535
+    assert (st.st_uid, st.st_gid) == (top, top)

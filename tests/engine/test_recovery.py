@@ -267,3 +267,34 @@ async def test_layer_of_a_compacted_image_survives_a_restart(data_dir: Path, roo
         assert again.layers == compacted.layers
         names = {item.path for item in engine.list_dir(again, "/")}
         assert {"f0", "f1", "f2"} <= names
+
+
+async def test_a_start_on_an_old_world_readable_data_dir_makes_it_the_servers_alone(
+    tmp_path: Path, rootfs: Path
+) -> None:
+    data = tmp_path / "data"
+    async with _disk_engine(data) as engine:
+        await engine.import_local(rootfs, tag="base")
+        await engine.upload_file(_one_chunk(b"secret"))
+    # As an older sandtree left it: the umask's modes everywhere.
+    for path in [data, *data.rglob("*")]:
+        if path.is_dir() and not path.is_symlink():
+            os.chmod(path, 0o755)
+        elif path.is_file() and path.suffix in (".db", ".db-wal", ".db-shm"):
+            os.chmod(path, 0o644)
+
+    async with _disk_engine(data):
+        pass
+
+    def mode(rel: str) -> int:
+        return os.stat(data / rel).st_mode & 0o777
+
+    assert mode(".") == 0o700
+    assert {rel: mode(rel) for rel in ("store", "store/layers", "store/runs", "files")} == {
+        "store": 0o700, "store/layers": 0o700, "store/runs": 0o700, "files": 0o700,
+    }  # fmt: skip
+    assert mode("sandtree.db") == 0o600
+
+
+async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
+    yield data

@@ -304,6 +304,19 @@ def test_owners_are_shifted_and_unmapped_ids_become_nobody(dest: Path) -> None:
     assert owner("alien") == (UID_SHIFT + 65534, UID_SHIFT + 65534)
 
 
+@pytest.mark.parametrize("alien", [4_000_000, -UID_SHIFT, 2**32 - 1])
+def test_a_setuid_entry_with_an_owner_outside_the_sandbox_becomes_nobody_with_a_warning(
+    dest: Path, alien: int
+) -> None:
+    # -UID_SHIFT shifted without a check would be host root: a setuid-root file on the host.
+    stats = unpack(build_tar(file("sbin/su", b"#!", mode=0o6755, uid=alien, gid=alien)), dest)
+
+    st = os.lstat(dest / "sbin" / "su")
+    assert (st.st_uid, st.st_gid) == (UID_SHIFT + 65534, UID_SHIFT + 65534)
+    assert stat.S_IMODE(st.st_mode) == 0o755
+    assert any("outside 0..65535" in w and "nobody" in w for w in stats.warnings)
+
+
 def test_setuid_is_kept_for_mapped_owners_and_stripped_for_unmapped(dest: Path) -> None:
     data = build_tar(
         file("passwd", mode=0o4755),
