@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from sandtree.api import _params
-from sandtree.engine import ImageRecord
+from sandtree.engine import ImageRecord, OperationQuery
 
 if TYPE_CHECKING:
     from conftest import Api  # the fixture's type, from tests/api/conftest.py
@@ -85,6 +85,43 @@ async def test_a_bad_spawn_request_gets_4xx_naming_the_field(
 
     assert response.status_code in (400, 404)
     assert complaint in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("owner", "field"),
+    [
+        ({"uid": -100000, "gid": -100000}, "files['/bin/rootme'].uid"),
+        ({"uid": 0, "gid": -1}, "files['/bin/rootme'].gid"),
+        ({"uid": 70000}, "files['/bin/rootme'].uid"),
+        ({"gid": 2**32}, "files['/bin/rootme'].gid"),
+        ({"uid": "0"}, "'uid' must be int"),
+    ],
+)
+async def test_a_placed_file_owned_outside_the_sandbox_ids_gets_400_naming_field_and_range(
+    api: Api, image: ImageRecord, owner: dict[str, Any], field: str
+) -> None:
+    uploaded = await api.http.post("/v1/files", content=b"#!/bin/sh\n", headers=api.auth)
+    meta = {"uuid": uploaded.json()["uuid"], "mode": "04755", **owner}
+    body = {"command": "true", "image": "tag:base", "files": {"/bin/rootme": meta}}
+
+    response = await _spawn(api, body)
+
+    assert response.status_code == 400
+    assert field in response.json()["error"]
+    if "must be int" not in field:
+        assert "0 to 65535" in response.json()["error"]
+    assert api.engine.list_operations(OperationQuery()) == []
+
+
+@pytest.mark.parametrize("owner", [{"uid": -100000}, {"gid": -100000}, {"uid": 65536}])
+async def test_a_run_as_an_id_outside_the_sandbox_gets_400_naming_field_and_range(
+    api: Api, image: ImageRecord, owner: dict[str, Any]
+) -> None:
+    response = await _spawn(api, {"command": "true", "image": "tag:base", "cwd": "/new", **owner})
+
+    assert response.status_code == 400
+    assert f"'{next(iter(owner))}'" in response.json()["error"]
+    assert "0 to 65535" in response.json()["error"]
 
 
 async def test_a_disposable_only_token_cannot_keep_results(api: Api, image: ImageRecord) -> None:
