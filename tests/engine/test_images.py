@@ -97,7 +97,7 @@ def _tar_with(path: Path, *entries: tuple[str, bytes, int, int]) -> Path:
 
 
 async def test_a_local_tar_whose_setuid_entry_has_uid_4000000_imports_it_as_nobody(
-    engine: Engine, tmp_path: Path
+    engine: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     archive = _tar_with(
         tmp_path / "alien.tar",
@@ -115,6 +115,7 @@ async def test_a_local_tar_whose_setuid_entry_has_uid_4000000_imports_it_as_nobo
     assert (ok.st_uid, ok.st_mode & 0o7777) == (shift, 0o4755)  # image root's setuid stays
     item = engine.stat_path(image, "/bin/su")
     assert (item.uid, item.gid) == (65534, 65534)
+    assert any("outside 0..65535" in r.getMessage() for r in caplog.records)
 
 
 # -- tags ------------------------------------------------------------------------------------

@@ -240,3 +240,13 @@ async def test_a_placed_file_with_the_highest_sandbox_ids_is_stored_at_the_top_o
         st = os.lstat(root / "top")
     top = engine.settings.uid_shift + 65535
     assert (st.st_uid, st.st_gid) == (top, top)
+
+
+async def test_a_process_exec_as_an_id_outside_the_sandbox_is_refused(
+    engine: Engine, base: ImageRecord
+) -> None:
+    op = await run_command(engine, "true", base)
+
+    for uid, gid in ((-100000, 0), (0, 65536)):
+        with pytest.raises(InvalidRequestError, match="0 to 65535"):
+            await engine.exec_process(op, command="id", uid=uid, gid=gid)

@@ -8,6 +8,7 @@ point leaves nothing visible (staging dirs are swept at the next start).
 
 from __future__ import annotations
 
+import logging
 import shutil
 import uuid
 from collections.abc import Sequence
@@ -23,6 +24,8 @@ from sandtree.engine.types import ImageRecord
 from sandtree.errors import InvalidRequestError
 
 __all__ = ["IMPORTED_SPAN", "MAX_IMPORT_BYTES", "import_path"]
+
+logger = logging.getLogger(__name__)
 
 #: Imported layers are never merged by compaction: they may be shared by many images, and
 #: merging into them would copy (link) a whole base image for one run's change.
@@ -65,12 +68,15 @@ def import_path(
                 staging = layers.new_staging_dir()
                 try:
                     with opener as stream:
-                        unpack_layer(
+                        stats = unpack_layer(
                             stream, staging, uid_shift=layers.uid_shift, max_bytes=max_bytes
                         )
                 except BaseException:
                     shutil.rmtree(staging, ignore_errors=True)
                     raise
+                # Skipped entries, and owners made nobody: the operator who imports sees why.
+                for warning in stats.warnings:
+                    logger.warning("import %s: %s", path, warning)
                 layer_id, size = layers.adopt(staging)
                 adopted[layer_id] = size
             env = list(source.config.env)
