@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
 
-from sandtree.api import _params
 from sandtree.engine import ImageRecord, OperationQuery
 
 if TYPE_CHECKING:
@@ -203,12 +203,14 @@ async def test_operations_of_another_namespace_are_not_found(api: Api, image: Im
 async def test_a_body_past_the_size_cap_is_refused_pointing_at_file_uploads(
     api: Api, image: ImageRecord, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_params, "MAX_JSON_BYTES", 1000)
+    small = dataclasses.replace(api.engine.settings, max_json_bytes=1000)
+    monkeypatch.setattr(api.engine, "settings", small)
     stdin = {"value": "x" * 2000}
 
     response = await _spawn(api, {"command": "cat", "image": "tag:base", "stdin": stdin})
 
-    assert response.status_code == 400
+    assert response.status_code == 413
+    assert "1000 bytes" in response.json()["error"]
     assert "POST /v1/files" in response.json()["error"]
 
 

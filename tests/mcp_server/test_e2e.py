@@ -23,10 +23,13 @@ from pathlib import Path
 import anyio
 import anyio.abc
 import httpx
+import httpx2
 import pytest
 from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
 
 from sandtree.client import SandtreeClient
+from sandtree.mcp import TOKEN_FILE
 from sandtree.testing import ServerProcess
 from sandtree.testing_registry import LocalRegistry, TestImage
 
@@ -104,8 +107,15 @@ async def http_agent(server: ServerProcess, tmp: Path) -> AsyncIterator[Agent]:
     async with process:
         try:
             await _until_listening(port, process, log)
-            async with Client(f"http://127.0.0.1:{port}/mcp") as client:
-                yield Agent(client, "sandtree mcp --http")
+            # The token it made on its first start, as an agent's config reads it.
+            token = (tmp / "mcp-state" / TOKEN_FILE).read_text(encoding="utf-8").strip()
+            headers = {"Authorization": f"Bearer {token}"}
+            # The SDK's own timeouts: a response stream may stay open for minutes.
+            timeout = httpx2.Timeout(30, read=300)
+            async with httpx2.AsyncClient(headers=headers, timeout=timeout) as http:
+                transport = streamable_http_client(f"http://127.0.0.1:{port}/mcp", http_client=http)
+                async with Client(transport) as client:
+                    yield Agent(client, "sandtree mcp --http")
         finally:
             with contextlib.suppress(ProcessLookupError):
                 process.terminate()

@@ -9,12 +9,17 @@ Example (in process, as the tests do)::
 """
 
 from sandtree.mcp._context import McpContext
+from sandtree.mcp._http import TOKEN_FILE, BearerAuth, http_app, http_token
 from sandtree.mcp._rsync import ExcludeRules, collect
 from sandtree.mcp._server import build_server
 
 __all__ = [
+    "TOKEN_FILE",
+    "BearerAuth",
     "ExcludeRules",
     "McpContext",
     "build_server",
     "collect",
+    "http_app",
+    "http_token",
 ]
