@@ -201,3 +201,22 @@ async def test_a_kept_alive_connection_serves_a_second_request_after_a_pause(
 
     assert first.startswith(b"HTTP/1.1 200")
     assert second.startswith(b"HTTP/1.1 200")
+
+
+async def test_a_served_kept_alive_connection_outlasts_newer_never_served_ones(
+    edge: Edge,
+) -> None:
+    reader, writer = await edge.connect()
+    writer.write(b"GET /ok HTTP/1.1\r\nhost: x\r\n\r\n")
+    await reader.readuntil(b"done")
+    idle = [await edge.connect() for _ in range(_SETTINGS.max_connections)]
+
+    evicted = await _closed_within(idle[0][0], _WAIT)  # the fourth newcomer evicted the first
+    writer.write(b"GET /ok HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+    again = await _closed_within(reader, _WAIT)
+
+    for _, other in idle:
+        other.close()
+    writer.close()
+    assert evicted == b""
+    assert again.startswith(b"HTTP/1.1 200")

@@ -9,9 +9,10 @@ timer at all. ``GuardedH11Protocol`` adds, per connection:
   seconds after its first byte (or after the connection opened); else a 408 and close;
 - a linger deadline: when the app answered before reading the whole body (a 401, 403 or
   413), the rest of the body is read and dropped for at most ``body_timeout`` seconds;
-- a connection cap: past ``max_connections`` open connections, the connection idle the
-  longest (waiting for a request, as slow-header ones are) is closed to make room; only
-  when every connection has a request in flight is the new one refused with a 503.
+- a connection cap: past ``max_connections`` open connections, an idle one (waiting for a
+  request, as slow-header ones are) is closed to make room: first those never served a
+  request, the longest idle first; only when every connection has a request in flight is the
+  new one refused with a 503. A client that was served (a kept-alive pool) goes last.
 
 The time a route takes to read a body is bounded in the API (``sandtree.api._body``), where
 the app's own waits can be told from the client's.
@@ -55,6 +56,7 @@ class GuardedH11Protocol(H11Protocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._deadline_kind = ""
         self._idle_since = self.loop.time()
+        self._served = False
 
     # -- the states a connection is in ---------------------------------------------------
 
@@ -97,7 +99,7 @@ class GuardedH11Protocol(H11Protocol):
         self._arm(self.header_timeout, "request headers")
 
     def _evict_idle(self) -> bool:
-        """Close the connection that has waited longest for a request; False if none waits."""
+        """Close an idle connection, never-served ones first; False if none is idle."""
         idle = [
             c
             for c in self.connections
@@ -108,7 +110,7 @@ class GuardedH11Protocol(H11Protocol):
         ]
         if not idle:
             return False
-        oldest = min(idle, key=lambda c: c._idle_since)
+        oldest = min(idle, key=lambda c: (c._served, c._idle_since))
         oldest._disarm()
         oldest.transport.close()
         return True
@@ -131,7 +133,7 @@ class GuardedH11Protocol(H11Protocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        self._idle_since = self.loop.time()
+        self._idle_since, self._served = self.loop.time(), True
         if not self.transport.is_closing() and self.conn.their_state is h11.SEND_BODY:
             # Answered before the body was read (401, 403, 413): uvicorn reads the rest and
             # drops it, for as long as the client keeps sending; we stop that after a while.
