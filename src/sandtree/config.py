@@ -63,12 +63,21 @@ class Settings:
     runc_path: str = "runc"
     runsc_path: str = "runsc"
     #: Registry imports: the platform picked from multi-platform images (``os/arch[/variant]``),
-    #: the bound on an image's unpacked size, layers fetched at once, and the registries
-    #: (comma-separated ``host[:port]``) spoken to over plain HTTP besides loopback ones.
+    #: the bound on an image's unpacked size, layers fetched at once.
     import_platform: str = "linux/amd64"
     max_import_bytes: int = 32 * 1024**3
     import_workers: int = 4
+    #: Registries (comma-separated ``host[:port]``; a host without a port covers all its
+    #: ports) that imports and pushes may reach although they are on a loopback, private or
+    #: link-local address: ``insecure_registries`` over plain HTTP, ``allowed_registries``
+    #: over HTTPS. Every other destination (redirects, token realms and upload locations
+    #: included) must resolve to public addresses only.
     insecure_registries: str = ""
+    allowed_registries: str = ""
+    #: Threads for registry transfers (their own pool, apart from everything else), and how
+    #: many imports and pushes one namespace has in flight at once (the rest wait).
+    registry_threads: int = 16
+    registry_jobs_per_namespace: int = 4
     #: Cap on one operation's stored event log (stream events are dropped past it).
     event_log_cap_bytes: int = 64 * 1024**2
     #: Seconds a stop signal (SIGTERM, Ctrl-C) waits for requests and running work; past it
@@ -108,6 +117,10 @@ class Settings:
             raise InvalidRequestError("shutdown_timeout must be a positive number of seconds")
         if min(self.header_timeout, self.body_timeout) <= 0:
             raise InvalidRequestError("header_timeout and body_timeout must be positive seconds")
+        if min(self.registry_threads, self.registry_jobs_per_namespace) < 1:
+            raise InvalidRequestError(
+                "registry_threads and registry_jobs_per_namespace must be at least 1"
+            )
         if min(self.max_connections, self.max_requests_per_token) < 1:
             raise InvalidRequestError("max_connections and max_requests_per_token must be >= 1")
 

@@ -5,17 +5,25 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from sandtree.testing import make_child
+from sandtree.engine import Engine
+from sandtree.testing import make_child, make_engine
 from sandtree.testing_registry import LocalRegistry
 
 from .conftest import Api
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
+    """The fake-runtime engine, with the operator allowing the loopback test registries."""
+    async with make_engine(tmp_path / "data", insecure_registries="127.0.0.1") as eng:
+        yield eng
 
 
 @pytest.fixture

@@ -22,6 +22,8 @@ ROUTES: list[tuple[str, str, Any, str]] = [
     ("DELETE", "/v1/images/{image}/tag", None, "set_image_tag"),
     # Nothing listens on port 1: an import let through fails at once.
     ("POST", "/v1/images/import", {"registry": {"url": "docker://127.0.0.1:1/x/y"}}, "import"),
+    # Nothing listens on port 1 either (and it is not an allowed registry): a push fails.
+    ("POST", "/v1/images/{image}/push", {"registry": {"url": "docker://127.0.0.1:1/x/y"}}, "push"),
     ("GET", "/v1/images/{image}/lineage", None, "list"),
     ("GET", "/v1/images/{image}/diff", None, "list"),
     ("POST", "/v1/instances", {"command": "true", "image": "tag:base"}, "spawn"),

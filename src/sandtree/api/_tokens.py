@@ -35,6 +35,8 @@ PERMISSIONS = (
     "cancel",
     "set_image_tag",
     "upload",
+    # Ours: pushing an image to a registry (it sends the image's bytes out of the server).
+    "push",
 )
 
 #: Limits a token carries unless created with others.

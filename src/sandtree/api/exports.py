@@ -35,12 +35,15 @@ async def export_image(request: Request) -> Response:
 
 async def push_image(request: Request) -> Response:
     """``POST /v1/images/{uuid}/push``: upload the image to a registry; answers its digest."""
-    require(request, "list")
+    # Its own permission: a push sends the image's bytes out of the server.
+    token = require(request, "push")
     engine: Engine = request.app.state.engine
     image = image_in_path(request)
     body = await json_body(request, example=_PUSH_EXAMPLE)
     url, credentials = registry_fields(body, _PUSH_EXAMPLE)
-    digest = await engine.push_image(image, url, credentials=credentials)
+    digest = await engine.push_image(
+        image, url, credentials=credentials, namespace=token.namespace
+    )
     return JSONResponse({"image": image.uuid, "url": url, "digest": digest})
 
 

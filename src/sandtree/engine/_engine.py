@@ -172,6 +172,7 @@ class Engine:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         self._compactor.close()
+        self._imports.close()
         self.layers.close()
         if self._network is not None:
             await asyncio.to_thread(self._network.teardown)
@@ -319,12 +320,18 @@ class Engine:
         self._imports.export(image, out)
 
     async def push_image(
-        self, image: ImageRecord, url: str, *, credentials: Mapping[str, Any] | None = None
+        self,
+        image: ImageRecord,
+        url: str,
+        *,
+        credentials: Mapping[str, Any] | None = None,
+        namespace: str = "default",
     ) -> str:
         """Push ``image`` to a registry as ``url`` (``docker://host/name:tag``); returns the
-        manifest digest. Blobs the registry already has are not sent again."""
+        manifest digest. Blobs the registry already has are not sent again. It counts among
+        ``namespace``'s registry transfers and runs in the registry pool."""
         wanted = self._imports.request(url, credentials=credentials)
-        return await asyncio.to_thread(self._imports.push, image, wanted)
+        return await self._imports.push(image, wanted, namespace)
 
     def delete_image(self, image: ImageRecord) -> None:
         """Forget an image; its layers go once no other image uses them (``collect_garbage``)."""

@@ -4,15 +4,23 @@ exports to OCI archives and registries.
 The pull itself (``registry.Puller``) is synchronous; here it runs off the event loop, reports
 progress as ``progress`` events, honours the import's timeout and a cancel, and maps the
 result onto the operation (``{"image", "tag"}``).
+
+Registry transfers run in their own bounded thread pool, never in the default executor that
+runs, inspection and diffs use: a stalled registry can hold only registry threads, and only
+until its transfer's deadline (or a cancel) shuts its sockets down. One namespace has at most
+``registry_jobs_per_namespace`` transfers in flight; its others wait without a thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import functools
-from collections.abc import Mapping
-from typing import Any, BinaryIO
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, BinaryIO, TypeVar
 
 from sandtree.config import Settings
 from sandtree.engine._events import EventLog
@@ -34,15 +42,17 @@ from sandtree.engine.registry._export import (
     scratch_dir,
     write_oci_archive,
 )
+from sandtree.engine.registry._network import DestinationPolicy
 from sandtree.engine.store import MetadataStore
 from sandtree.engine.types import ImageRecord
-from sandtree.errors import InvalidRequestError
+from sandtree.errors import InvalidRequestError, RegistryError
 
 __all__ = ["ImportRequest", "RegistryImports"]
 
-#: How long a stopped import may take to wind down before its operation ends anyway. Layer
-#: downloads stop at once (their sockets are shut down); a request stalled elsewhere ends at
-#: its socket timeout, in the background, and commits nothing (the stop is checked first).
+_T = TypeVar("_T")
+
+#: How long a stopped transfer may take to wind down before its operation ends anyway. Every
+#: socket it has open is shut down at once, so its thread returns at its next read.
 _STOP_GRACE = 2.0
 _PLATFORM_HINT = "write it as os/arch or os/arch/variant, e.g. linux/amd64 or linux/arm64/v8"
 
@@ -59,7 +69,7 @@ class ImportRequest:
 
 
 class RegistryImports:
-    """Builds import jobs for the operation queue."""
+    """Builds import jobs for the operation queue, and runs pushes."""
 
     def __init__(
         self, settings: Settings, store: MetadataStore, layers: LayerStore, puller: Puller
@@ -68,7 +78,20 @@ class RegistryImports:
         self._store = store
         self._layers = layers
         self._puller = puller
-        self._insecure = [h.strip() for h in settings.insecure_registries.split(",") if h.strip()]
+        self._policy = DestinationPolicy(
+            insecure=settings.insecure_registries, allowed=settings.allowed_registries
+        )
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            settings.registry_threads, thread_name_prefix="sandtree-registry"
+        )
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._running: set[Stop] = set()
+
+    def close(self) -> None:
+        """Stop every transfer (their sockets are shut down) and let the pool's threads go."""
+        for stop in list(self._running):
+            stop.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def request(
         self,
@@ -102,35 +125,68 @@ class RegistryImports:
             reference=ref, credentials=creds, tag=tag, timeout=timeout, platform=platform
         )
 
+    @asynccontextmanager
+    async def _transfer(self, namespace: str, stop: Stop) -> AsyncIterator[None]:
+        """A place among ``namespace``'s transfers (waited for without a thread)."""
+        slot = self._slots.setdefault(
+            namespace, asyncio.Semaphore(self._settings.registry_jobs_per_namespace)
+        )
+        async with slot:
+            self._running.add(stop)
+            try:
+                yield
+            finally:
+                self._running.discard(stop)
+
+    def _start(self, fn: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
+        """``fn(*args)`` in the registry pool (never the default executor)."""
+        return asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def _settle(self, work: asyncio.Future[Any]) -> None:
+        """Wait, briefly, for a stopped transfer's thread: its sockets are shut down, so it
+        ends at once; whatever it returns is discarded."""
+        await asyncio.wait({work}, timeout=_STOP_GRACE)
+        work.add_done_callback(_discard)
+
     def job(self, op_id: str, request: ImportRequest, namespace: str) -> Job:
         async def job(log: EventLog, cancel: asyncio.Event) -> JobOutcome:
             loop = asyncio.get_running_loop()
-            stop = Stop()
+            # Past the import's own timeout, so that one fires first and names the cause.
+            stop = Stop(deadline=time.monotonic() + request.timeout + _STOP_GRACE)
 
             def report(progress: Progress) -> None:
                 emit = functools.partial(log.emit, "progress", progress.snapshot(), spid=None)
                 loop.call_soon_threadsafe(emit)
 
-            work = asyncio.ensure_future(
-                asyncio.to_thread(self._import, op_id, request, namespace, stop, report)
-            )
+            async def run() -> tuple[ImageRecord, bool]:
+                async with self._transfer(namespace, stop):
+                    if stop.is_set():
+                        raise ImportCancelled()
+                    pulled = self._start(self._import, op_id, request, namespace, stop, report)
+                    try:
+                        return await asyncio.shield(pulled)
+                    except asyncio.CancelledError:
+                        stop.set()
+                        await self._settle(pulled)  # the namespace's place is kept till then
+                        raise
+
+            work = asyncio.ensure_future(run())
             cancelled = asyncio.ensure_future(cancel.wait())
             try:
                 done, _ = await asyncio.wait(
                     {work, cancelled}, timeout=request.timeout, return_when="FIRST_COMPLETED"
                 )
             except asyncio.CancelledError:
-                stop.set()  # server shutdown: let the threads end at their next chunk
+                stop.set()  # server shutdown: the sockets are shut down, the threads end
+                work.cancel()
                 raise
             finally:
                 cancelled.cancel()
             if work not in done:
                 stop.set()
-                # Streaming layers stop at their next chunk; a registry that stalls mid-read
-                # is left to its socket timeout, and whatever it returns is discarded.
-                await asyncio.wait({work}, timeout=_STOP_GRACE)
-                work.add_done_callback(_discard)
-                if not work.done() or work.exception() is not None:
+                await self._settle(work)
+                if not work.done() or work.cancelled() or work.exception() is not None:
+                    work.cancel()
                     if cancel.is_set():
                         raise JobFailed("the import was cancelled", cancelled=True)
                     raise JobFailed(
@@ -152,20 +208,47 @@ class RegistryImports:
             oci = build_oci_image(self._layers, image, scratch)
             write_oci_archive(oci, out, ref_name=_ref_name(image))
 
-    def push(self, image: ImageRecord, request: ImportRequest) -> str:
-        """Push ``image`` to ``request``'s registry reference (blocking); returns its digest."""
+    async def push(self, image: ImageRecord, request: ImportRequest, namespace: str) -> str:
+        """Push ``image`` to ``request``'s registry reference; returns its manifest digest.
+
+        Bounded by ``max_timeout`` seconds; cancelling the call (the client went away) stops
+        the transfer too."""
+        seconds = float(self._settings.max_timeout)
+        stop = Stop(deadline=time.monotonic() + seconds)
+        async with self._transfer(namespace, stop):
+            work = self._start(self._push, image, request, stop)
+            try:
+                return await asyncio.wait_for(asyncio.shield(work), seconds)
+            except TimeoutError:
+                stop.set()
+                await self._settle(work)
+                raise RegistryError(
+                    f"the push to {request.reference} took longer than {seconds:.0f} s and was "
+                    "stopped; the registry is too slow or stalled"
+                ) from None
+            except asyncio.CancelledError:
+                stop.set()
+                await self._settle(work)
+                raise
+            except ImportCancelled:
+                raise RegistryError(f"the push to {request.reference} was stopped") from None
+
+    def _push(self, image: ImageRecord, request: ImportRequest, stop: Stop) -> str:
         with scratch_dir(self._layers.tmp_dir) as scratch:
             oci = build_oci_image(self._layers, image, scratch)
-            with self.client(request, timeout=300.0) as client:
+            if stop.is_set():
+                raise ImportCancelled()
+            with self.client(request, stop=stop, timeout=60.0) as client:
                 return push_oci_image(oci, client)
 
-    def client(self, request: ImportRequest, *, timeout: float) -> RegistryClient:
-        """A client for ``request``'s registry, plain HTTP where that is allowed."""
-        ref = request.reference
+    def client(self, request: ImportRequest, *, stop: Stop, timeout: float) -> RegistryClient:
+        """A client for ``request``'s registry: plain HTTP where listed, connecting only where
+        the destination policy allows, stopped and bounded by ``stop``."""
         return RegistryClient(
-            ref,
+            request.reference,
             credentials=request.credentials,
-            insecure=ref.is_insecure(self._insecure),
+            policy=self._policy,
+            stop=stop,
             timeout=timeout,
         )
 
@@ -177,10 +260,11 @@ class RegistryImports:
         stop: Stop,
         report: Any,
     ) -> tuple[ImageRecord, bool]:
-        # Just past the import's own timeout, so that one fires first and names the cause.
-        with self.client(request, timeout=min(60.0, request.timeout + 1.0)) as client:
+        with self.client(request, stop=stop, timeout=min(60.0, request.timeout + 1.0)) as client:
             manifest = self._puller.resolve(client, request.platform)
             tags = (request.tag,) if request.tag else ()
+            # Only the namespace's own images count: having imported this manifest is what
+            # proves it may have the layers without fetching them again.
             existing = self._puller.find_existing(namespace, manifest)
             if existing is not None:
                 # The same image is here already: finish at once, moving the tag to it

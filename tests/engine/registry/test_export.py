@@ -30,13 +30,13 @@ async def _import(engine: Engine, url: str) -> ImageRecord:
 
 @pytest.fixture
 async def source(tmp_path: Path) -> AsyncIterator[Engine]:
-    async with make_engine(tmp_path / "source") as eng:
+    async with make_engine(tmp_path / "source", insecure_registries="127.0.0.1") as eng:
         yield eng
 
 
 @pytest.fixture
 async def fresh(tmp_path: Path) -> AsyncIterator[Engine]:
-    async with make_engine(tmp_path / "fresh") as eng:
+    async with make_engine(tmp_path / "fresh", insecure_registries="127.0.0.1") as eng:
         yield eng
 
 

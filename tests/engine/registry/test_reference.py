@@ -58,22 +58,21 @@ def test_docker_hub_names_are_served_by_its_api_host() -> None:
 
 
 @pytest.mark.parametrize(
-    ("url", "insecure"),
-    [
-        ("127.0.0.1:5000/a", True),
-        ("localhost:5000/a", True),
-        ("[::1]:5000/a", True),
-        ("ghcr.io/a", False),
-        ("10.0.0.5:5000/a", False),
-    ],
+    "url", ["127.0.0.1:5000/a", "localhost:5000/a", "[::1]:5000/a", "ghcr.io/a", "10.0.0.5:5000/a"]
 )
-def test_only_loopback_registries_are_plain_http_by_default(url: str, insecure: bool) -> None:
-    assert parse_reference(url).is_insecure() is insecure
+def test_no_registry_is_plain_http_unless_listed_not_even_a_loopback_one(url: str) -> None:
+    assert parse_reference(url).is_insecure() is False
 
 
 def test_registries_listed_as_insecure_are_plain_http() -> None:
     assert parse_reference("10.0.0.5:5000/a").is_insecure(["10.0.0.5:5000"])
     assert parse_reference("registry.lan/a").is_insecure(["registry.lan"])
+    assert parse_reference("[::1]:5000/a").is_insecure(["[::1]:5000"])
+
+
+def test_a_listed_host_without_a_port_covers_its_ports_and_one_with_a_port_only_that_one() -> None:
+    assert parse_reference("127.0.0.1:5000/a").is_insecure(["127.0.0.1"])
+    assert not parse_reference("127.0.0.1:5001/a").is_insecure(["127.0.0.1:5000"])
 
 
 @pytest.mark.parametrize(

@@ -1,11 +1,13 @@
 """OCI registries: parse references, pull images into the store, push images back."""
 
 from ._client import Credentials, Manifest, RegistryClient
-from ._pull import ImportCancelled, Progress, Puller, Stop
+from ._network import DestinationPolicy, ImportCancelled, Stop
+from ._pull import Progress, Puller
 from ._reference import ImageReference, parse_reference
 
 __all__ = [
     "Credentials",
+    "DestinationPolicy",
     "ImageReference",
     "ImportCancelled",
     "Manifest",

@@ -2,22 +2,26 @@
 
 Layers download and unpack in parallel, each straight from the network into its own staging
 directory (no temporary tarball), checked against its digest and declared size as it streams.
-A layer is adopted only when whole and verified, and recorded under its blob digest so later
-imports of any image sharing it skip it. The image row is written last, so a failed or
-cancelled import leaves no image behind (only reusable layers, which garbage collection
-removes once nothing uses them).
+A layer is adopted only when whole and verified, and recorded under its blob digest. A later
+import reuses it without downloading only for a namespace that already has it (an image of
+its own or a public one uses it): naming a digest is no proof of holding the blob, so any
+other namespace downloads the blob and checks its digest first, and only then shares the
+stored layer. The image row is written last, so a failed or cancelled import leaves no image
+behind (only reusable layers, which garbage collection removes once nothing uses them).
+
+Manifests are bounded: at most ``MAX_IMAGE_LAYERS`` layers (docker's limit; a deeper stack
+could not be mounted) and ``MAX_INDEX_ENTRIES`` entries in an index.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import dataclasses
 import hashlib
 import io
 import json
+import re
 import shutil
-import socket
 import threading
 import time
 import uuid
@@ -34,59 +38,23 @@ from sandtree.engine.layers._sources import ImageConfig, config_from_json
 from sandtree.engine.layers._store import LayerStore
 from sandtree.engine.layers._unpack import unpack_layer
 from sandtree.engine.store import MetadataStore
-from sandtree.engine.types import ImageRecord
+from sandtree.engine.types import PUBLIC_NAMESPACE, ImageRecord
 from sandtree.errors import LimitExceededError, RegistryError, SandtreeError
 
 from ._client import INDEX_TYPES, Manifest, RegistryClient
+from ._network import ImportCancelled, Stop
 
-__all__ = ["ImportCancelled", "Progress", "Puller", "Stop"]
+__all__ = ["MAX_IMAGE_LAYERS", "MAX_INDEX_ENTRIES", "Progress", "Puller"]
 
-_CONFIG_LIMIT = 16 << 20
+#: An image config is read whole: bounded, and it must be exactly its declared size.
+CONFIG_LIMIT = 8 << 20
+#: Docker refuses images deeper than this; overlayfs could not stack many more anyway.
+MAX_IMAGE_LAYERS = 127
+MAX_INDEX_ENTRIES = 256
+_LABEL = re.compile(r"[^A-Za-z0-9._-]")
 _MAX_WARNINGS = 20
 _digest_locks: dict[str, threading.Lock] = {}
 _digest_locks_guard = threading.Lock()
-
-
-class ImportCancelled(Exception):
-    """The import was cancelled (or timed out) while a layer was streaming."""
-
-
-class Stop:
-    """Stops an import from another thread, even a download blocked on a silent registry:
-    besides setting a flag checked at every chunk, it shuts down the sockets in use."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self._lock = threading.Lock()
-        self._sockets: set[socket.socket] = set()
-
-    def is_set(self) -> bool:
-        return self._event.is_set()
-
-    def set(self) -> None:
-        self._event.set()
-        with self._lock:
-            for sock in self._sockets:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-    @contextlib.contextmanager
-    def watching(self, response: httpx.Response) -> Iterator[None]:
-        """Shut ``response``'s connection down if the import is stopped while it streams."""
-        stream = response.extensions.get("network_stream")
-        sock = stream.get_extra_info("socket") if stream is not None else None
-        if not isinstance(sock, socket.socket):
-            yield
-            return
-        with self._lock:
-            self._sockets.add(sock)
-        try:
-            if self._event.is_set():
-                raise ImportCancelled()
-            yield
-        finally:
-            with self._lock:
-                self._sockets.discard(sock)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -136,7 +104,7 @@ def _platform_matches(entry: dict[str, Any], platform: str) -> bool:
 def _platform_label(entry: dict[str, Any]) -> str:
     plat = _obj(entry.get("platform"))
     parts = [plat.get("os", "?"), plat.get("architecture", "?"), plat.get("variant")]
-    return "/".join(str(p) for p in parts if p)
+    return "/".join(_LABEL.sub("?", str(p))[:32] for p in parts if p)
 
 
 class _Stream(io.RawIOBase):
@@ -227,10 +195,16 @@ class Puller:
         for _ in range(2):  # an index may nest once (attestation indexes)
             if manifest.media_type not in INDEX_TYPES:
                 return manifest
-            entries = [e for e in manifest.json().get("manifests") or [] if isinstance(e, dict)]
+            listed = manifest.json().get("manifests") or []
+            if not isinstance(listed, list) or len(listed) > MAX_INDEX_ENTRIES:
+                raise RegistryError(
+                    f"the index of {client.ref} lists more than {MAX_INDEX_ENTRIES} images (or "
+                    "no list); sandtree refuses it"
+                )
+            entries = [e for e in listed if isinstance(e, dict)]
             chosen = [e for e in entries if _platform_matches(e, platform)]
             if not chosen:
-                found = sorted({_platform_label(e) for e in entries}) or ["none"]
+                found = sorted({_platform_label(e) for e in entries})[:20] or ["none"]
                 raise RegistryError(
                     f"{client.ref} has no {platform} image (it has: {', '.join(found)}); "
                     "pass one of those as the platform"
@@ -257,17 +231,23 @@ class Puller:
     ) -> ImageRecord:
         """Download, verify and unpack every layer, then commit the image; returns it."""
         body = manifest.json()
-        config_desc = _obj(body.get("config"))
-        config = self._config(client, config_desc)
-        layers = [self._layer_of(d) for d in body.get("layers") or []]
-        if not layers:
+        listed = body.get("layers") or []
+        if not isinstance(listed, list) or not listed:
             raise RegistryError(f"{client.ref} has no layers")
+        if len(listed) > MAX_IMAGE_LAYERS:
+            raise RegistryError(
+                f"{client.ref} has {len(listed)} layers; sandtree imports images of at most "
+                f"{MAX_IMAGE_LAYERS} layers (as docker does), since a deeper stack cannot be "
+                "mounted; squash the image into fewer layers and push it again"
+            )
+        layers = [self._layer_of(d) for d in listed]
+        config = self._config(client, _obj(body.get("config")))
         progress = Progress(phase="downloading", layers_total=len(layers))
         ids: list[str | None] = [None] * len(layers)
         sizes: dict[str, int] = {}
         todo: list[int] = []
         for i, layer in enumerate(layers):
-            existing = self._existing_layer(layer.digest)
+            existing = self._existing_layer(layer.digest, namespace)
             if existing is None:
                 todo.append(i)
                 progress.bytes_total += layer.size
@@ -298,7 +278,14 @@ class Puller:
             with concurrent.futures.ThreadPoolExecutor(self._workers, "sandtree-pull") as pool:
                 futures = {
                     pool.submit(
-                        self._fetch, client, layers[i], budget, cancelled, on_bytes, on_warnings
+                        self._fetch,
+                        client,
+                        layers[i],
+                        namespace,
+                        budget,
+                        cancelled,
+                        on_bytes,
+                        on_warnings,
                     ): i
                     for i in todo
                 }
@@ -362,12 +349,14 @@ class Puller:
 
     def _config(self, client: RegistryClient, desc: dict[str, Any]) -> ImageConfig:
         digest, size = desc.get("digest"), desc.get("size")
-        if not isinstance(digest, str) or not isinstance(size, int) or size > _CONFIG_LIMIT:
+        if not isinstance(digest, str) or not digest.startswith("sha256:"):
             raise RegistryError(f"the manifest of {client.ref} has no usable config descriptor")
-        with client.open_blob(digest) as response:
-            data = response.read()
-        if hashlib.sha256(data).hexdigest() != digest.removeprefix("sha256:"):
-            raise RegistryError(f"the config blob of {client.ref} does not match {digest}")
+        if not isinstance(size, int) or not 0 < size <= CONFIG_LIMIT:
+            raise RegistryError(
+                f"the config of {client.ref} declares {size!r} bytes; a config must declare "
+                f"its size, at most {CONFIG_LIMIT} bytes"
+            )
+        data = client.read_blob(digest, size, f"the config blob of {client.ref}")
         try:
             config, _ = config_from_json(json.loads(data))
         except ValueError as exc:
@@ -392,17 +381,27 @@ class Puller:
             )
         return _Layer(digest=digest, size=size, media_type=media)
 
-    def _existing_layer(self, digest: str) -> tuple[str, int] | None:
+    def _stored_layer(self, digest: str) -> tuple[str, int] | None:
+        """The layer unpacked from blob ``digest``, if it is still on disk (pinned)."""
         found = self._store.layer_by_source(digest)
         if found is None or not self._layers.path(found[0]).is_dir():
             return None
         self.pinned.add(found[0])
         return found
 
+    def _existing_layer(self, digest: str, namespace: str) -> tuple[str, int] | None:
+        """The stored layer of blob ``digest`` if ``namespace`` may reuse it unseen: an image
+        of its own or a public one uses it already."""
+        found = self._store.layer_by_source(digest)
+        if found is None or not self._store.layer_used_in(found[0], (namespace, PUBLIC_NAMESPACE)):
+            return None
+        return self._stored_layer(digest)
+
     def _fetch(
         self,
         client: RegistryClient,
         layer: _Layer,
+        namespace: str,
         budget: _Budget,
         cancelled: Stop,
         on_bytes: Callable[[int], None],
@@ -410,14 +409,25 @@ class Puller:
     ) -> tuple[str, int]:
         # One download per blob at a time, across imports: the second one reuses the first.
         with _digest_lock(layer.digest):
-            existing = self._existing_layer(layer.digest)
+            existing = self._existing_layer(layer.digest, namespace)
             if existing is not None:
                 on_bytes(layer.size)
                 return existing
+            stored = self._stored_layer(layer.digest)
+            if stored is not None:
+                # Stored for another namespace: this one proves it can get the blob (every
+                # byte, digest checked) before it shares the layer; nothing is unpacked.
+                try:
+                    with client.open_blob(layer.digest) as response:
+                        _Stream(response.iter_raw(), layer, cancelled, on_bytes).finish()
+                except BaseException:
+                    self.pinned.discard(stored[0])
+                    raise
+                return stored
             staging = self._layers.new_staging_dir()
             try:
-                with client.open_blob(layer.digest) as response, cancelled.watching(response):
-                    stream = _Stream(response.iter_bytes(), layer, cancelled, on_bytes)
+                with client.open_blob(layer.digest) as response:
+                    stream = _Stream(response.iter_raw(), layer, cancelled, on_bytes)
                     stats = unpack_layer(
                         io.BufferedReader(stream, CHUNK),
                         staging,

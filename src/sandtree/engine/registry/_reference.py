@@ -5,11 +5,12 @@
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import re
 from collections.abc import Iterable
 
 from sandtree.errors import InvalidRequestError
+
+from ._network import DestinationPolicy
 
 __all__ = ["DOCKER_HUB", "ImageReference", "parse_reference"]
 
@@ -49,15 +50,11 @@ class ImageReference:
         return _DOCKER_HUB_API if self.registry == DOCKER_HUB else self.registry
 
     def is_insecure(self, insecure: Iterable[str] = ()) -> bool:
-        """Plain HTTP for loopback hosts and those listed as insecure (as docker does)."""
-        host = self.registry.rsplit(":", 1)[0] if not self.registry.endswith("]") else self.registry
-        host = host.strip("[]")
-        if host in set(insecure) or self.registry in set(insecure) or host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            return False
+        """Plain HTTP for the registries listed as insecure (``host`` or ``host:port``).
+
+        Loopback registries are not implicitly plain HTTP (nor reachable at all) any more:
+        the operator lists them, as every registry on a non-public address."""
+        return DestinationPolicy(insecure=insecure).is_insecure(self.registry)
 
     def __str__(self) -> str:
         out = f"{self.registry}/{self.repository}"

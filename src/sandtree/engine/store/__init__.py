@@ -42,6 +42,9 @@ class MetadataStore(Protocol):
     def layer_by_source(self, source: str) -> tuple[str, int] | None:
         """The layer unpacked from registry blob ``source`` (a digest), with its size."""
 
+    def layer_used_in(self, layer_id: str, namespaces: Sequence[str]) -> bool:
+        """Whether an image of one of ``namespaces`` has ``layer_id`` in its stack."""
+
     def find_image_by_source(self, namespace: str, source_digest: str) -> ImageRecord | None:
         """The newest image in ``namespace`` imported from manifest ``source_digest``."""
 

@@ -153,6 +153,15 @@ class ImageTables(SqliteBase):
         rows = self._query("SELECT id, size FROM layers WHERE source=?", (source,))
         return (rows[0]["id"], rows[0]["size"]) if rows else None
 
+    def layer_used_in(self, layer_id: str, namespaces: Sequence[str]) -> bool:
+        marks = ", ".join("?" for _ in namespaces)
+        rows = self._query(
+            "SELECT 1 FROM image_layers il JOIN images i ON i.uuid = il.image"
+            f" WHERE il.layer = ? AND i.namespace IN ({marks}) LIMIT 1",
+            (layer_id, *namespaces),
+        )
+        return bool(rows)
+
     def find_image_by_source(self, namespace: str, source_digest: str) -> ImageRecord | None:
         rows = self._query(
             "SELECT * FROM images WHERE namespace=? AND source_digest=?"
