@@ -165,7 +165,8 @@ async def test_a_state_saved_with_a_host_root_owner_fails_the_run_and_writes_no_
     op = await run_command(engine, "true", base, directory_state=state, disposable=False)
 
     assert op.status == OperationStatus.FAILED
-    assert op.error is not None and "files['/bin/rootme'].uid" in op.error
+    assert op.error is not None
+    assert "files['/bin/rootme'].uid" in op.error
     assert engine.store.directory_state_layer(state) is None
     assert set(engine.layers.layers_dir.iterdir()) == layers_before
     assert list(engine.layers.tmp_dir.iterdir()) == []
