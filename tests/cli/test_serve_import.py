@@ -17,7 +17,7 @@ from contree_client.httpx import ContreeClient
 from contree_sdk import ContreeSync
 
 from sandtree.testing import ServerProcess, build_busybox_rootfs
-from sandtree.testing_registry import LocalRegistry, TestImage
+from sandtree.testing_registry import LocalRegistry, TestImage, loopback_registries_allowed
 
 pytestmark = [
     pytest.mark.isolation,
@@ -25,6 +25,14 @@ pytestmark = [
 ]
 
 HELLO = "hello from the registry\n"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _loopback_registries() -> Iterator[None]:
+    """The servers of this module reach the test registries on 127.0.0.1 (the operator lists
+    them: sandtree refuses loopback registries otherwise)."""
+    with loopback_registries_allowed():
+        yield
 
 
 def _layer_of(rootfs: Path) -> bytes:

@@ -31,7 +31,7 @@ from mcp.client.streamable_http import streamable_http_client
 from sandtree.client import SandtreeClient
 from sandtree.mcp import TOKEN_FILE
 from sandtree.testing import ServerProcess
-from sandtree.testing_registry import LocalRegistry, TestImage
+from sandtree.testing_registry import LocalRegistry, TestImage, loopback_registries_allowed
 
 from .agentkit import McpAgent as Agent
 from .e2ekit import (
@@ -46,6 +46,14 @@ from .e2ekit import (
 )
 
 pytestmark = REAL_SERVER
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _loopback_registries() -> Iterator[None]:
+    """The servers of this module reach the test registries on 127.0.0.1 (the operator lists
+    them: sandtree refuses loopback registries otherwise)."""
+    with loopback_registries_allowed():
+        yield
 
 
 # -- servers and clients -------------------------------------------------------------------

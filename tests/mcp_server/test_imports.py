@@ -4,16 +4,33 @@ credentials stored with registry_auth, which the next import from that registry 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import anyio
 import pytest
 
-from sandtree.testing_registry import Entry, LocalRegistry, TestImage, layer_tar
+from sandtree.engine import Engine
+from sandtree.testing import make_engine
+from sandtree.testing_registry import (
+    LOOPBACK_REGISTRIES,
+    Entry,
+    LocalRegistry,
+    TestImage,
+    layer_tar,
+)
 
 from .conftest import Agent
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
+    """The fake-runtime engine, with the operator allowing the loopback test registries."""
+    async with make_engine(tmp_path / "data", insecure_registries=LOOPBACK_REGISTRIES) as eng:
+        yield eng
+
 
 LAYER = layer_tar(
     [

@@ -1,7 +1,10 @@
 """Test kit for registry code: a real OCI registry on loopback (Debian's ``docker-registry``,
 anonymous, htpasswd or docker token auth), OCI test images built in Python, ``skopeo``
 to push them byte for byte, and ``ScriptedRegistry`` for registries that misbehave on purpose
-(stalled or corrupt blobs, error statuses).
+(stalled, dripping or corrupt blobs, error statuses, redirects, realms and upload locations
+anywhere, oversized bodies). The registries listen on 127.0.0.1, which sandtree refuses
+unless listed: engines take ``insecure_registries=LOOPBACK_REGISTRIES``, and servers started
+inside ``loopback_registries_allowed()`` read it from their environment.
 
 Example::
 
@@ -13,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+from sandtree.testing_registry._allow import LOOPBACK_REGISTRIES, loopback_registries_allowed
 from sandtree.testing_registry._layout import (
     LAYER_MEDIA_TYPES,
     MEDIA_CONFIG,
@@ -30,6 +34,7 @@ from sandtree.testing_registry._token import TokenIssuer, TokenServer
 
 __all__ = [
     "LAYER_MEDIA_TYPES",
+    "LOOPBACK_REGISTRIES",
     "MEDIA_CONFIG",
     "MEDIA_INDEX",
     "MEDIA_MANIFEST",
@@ -41,5 +46,6 @@ __all__ = [
     "TokenServer",
     "compress",
     "layer_tar",
+    "loopback_registries_allowed",
     "write_oci_layout",
 ]
