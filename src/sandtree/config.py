@@ -44,6 +44,9 @@ class Settings:
     default_isolation: str = "container"
     #: How many operations execute at once; the rest wait as PENDING.
     max_concurrency: int = 8
+    #: How many of those one namespace may hold; 0 = all but one (at least 1), so one
+    #: tenant's flood always leaves a slot for another tenant's next run.
+    namespace_max_concurrency: int = 0
     #: Per-sandbox limits applied to every run.
     memory_limit_bytes: int = 2 * 1024**3
     pids_limit: int = 512
@@ -111,6 +114,8 @@ class Settings:
             )
         if self.max_concurrency < 1:
             raise InvalidRequestError("max_concurrency must be at least 1")
+        if self.namespace_max_concurrency < 0:
+            raise InvalidRequestError("namespace_max_concurrency must be 0 (all but one) or more")
         if not 2 <= self.max_stack_layers <= 400:
             raise InvalidRequestError("max_stack_layers must be between 2 and 400")
         if self.shutdown_timeout <= 0:

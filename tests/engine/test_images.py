@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sandtree.engine import Engine, ImageQuery, ImageRecord
-from sandtree.errors import ImageNotFoundError, InvalidRequestError
+from sandtree.errors import ForbiddenError, ImageNotFoundError, InvalidRequestError
 from sandtree.testing import make_child
 
 pytestmark = pytest.mark.anyio
@@ -380,3 +380,83 @@ async def test_collect_garbage_after_deleting_a_root_image_removes_its_layer(
 
     assert removed == [layer]
     assert not engine.layers.path(layer).exists()
+
+
+# -- tags belong to a namespace --------------------------------------------------------------
+
+
+@pytest.fixture
+async def shared(engine: Engine, rootfs: Path) -> ImageRecord:
+    """A public image tagged ``shared:1`` by the public namespace, ``b-name`` by team-b and
+    ``c-name`` by team-c."""
+    public = await engine.import_local(rootfs, tag="shared:1", namespace="public")
+    engine.tag_image(public, "b-name", namespace="team-b")
+    engine.tag_image(public, "c-name", namespace="team-c")
+    return public
+
+
+async def test_a_namespace_sees_its_own_tags_of_a_public_image_then_the_public_ones(
+    engine: Engine, shared: ImageRecord
+) -> None:
+    seen_by_b = engine.resolve_image(shared.uuid, namespaces=("team-b",))
+    listed_by_c = engine.list_images(ImageQuery(namespaces=("team-c",)))
+
+    assert seen_by_b.tags == ("b-name", "shared:1")
+    assert [i.tags for i in listed_by_c] == [("c-name", "shared:1")]
+
+
+async def test_tagging_answers_with_the_tags_the_tagger_sees(
+    engine: Engine, shared: ImageRecord
+) -> None:
+    tagged = engine.tag_image(shared, "b-two", namespace="team-b")
+
+    assert tagged.tags == ("b-name", "b-two", "shared:1")
+
+
+async def test_another_namespaces_tag_neither_matches_a_prefix_nor_makes_an_image_tagged(
+    engine: Engine, rootfs: Path
+) -> None:
+    public = await engine.import_local(rootfs, namespace="public")
+    engine.tag_image(public, "c-secret", namespace="team-c")
+
+    def seen(**query: object) -> list[str]:
+        return _uuids(engine, namespaces=("team-b",), **query)
+
+    assert seen(tag_prefix="c-") == []
+    assert seen(tagged=True) == []
+    assert seen(tagged=False) == [public.uuid]
+    assert _uuids(engine, namespaces=("team-c",), tag_prefix="c-") == [public.uuid]
+
+
+async def test_a_bare_untag_of_a_public_image_removes_only_the_callers_tags(
+    engine: Engine, shared: ImageRecord
+) -> None:
+    left = engine.untag_image(shared, namespace="team-b")
+
+    assert left.tags == ("shared:1",)
+    assert engine.resolve_image("tag:c-name", namespaces=("team-c",)).uuid == shared.uuid
+    assert engine.resolve_image("tag:shared:1", namespaces=("team-b",)).uuid == shared.uuid
+    with pytest.raises(ImageNotFoundError):
+        engine.resolve_image("tag:b-name", namespaces=("team-b",))
+
+
+async def test_removing_a_public_tag_from_another_namespace_is_forbidden(
+    engine: Engine, shared: ImageRecord
+) -> None:
+    with pytest.raises(ForbiddenError, match="public namespace"):
+        engine.untag_image(shared, "shared:1", namespace="team-b")
+    assert engine.resolve_image("tag:shared:1", namespaces=("team-b",)).uuid == shared.uuid
+
+
+async def test_removing_another_namespaces_tag_is_answered_as_if_it_did_not_exist(
+    engine: Engine, shared: ImageRecord
+) -> None:
+    with pytest.raises(InvalidRequestError) as theirs:
+        engine.untag_image(shared, "c-name", namespace="team-b")
+    with pytest.raises(InvalidRequestError) as nobodys:
+        engine.untag_image(shared, "no-name", namespace="team-b")
+
+    assert theirs.value.message.replace("c-name", "X") == nobodys.value.message.replace(
+        "no-name", "X"
+    )
+    assert engine.resolve_image("tag:c-name", namespaces=("team-c",)).uuid == shared.uuid

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import anyio
 import pytest
 
-from sandtree.engine import Engine, ImageRecord
+from sandtree.engine import Engine, ImageRecord, RunSpec
 from sandtree.engine._lineage import diff_layer
 from sandtree.errors import InvalidRequestError
 from sandtree.testing import make_child
@@ -93,6 +94,56 @@ async def test_each_child_records_the_command_that_made_it(
     assert tree["a"].command == "write /a 1"
     assert tree["b2"].command == "write /b2 1"
     assert tree["b2"].parent == tree["a"].uuid
+
+
+async def _child_in(
+    engine: Engine, parent: ImageRecord, command: str, namespace: str
+) -> ImageRecord:
+    """A child of ``parent`` made by a run of ``namespace``."""
+    op = await engine.spawn(RunSpec(image=parent.uuid, command=command, shell=True),
+                            namespace=namespace)  # fmt: skip
+    with anyio.fail_after(10):
+        done = await engine.wait_operation(op)
+    assert done.result_image is not None, done.error
+    return engine.resolve_image(done.result_image, namespaces=(namespace,))
+
+
+@pytest.fixture
+async def shared_tree(engine: Engine, rootfs: Path) -> dict[str, ImageRecord]:
+    """A public image with a child of team-b and a child of team-c, each tagged by its own."""
+    public = await engine.import_local(rootfs, tag="shared:1", namespace="public")
+    b = await _child_in(engine, public, "write /b 1", "team-b")
+    c = await _child_in(engine, public, "write /c-secret 1", "team-c")
+    engine.tag_image(public, "c-name", namespace="team-c")
+    engine.tag_image(c, "c-child", namespace="team-c")
+    return {"public": public, "b": b, "c": c}
+
+
+async def test_lineage_seen_from_a_namespace_leaves_out_other_namespaces_children(
+    engine: Engine, shared_tree: dict[str, ImageRecord]
+) -> None:
+    public = shared_tree["public"]
+
+    seen_by_b = engine.lineage(public, namespace="team-b")
+    seen_by_c = engine.lineage(public, namespace="team-c")
+
+    assert [i.uuid for i in seen_by_b.children] == [shared_tree["b"].uuid]
+    assert [i.uuid for i in seen_by_c.children] == [shared_tree["c"].uuid]
+    assert seen_by_c.children[0].tags == ("c-child",)
+    assert [i.uuid for i in engine.lineage(public).children] == [
+        shared_tree["b"].uuid,
+        shared_tree["c"].uuid,
+    ]  # the engine's own, unscoped view keeps everything (compaction walks it)
+
+
+async def test_lineage_seen_from_a_namespace_shows_public_ancestors_with_their_public_tags(
+    engine: Engine, shared_tree: dict[str, ImageRecord]
+) -> None:
+    seen = engine.lineage(shared_tree["b"], namespace="team-b")
+
+    assert [a.uuid for a in seen.ancestors] == [shared_tree["public"].uuid]
+    assert seen.root.uuid == shared_tree["public"].uuid
+    assert seen.ancestors[0].tags == ("shared:1",)  # not team-c's "c-name"
 
 
 # -- diff ------------------------------------------------------------------------------------

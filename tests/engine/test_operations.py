@@ -185,7 +185,11 @@ async def test_with_one_slot_the_next_operation_waits_pending(
 async def test_no_more_operations_execute_at_once_than_max_concurrency(
     tmp_path: Path, rootfs: Path
 ) -> None:
-    async with make_engine(tmp_path / "pair", max_concurrency=2) as engine:
+    # One namespace may use both slots here: the bound under test is the pool's, not the
+    # per-namespace share (tested below with the default share).
+    async with make_engine(
+        tmp_path / "pair", max_concurrency=2, namespace_max_concurrency=2
+    ) as engine:
         await engine.import_local(rootfs, tag="base")
         ops = [await engine.spawn(_spec("block")) for _ in range(3)]
         await _until_event(engine, ops[0], "spawn")
@@ -209,6 +213,55 @@ async def test_no_more_operations_execute_at_once_than_max_concurrency(
         for op in ops[1:]:
             await engine.cancel_operation(op)
         assert statuses() == [OperationStatus.CANCELLED] * 3
+
+
+def _statuses(engine: Engine, ops: list[OperationRecord], namespace: str) -> list[str]:
+    return [str(engine.get_operation(op.uuid, namespaces=(namespace,)).status) for op in ops]
+
+
+async def _spawn_in(engine: Engine, namespace: str, command: str) -> OperationRecord:
+    return await engine.spawn(_spec(command), namespace=namespace)
+
+
+async def test_one_namespace_holds_all_slots_but_one_so_another_starts_at_once(
+    tmp_path: Path, rootfs: Path
+) -> None:
+    async with make_engine(tmp_path / "fair", max_concurrency=3) as engine:
+        await engine.import_local(rootfs, tag="base", namespace="public")
+        flood = [await _spawn_in(engine, "alice", "block") for _ in range(4)]
+        await _until_event(engine, flood[0], "spawn")
+        await _until_event(engine, flood[1], "spawn")
+        assert _statuses(engine, flood, "alice") == ["EXECUTING"] * 2 + ["PENDING"] * 2
+
+        bob = await _spawn_in(engine, "bob", "block")
+        await _until_event(engine, bob, "spawn")  # while alice's runs still hold their slots
+
+        assert _statuses(engine, flood, "alice") == ["EXECUTING"] * 2 + ["PENDING"] * 2
+        for op in [bob, *flood]:
+            await engine.cancel_operation(op)
+
+
+async def test_a_freed_slot_goes_to_the_waiting_namespace_holding_fewest_slots(
+    tmp_path: Path, rootfs: Path
+) -> None:
+    async with make_engine(
+        tmp_path / "turns", max_concurrency=2, namespace_max_concurrency=2
+    ) as engine:
+        await engine.import_local(rootfs, tag="base", namespace="public")
+        running = [await _spawn_in(engine, "alice", "block") for _ in range(2)]
+        for op in running:
+            await _until_event(engine, op, "spawn")
+        alice_next = await _spawn_in(engine, "alice", "block")  # queued first
+        bob = await _spawn_in(engine, "bob", "block")  # queued second
+
+        await engine.cancel_operation(running[0])
+        await _until_event(engine, bob, "spawn")
+
+        assert _statuses(engine, [alice_next], "alice") == ["PENDING"]
+        await engine.cancel_operation(running[1])
+        await _until_event(engine, alice_next, "spawn")  # and then alice's turn comes
+        for op in (bob, alice_next):
+            await engine.cancel_operation(op)
 
 
 async def test_cancel_of_a_pending_operation_cancels_it_without_running_it(

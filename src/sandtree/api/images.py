@@ -23,13 +23,14 @@ from sandtree.errors import (
 __all__ = ["image_in_path", "image_json", "parse_uuid", "routes"]
 
 
-def image_json(image: ImageRecord, namespace: str) -> dict[str, Any]:
-    """The API's ``Image``: its tag in the caller's namespace, and the operation that made
-    it when the caller may see that operation."""
+def image_json(image: ImageRecord, namespace: str, *, tag: str | None = None) -> dict[str, Any]:
+    """The API's ``Image``: ``tag`` (the one just set or matched), else its first tag the
+    caller sees (``image`` comes scoped from the engine: the caller's tags, then public
+    ones), and the operation that made it when the caller may see that operation."""
     own = image.namespace == namespace
     return {
         "uuid": image.uuid,
-        "tag": image.tags[0] if image.tags else None,
+        "tag": tag if tag is not None else (image.tags[0] if image.tags else None),
         "created_at": image.created_at,
         "operation_uuid": image.operation if own else None,
     }
@@ -81,7 +82,17 @@ async def list_images(request: Request) -> Response:
         until=time_param(request, "until"),
     )
     images = _engine(request).list_images(query)
-    return JSONResponse({"images": [image_json(i, token.namespace) for i in images]})
+    prefix = query.tag_prefix
+    return JSONResponse(
+        {"images": [image_json(i, token.namespace, tag=_matched(i, prefix)) for i in images]}
+    )
+
+
+def _matched(image: ImageRecord, prefix: str | None) -> str | None:
+    """The tag that ``?tag=prefix`` matched (the caller's own first), or None unfiltered."""
+    if prefix is None:
+        return None
+    return next((t for t in image.tags if t.startswith(prefix)), None)
 
 
 async def tag_image(request: Request) -> Response:
@@ -93,7 +104,7 @@ async def tag_image(request: Request) -> Response:
     if not isinstance(tag, str) or not tag:
         raise InvalidRequestError('send a JSON body like {"tag": "busybox:latest"}')
     tagged = engine.tag_image(image, tag, namespace=token.namespace)
-    return JSONResponse(image_json(tagged, token.namespace))
+    return JSONResponse(image_json(tagged, token.namespace, tag=tag))
 
 
 async def untag_image(request: Request) -> Response:

@@ -11,12 +11,20 @@ from starlette.routing import Route
 from sandtree.api._auth import require
 from sandtree.api.images import image_json, parse_uuid
 from sandtree.engine import Engine, ImageRecord
+from sandtree.engine.types import PUBLIC_NAMESPACE
 
 __all__ = ["routes"]
 
 
 def _node(image: ImageRecord, namespace: str) -> dict[str, Any]:
-    return {**image_json(image, namespace), "depth": image.depth, "command": image.command}
+    # The engine leaves out what the caller may not see; the command is shown only for its
+    # own and published images all the same, in case a caller passes an unscoped tree.
+    shown = image.namespace in (namespace, PUBLIC_NAMESPACE)
+    return {
+        **image_json(image, namespace),
+        "depth": image.depth,
+        "command": image.command if shown else None,
+    }
 
 
 def _resolve(request: Request, raw: str) -> tuple[Engine, ImageRecord, str]:
@@ -28,7 +36,7 @@ def _resolve(request: Request, raw: str) -> tuple[Engine, ImageRecord, str]:
 
 async def lineage(request: Request) -> Response:
     engine, image, namespace = _resolve(request, request.path_params["uuid"])
-    tree = engine.lineage(image)
+    tree = engine.lineage(image, namespace=namespace)
     return JSONResponse(
         {
             "image": _node(tree.image, namespace),

@@ -54,6 +54,7 @@ from sandtree.engine.types import (
 )
 from sandtree.errors import (
     FileNotFoundInStoreError,
+    ForbiddenError,
     ImageNotFoundError,
     InvalidRequestError,
     NotFoundError,
@@ -68,6 +69,11 @@ _TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*(?:[:/.][A-Za-z0-9_-]+)*$")
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")
 #: Beyond this many layers a run compacts the stack before mounting (the kernel stops at 500).
 _HARD_STACK = 400
+
+
+def _seen_from(namespaces: Sequence[str]) -> tuple[str, ...]:
+    """The namespaces whose images and tags ``namespaces`` see: themselves, then public."""
+    return tuple(dict.fromkeys([*namespaces, PUBLIC_NAMESPACE]))
 
 
 def default_runtimes(settings: Settings) -> dict[str, Callable[[], Runtime]]:
@@ -160,7 +166,10 @@ class Engine:
             await asyncio.to_thread(self._network.cleanup_stale)
             await asyncio.to_thread(self._network.setup)
         self._queue = OperationQueue(
-            self.store, self.events, concurrency=self.settings.max_concurrency
+            self.store,
+            self.events,
+            concurrency=self.settings.max_concurrency,
+            namespace_share=self.settings.namespace_max_concurrency or None,
         )
         self._queue.recover()
 
@@ -220,7 +229,7 @@ class Engine:
                 f"{ref!r} is neither an image UUID nor 'tag:NAME'; pass a UUID from "
                 "list_images or a tag such as 'tag:busybox:latest'"
             )
-        image = self.store.get_image(str(uuid.UUID(ref)))
+        image = self.store.get_image(str(uuid.UUID(ref)), tag_namespaces=_seen_from(namespaces))
         if image is None or not (image.namespace in namespaces or image.public):
             raise ImageNotFoundError(
                 f"image {ref} does not exist; list_images shows the images you can use"
@@ -228,39 +237,67 @@ class Engine:
         return image
 
     def list_images(self, query: ImageQuery) -> list[ImageRecord]:
+        """Images of the query's namespaces and public ones, each with only the tags of
+        those namespaces (another tenant's names for a public image stay theirs)."""
         return self.store.list_images(query)
 
     def tag_image(
         self, image: ImageRecord, tag: str, *, namespace: str | None = None
     ) -> ImageRecord:
-        """Point ``tag`` at ``image`` (moving it if it pointed elsewhere)."""
+        """Point ``namespace``'s ``tag`` at ``image`` (moving it if it pointed elsewhere).
+
+        Tags belong to a namespace: a tenant tagging a public image names it for itself only,
+        and only the public namespace's own token tags in ``public``. The record returned
+        shows the tags ``namespace`` sees.
+        """
         if not _TAG_RE.fullmatch(tag):
             raise InvalidRequestError(
                 f"{tag!r} is not a valid tag; use letters, digits, '_' and '-', with ':', '/' "
                 "or '.' between parts, e.g. 'python:3.11' or 'team/app:v2'"
             )
+        owner = namespace or image.namespace
         self._reload(image)  # a deleted image is not found, not a foreign-key failure
-        self.store.set_tag(namespace or image.namespace, tag, image.uuid)
-        return self._reload(image)
+        self.store.set_tag(owner, tag, image.uuid)
+        return self._seen(image, owner)
 
     def untag_image(
         self, image: ImageRecord, tag: str | None = None, *, namespace: str | None = None
     ) -> ImageRecord:
-        """Remove one tag of ``image``, or all of them when ``tag`` is None."""
-        if tag is None:
-            self.store.remove_tags_of(image.uuid)
-        else:
-            image = self._reload(image)  # the tag may have moved since the caller looked
-            if tag not in image.tags:
-                raise InvalidRequestError(
-                    f"image {image.uuid} is not tagged {tag!r}; its tags are "
-                    f"{list(image.tags) or 'none'}"
-                )
-            self.store.remove_tag(namespace or image.namespace, tag)
-        return self._reload(image)
+        """Remove one of ``namespace``'s tags of ``image``, or all of them when ``tag`` is
+        None. Other namespaces' tags of the same (public) image are never touched.
 
-    def _reload(self, image: ImageRecord) -> ImageRecord:
-        fresh = self.store.get_image(image.uuid)
+        Raises:
+            ForbiddenError: ``tag`` is a public tag and ``namespace`` is not ``public``.
+            InvalidRequestError: ``namespace`` has no such tag on the image.
+        """
+        owner = namespace or image.namespace
+        if tag is None:
+            self.store.remove_tags_of(image.uuid, namespace=owner)
+            return self._seen(image, owner)
+        # Re-read: the tag may have moved since the caller looked.
+        own = self._reload(image, tag_namespaces=(owner,))
+        if tag not in own.tags:
+            seen = self._seen(image, owner)
+            if tag in seen.tags:  # visible, so not ours: the public namespace's
+                raise ForbiddenError(
+                    f"{tag!r} is a tag of the public namespace; only its token can move or "
+                    "remove it. Tag the image under a name of your own instead"
+                )
+            raise InvalidRequestError(
+                f"image {image.uuid} is not tagged {tag!r}; its tags are "
+                f"{list(seen.tags) or 'none'}"
+            )
+        self.store.remove_tag(owner, tag)
+        return self._seen(image, owner)
+
+    def _seen(self, image: ImageRecord, namespace: str) -> ImageRecord:
+        """``image`` afresh, with the tags ``namespace`` sees (its own, then public ones)."""
+        return self._reload(image, tag_namespaces=_seen_from((namespace,)))
+
+    def _reload(
+        self, image: ImageRecord, *, tag_namespaces: Sequence[str] | None = None
+    ) -> ImageRecord:
+        fresh = self.store.get_image(image.uuid, tag_namespaces=tag_namespaces)
         if fresh is None:
             raise ImageNotFoundError(f"image {image.uuid} no longer exists")
         return fresh
@@ -349,8 +386,14 @@ class Engine:
             removed.append(layer_id)
         return removed
 
-    def lineage(self, image: ImageRecord, *, ancestor_limit: int | None = 100) -> Lineage:
-        return lineage(self.store, image, ancestor_limit=ancestor_limit)
+    def lineage(
+        self, image: ImageRecord, *, namespace: str | None = None, ancestor_limit: int | None = 100
+    ) -> Lineage:
+        """``image``'s place in the tree. With ``namespace``, only what it may see: its own
+        and public images (another tenant's children of a public image are left out), each
+        with the tags it sees."""
+        seen = None if namespace is None else _seen_from((namespace,))
+        return lineage(self.store, image, ancestor_limit=ancestor_limit, namespaces=seen)
 
     async def diff(self, image: ImageRecord, other: ImageRecord | None = None) -> Diff:
         """Paths added, changed and deleted in ``image`` relative to ``other`` (its parent)."""

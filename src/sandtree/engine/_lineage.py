@@ -3,6 +3,10 @@
 Lineage is logical: it survives compaction (which rewrites an image's physical layer stack)
 and deletion of an ancestor (a child keeps its parent pointer; the walk stops where the
 record is gone).
+
+Seen from a tenant (``namespaces``: its own and the public one), the tree holds only what it
+may see: another tenant's children of a shared public image are not there at all (not even
+counted), and an ancestor it may not see ends the walk like a deleted one.
 """
 
 from __future__ import annotations
@@ -48,39 +52,54 @@ class Diff:
     deleted: list[str]
 
 
+def _parent(
+    store: MetadataStore, image: ImageRecord, namespaces: Sequence[str] | None
+) -> ImageRecord | None:
+    """``image``'s parent, or None when it has none, is gone or is not in ``namespaces``."""
+    if image.parent is None:
+        return None
+    parent = store.get_image(image.parent, tag_namespaces=namespaces)
+    if parent is None or (namespaces is not None and parent.namespace not in namespaces):
+        return None
+    return parent
+
+
 def ancestors(
-    store: MetadataStore, image: ImageRecord, *, limit: int | None = None
+    store: MetadataStore,
+    image: ImageRecord,
+    *,
+    limit: int | None = None,
+    namespaces: Sequence[str] | None = None,
 ) -> list[ImageRecord]:
+    """Nearest first, up to ``limit``; only through images of ``namespaces`` when given."""
     out: list[ImageRecord] = []
-    current = image
-    while current.parent is not None and (limit is None or len(out) < limit):
-        parent = store.get_image(current.parent)
-        if parent is None:
-            break
-        out.append(parent)
-        current = parent
+    current: ImageRecord | None = image
+    while current is not None and (limit is None or len(out) < limit):
+        current = _parent(store, current, namespaces)
+        if current is not None:
+            out.append(current)
     return out
 
 
 def lineage(
-    store: MetadataStore, image: ImageRecord, *, ancestor_limit: int | None = None
+    store: MetadataStore,
+    image: ImageRecord,
+    *,
+    ancestor_limit: int | None = None,
+    namespaces: Sequence[str] | None = None,
 ) -> Lineage:
-    chain = ancestors(store, image, limit=ancestor_limit)
+    """The tree around ``image``; with ``namespaces``, only images (and tags) of those."""
+    chain = ancestors(store, image, limit=ancestor_limit, namespaces=namespaces)
     parent = chain[0] if chain else None
     root = chain[-1] if chain else image
-    if ancestor_limit is not None and len(chain) == ancestor_limit and root.parent is not None:
+    if ancestor_limit is not None and len(chain) == ancestor_limit:
         # The chain was cut short; find the true root without holding every record.
-        walker = root
-        while walker.parent is not None:
-            nxt = store.get_image(walker.parent)
-            if nxt is None:
-                break
-            walker = nxt
-        root = walker
+        while (above := _parent(store, root, namespaces)) is not None:
+            root = above
     return Lineage(
         image=image,
         parent=parent,
-        children=store.children(image.uuid),
+        children=store.children(image.uuid, namespaces=namespaces, tag_namespaces=namespaces),
         ancestors=chain,
         root=root,
         depth=image.depth,

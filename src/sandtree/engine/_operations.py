@@ -3,6 +3,9 @@
 PENDING → ASSIGNED (a worker slot is taken) → EXECUTING → SUCCESS | FAILED | CANCELLED.
 Every transition is written to the metadata store before anyone can observe it, and the
 ``completion`` event is always the last event of the log.
+
+Slots are shared fairly between namespaces (``_slots``): one namespace holds at most
+``namespace_share`` of them, so another tenant's run starts while one tenant floods the pool.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 from sandtree.engine._clock import now_iso, parse_iso
 from sandtree.engine._events import EventHub, EventLog
+from sandtree.engine._slots import FairSlots
 from sandtree.engine.store import MetadataStore
 from sandtree.engine.types import OperationEvent, OperationRecord, OperationStatus
 from sandtree.errors import ConflictError, OperationNotFoundError, SandtreeError
@@ -51,12 +55,20 @@ Job = Callable[[EventLog, asyncio.Event], Awaitable[JobOutcome]]
 
 
 class OperationQueue:
-    """Runs submitted jobs at most ``concurrency`` at a time."""
+    """Runs submitted jobs at most ``concurrency`` at a time, and at most ``namespace_share``
+    of one namespace (None: all slots but one, see ``_slots``)."""
 
-    def __init__(self, store: MetadataStore, hub: EventHub, *, concurrency: int) -> None:
+    def __init__(
+        self,
+        store: MetadataStore,
+        hub: EventHub,
+        *,
+        concurrency: int,
+        namespace_share: int | None = None,
+    ) -> None:
         self._store = store
         self._hub = hub
-        self._slots = asyncio.Semaphore(concurrency)
+        self._slots = FairSlots(concurrency, share=namespace_share)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancels: dict[str, asyncio.Event] = {}
         self._done: dict[str, asyncio.Event] = {}
@@ -74,7 +86,7 @@ class OperationQueue:
         cancel = self._cancels[op.uuid]
         log = self._hub_log(op.uuid)
         try:
-            if not await self._acquire_slot(cancel):
+            if not await self._slots.acquire(op.namespace, cancel):
                 if self._closing:
                     await self._finish(op, log, OperationStatus.FAILED, error=_SHUTDOWN)
                 else:
@@ -110,7 +122,7 @@ class OperationQueue:
                 else:
                     await self._finish(op, log, OperationStatus.SUCCESS, outcome=outcome)
             finally:
-                self._slots.release()
+                self._slots.release(op.namespace)
         except asyncio.CancelledError:
             # The server is shutting down: record it so nothing stays EXECUTING.
             await self._finish(op, log, OperationStatus.FAILED, error=_SHUTDOWN)
@@ -215,20 +227,6 @@ class OperationQueue:
             self._store.update_operation(
                 op.uuid, status=OperationStatus.FAILED, error=error, finished_at=now_iso()
             )
-
-    async def _acquire_slot(self, cancel: asyncio.Event) -> bool:
-        """Wait for a worker slot; False (and no slot held) if cancelled first."""
-        acquire = asyncio.ensure_future(self._slots.acquire())
-        cancelled = asyncio.ensure_future(cancel.wait())
-        await asyncio.wait({acquire, cancelled}, return_when=asyncio.FIRST_COMPLETED)
-        cancelled.cancel()
-        if acquire.done() and not cancel.is_set():
-            return True
-        if acquire.done():
-            self._slots.release()
-        else:
-            acquire.cancel()
-        return False
 
     async def close(self) -> None:
         """Stop every running operation (their sandboxes are killed) and wait for them."""

@@ -33,9 +33,24 @@ class MetadataStore(Protocol):
     def add_image(
         self, image: ImageRecord, *, layer_sizes: dict[str, int], layer_span: int = 1
     ) -> None: ...
-    def get_image(self, uuid: str) -> ImageRecord | None: ...
-    def list_images(self, query: ImageQuery) -> list[ImageRecord]: ...
-    def children(self, uuid: str) -> list[ImageRecord]: ...
+    def get_image(
+        self, uuid: str, *, tag_namespaces: Sequence[str] | None = None
+    ) -> ImageRecord | None:
+        """The image, with the tags of ``tag_namespaces`` only (in that order) when given."""
+
+    def list_images(self, query: ImageQuery) -> list[ImageRecord]:
+        """Images of the query's namespaces (and public ones), each with the tags of those
+        namespaces only; ``tagged`` and ``tag_prefix`` look only at those tags."""
+
+    def children(
+        self,
+        uuid: str,
+        *,
+        namespaces: Sequence[str] | None = None,
+        tag_namespaces: Sequence[str] | None = None,
+    ) -> list[ImageRecord]:
+        """Direct children, oldest first; only those of ``namespaces`` when given."""
+
     def add_layer(
         self, layer_id: str, *, size: int, span: int, source: str | None = None
     ) -> None: ...
@@ -59,7 +74,9 @@ class MetadataStore(Protocol):
     # tags
     def set_tag(self, namespace: str, tag: str, image: str) -> None: ...
     def remove_tag(self, namespace: str, tag: str) -> None: ...
-    def remove_tags_of(self, image: str) -> list[str]: ...
+    def remove_tags_of(self, image: str, *, namespace: str | None = None) -> list[str]:
+        """Remove the image's tags (only those of ``namespace`` when given); returns them."""
+
     def resolve_tag(self, namespaces: Iterable[str], tag: str) -> str | None: ...
 
     # operations

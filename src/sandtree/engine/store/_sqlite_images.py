@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 
 from sandtree.engine.store._records import ImageQuery
 from sandtree.engine.store._sqlite_base import SqliteBase, namespace_clause
-from sandtree.engine.types import ImageRecord
+from sandtree.engine.types import PUBLIC_NAMESPACE, ImageRecord
 from sandtree.errors import ImageNotFoundError
 
 __all__ = ["ImageTables"]
@@ -61,10 +61,23 @@ class ImageTables(SqliteBase):
                     (image.namespace, tag, image.uuid),
                 )
 
-    def _images_from_rows(self, rows: Sequence[sqlite3.Row]) -> list[ImageRecord]:
-        """Records for image rows, with their layers and tags read in one query each."""
+    def _images_from_rows(
+        self, rows: Sequence[sqlite3.Row], tag_namespaces: Sequence[str] | None = None
+    ) -> list[ImageRecord]:
+        """Records for image rows, with their layers and tags read in one query each.
+
+        With ``tag_namespaces``, a record carries only the tags of those namespaces, in that
+        order (a caller's own tags before the public ones): a tenant never sees the names
+        another tenant gave a shared image.
+        """
         layers: dict[str, list[str]] = {}
         tags: dict[str, list[str]] = {}
+        rank = {ns: i for i, ns in enumerate(tag_namespaces or ())}
+        scope, scope_params = (
+            namespace_clause(tag_namespaces, "namespace")
+            if tag_namespaces is not None
+            else ("1", [])
+        )
         uuids = [r["uuid"] for r in rows]
         for i in range(0, len(uuids), _IN_BATCH):
             batch = uuids[i : i + _IN_BATCH]
@@ -75,9 +88,12 @@ class ImageTables(SqliteBase):
                 batch,
             ):
                 layers.setdefault(r["image"], []).append(r["layer"])
-            for r in self._query(
-                f"SELECT image, tag FROM tags WHERE image IN ({marks}) ORDER BY image, tag", batch
-            ):
+            found = self._query(
+                f"SELECT image, tag, namespace FROM tags WHERE image IN ({marks}) AND {scope}"
+                " ORDER BY image, tag",
+                [*batch, *scope_params],
+            )
+            for r in sorted(found, key=lambda r: (r["image"], rank.get(r["namespace"], 0))):
                 tags.setdefault(r["image"], []).append(r["tag"])
         return [
             ImageRecord(
@@ -102,29 +118,37 @@ class ImageTables(SqliteBase):
     def _image_from_rows(self, rows: Sequence[sqlite3.Row]) -> ImageRecord | None:
         return self._images_from_rows(rows[:1])[0] if rows else None
 
-    def get_image(self, uuid: str) -> ImageRecord | None:
+    def get_image(
+        self, uuid: str, *, tag_namespaces: Sequence[str] | None = None
+    ) -> ImageRecord | None:
         rows = self._query("SELECT * FROM images WHERE uuid=?", (uuid,))
-        return self._image_from_rows(rows)
+        return self._images_from_rows(rows[:1], tag_namespaces)[0] if rows else None
 
     def list_images(self, query: ImageQuery) -> list[ImageRecord]:
         where, params = namespace_clause(query.namespaces, "i.namespace")
         if query.include_public:
             where = f"({where} OR i.public=1)"
         clauses = [where]
+        # Only the tags the caller can see count, for filtering as for showing: another
+        # namespace's tag on a public image neither matches ?tag= nor makes it "tagged".
+        tag_scope = [*query.namespaces, *((PUBLIC_NAMESPACE,) if query.include_public else ())]
+        in_scope, scope_params = namespace_clause(tag_scope, "t.namespace")
         if query.uuid:
             clauses.append("i.uuid=?")
             params.append(query.uuid)
-        if query.tagged is True:
-            clauses.append("EXISTS (SELECT 1 FROM tags t WHERE t.image=i.uuid)")
-        elif query.tagged is False:
-            clauses.append("NOT EXISTS (SELECT 1 FROM tags t WHERE t.image=i.uuid)")
+        if query.tagged is not None:
+            negation = "" if query.tagged else "NOT "
+            clauses.append(
+                f"{negation}EXISTS (SELECT 1 FROM tags t WHERE t.image=i.uuid AND {in_scope})"
+            )
+            params += scope_params
         if query.tag_prefix:
             clauses.append(
                 # Tags are case-sensitive, and LIKE is not: compare the prefix exactly.
-                "EXISTS (SELECT 1 FROM tags t WHERE t.image=i.uuid"
+                f"EXISTS (SELECT 1 FROM tags t WHERE t.image=i.uuid AND {in_scope}"
                 " AND substr(t.tag, 1, length(?)) = ?)"
             )
-            params += [query.tag_prefix, query.tag_prefix]
+            params += [*scope_params, query.tag_prefix, query.tag_prefix]
         if query.since:
             clauses.append("i.created_at >= ?")
             params.append(query.since)
@@ -136,11 +160,23 @@ class ImageTables(SqliteBase):
             " ORDER BY i.created_at DESC, i.uuid LIMIT ? OFFSET ?"
         )
         rows = self._query(sql, [*params, query.limit, query.offset])
-        return self._images_from_rows(rows)
+        return self._images_from_rows(rows, tag_scope)
 
-    def children(self, uuid: str) -> list[ImageRecord]:
-        rows = self._query("SELECT * FROM images WHERE parent=? ORDER BY created_at", (uuid,))
-        return self._images_from_rows(rows)
+    def children(
+        self,
+        uuid: str,
+        *,
+        namespaces: Sequence[str] | None = None,
+        tag_namespaces: Sequence[str] | None = None,
+    ) -> list[ImageRecord]:
+        where, params = (
+            ("1", []) if namespaces is None else namespace_clause(namespaces, "namespace")
+        )
+        rows = self._query(
+            f"SELECT * FROM images WHERE parent=? AND {where} ORDER BY created_at",
+            [uuid, *params],
+        )
+        return self._images_from_rows(rows, tag_namespaces)
 
     def add_layer(self, layer_id: str, *, size: int, span: int, source: str | None = None) -> None:
         with self._tx() as db:
@@ -227,10 +263,13 @@ class ImageTables(SqliteBase):
         with self._tx() as db:
             db.execute("DELETE FROM tags WHERE namespace=? AND tag=?", (namespace, tag))
 
-    def remove_tags_of(self, image: str) -> list[str]:
+    def remove_tags_of(self, image: str, *, namespace: str | None = None) -> list[str]:
+        where, params = ("namespace=?", [namespace]) if namespace is not None else ("1", [])
         with self._tx() as db:
-            rows = db.execute("SELECT tag FROM tags WHERE image=?", (image,)).fetchall()
-            db.execute("DELETE FROM tags WHERE image=?", (image,))
+            rows = db.execute(
+                f"SELECT tag FROM tags WHERE image=? AND {where}", [image, *params]
+            ).fetchall()
+            db.execute(f"DELETE FROM tags WHERE image=? AND {where}", [image, *params])
         return [r["tag"] for r in rows]
 
     def resolve_tag(self, namespaces: Iterable[str], tag: str) -> str | None:
