@@ -21,6 +21,9 @@ __all__ = ["ISOLATION_TIERS", "Settings", "default_data_dir"]
 ISOLATION_TIERS = ("container", "gvisor")
 
 _ENV_PREFIX = "SANDTREE_"
+#: The host ids a sandbox's 65536 ids may start at (see ``Settings.uid_shift``).
+_MIN_UID_SHIFT = 65536
+_MAX_UID_SHIFT = 2**32 - 2 - 65535
 
 
 def default_data_dir() -> Path:
@@ -114,6 +117,14 @@ class Settings:
             )
         if self.max_concurrency < 1:
             raise InvalidRequestError("max_concurrency must be at least 1")
+        if not _MIN_UID_SHIFT <= self.uid_shift <= _MAX_UID_SHIFT:
+            # Sandbox root is host uid_shift: the mapped ids must miss host root and the host's
+            # own accounts (0..65535, nobody included) and stay below the invalid id 2**32-1.
+            raise InvalidRequestError(
+                f"uid_shift must be from {_MIN_UID_SHIFT} to {_MAX_UID_SHIFT}, not "
+                f"{self.uid_shift}: the 65536 host ids a sandbox maps must miss host root "
+                "and the host's own accounts"
+            )
         if self.namespace_max_concurrency < 0:
             raise InvalidRequestError("namespace_max_concurrency must be 0 (all but one) or more")
         if not 2 <= self.max_stack_layers <= 400:

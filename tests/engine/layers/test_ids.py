@@ -8,6 +8,7 @@ import pytest
 from sandtree.engine.layers._ids import (
     NOBODY,
     check_sandbox_id,
+    in_host_range,
     sandbox_owner,
     shift_id,
     unshift_id,
@@ -58,3 +59,13 @@ def test_image_ids_outside_the_sandbox_are_stored_as_nobody(value: int) -> None:
 def test_host_ids_outside_the_shifted_range_read_back_as_nobody(host: int) -> None:
     assert unshift_id(host, SHIFT) == NOBODY
     assert unshift_id(SHIFT + 42, SHIFT) == 42
+
+
+@pytest.mark.parametrize(
+    ("host", "stores_a_sandbox_id"),
+    [(0, False), (SHIFT - 1, False), (SHIFT, True), (SHIFT + 65535, True), (SHIFT + 65536, False)],
+)
+def test_only_the_shifted_range_of_host_ids_stores_sandbox_ids(
+    host: int, stores_a_sandbox_id: bool
+) -> None:
+    assert in_host_range(host, SHIFT) is stores_a_sandbox_id

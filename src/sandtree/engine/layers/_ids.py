@@ -15,7 +15,9 @@ Two policies, one per source of ids:
   ``nobody`` by ``shift_id``, as the kernel shows unmapped ids, and the layer writer drops
   their setuid/setgid bits and says so in the import's warnings.
 
-Every host chown of image content goes through one of these two.
+Every host chown of image content goes through one of these two. What a sandbox writes is
+owned by mapped ids by construction (its user namespace), and checked anyway when a run is
+committed (``in_host_range``): an owner outside the range becomes nobody there too.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ __all__ = [
     "MAX_ID",
     "NOBODY",
     "check_sandbox_id",
+    "in_host_range",
     "in_sandbox_range",
     "sandbox_owner",
     "shift_id",
@@ -43,6 +46,11 @@ NOBODY = 65534
 def in_sandbox_range(value: int) -> bool:
     """True when ``value`` is an id the sandbox's user namespace maps (``0..65535``)."""
     return 0 <= value <= MAX_ID
+
+
+def in_host_range(value: int, uid_shift: int) -> bool:
+    """True when the host id ``value`` stores a sandbox id (``uid_shift .. uid_shift+65535``)."""
+    return in_sandbox_range(value - uid_shift)
 
 
 def check_sandbox_id(value: int, field: str) -> int:

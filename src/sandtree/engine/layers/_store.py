@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import logging
 import os
 import shutil
 import stat
@@ -20,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from sandtree._datadir import private_dir
+from sandtree.engine.layers._ids import NOBODY, in_host_range
 from sandtree.engine.layers._overlay import bind_readonly, mount_overlay, syncfs, unmount
 from sandtree.engine.layers._paths import (
     SpecialFileError,
@@ -29,6 +31,8 @@ from sandtree.engine.layers._paths import (
 )
 
 __all__ = ["LayerStore", "RunDirs"]
+
+logger = logging.getLogger(__name__)
 
 _OPAQUE = "trusted.overlay.opaque"
 
@@ -73,8 +77,14 @@ class LayerStore:
         # no host user walks into the store.
         for d in (self.root, self.runs_dir):
             private_dir(d)
-        for d in (self.mounts_dir.parent, self.mounts_dir):
-            os.chmod(d, 0o711)
+        # /proc/mounts shows every run's rootfs to every local account, and a rootfs holds
+        # setuid files of the sandbox's (shifted) ids: past the shared 0711 /run/sandtree, only
+        # root and the sandbox's root group (host gid ``uid_shift``, which crun walks the path
+        # as) may enter; inspection views are the server's alone.
+        os.chmod(self.mounts_dir.parent, 0o711)
+        os.chown(self.mounts_dir, 0, uid_shift)
+        os.chmod(self.mounts_dir, 0o710)
+        os.chmod(self.views_dir, 0o700)
         # Layers keep images' setuid files (as the OCI spec and containerd do); host users
         # have no business walking into them.
         for d in (self.layers_dir, self.tmp_dir):
@@ -128,8 +138,14 @@ class LayerStore:
                 os.close(fd)
 
     def commit_run(self, dirs: RunDirs) -> tuple[str, int]:
-        """Turn a finished run's upper dir into a new layer; returns ``(layer_id, bytes)``."""
-        size = _fsync_tree(dirs.upper)
+        """Turn a finished run's upper dir into a new layer; returns ``(layer_id, bytes)``.
+
+        An entry whose host owner no sandbox id maps to becomes nobody without setuid/setgid
+        bits first (see ``_own_in_range``).
+        """
+        entries = list(_walk(dirs.upper))
+        _own_in_range(dirs.upper, entries, self.uid_shift)
+        size = _fsync_tree(dirs.upper, entries=entries)
         layer_id = uuid.uuid4().hex
         os.rename(dirs.upper, self.path(layer_id))
         _fsync_dir(self.layers_dir)
@@ -296,13 +312,38 @@ def _same_dir_in_stack(lowers_top_first: Sequence[int], rel: str, upper: os.stat
 _SYNCFS_ENTRIES = 256
 
 
-def _fsync_tree(top: Path, *, files: bool = True) -> int:
+def _own_in_range(top: Path, entries: Sequence[tuple[os.stat_result, str]], shift: int) -> None:
+    """Give nobody (and no setuid/setgid bit) what a finished run left owned by a host id
+    outside ``shift .. shift + 65535``.
+
+    The sandbox's user namespace makes such owners impossible (a chown to an unmapped id is
+    EINVAL on crun and gVisor alike); this is the check that does not trust it, so that a
+    misconfigured runtime cannot turn a run into a host-root setuid file in a layer.
+    """
+    for st, rel in entries:
+        uid, gid = st.st_uid, st.st_gid
+        if in_host_range(uid, shift) and in_host_range(gid, shift):
+            continue
+        path = top / rel  # the run is over: nothing swaps a parent for a symlink any more
+        logger.warning("run left %s owned by host %d:%d; made it nobody's", path, uid, gid)
+        nobody = shift + NOBODY
+        os.chown(path, uid if in_host_range(uid, shift) else nobody,
+                 gid if in_host_range(gid, shift) else nobody, follow_symlinks=False)  # fmt: skip
+        if not stat.S_ISLNK(st.st_mode):
+            os.chmod(path, stat.S_IMODE(st.st_mode) & ~(stat.S_ISUID | stat.S_ISGID))
+
+
+def _fsync_tree(
+    top: Path, *, files: bool = True, entries: Sequence[tuple[os.stat_result, str]] | None = None
+) -> int:
     """Make everything under ``top`` durable; returns the bytes of its regular files.
 
     Small trees (a run's changes) fsync each directory (and file, with ``files``); large ones
-    (an imported layer) take one syncfs() of the filesystem instead.
+    (an imported layer) take one syncfs() of the filesystem instead. ``entries``: the walk
+    of ``top`` when the caller has made it already.
     """
-    entries = list(_walk(top))
+    if entries is None:
+        entries = list(_walk(top))
     total = sum(st.st_size for st, _ in entries if stat.S_ISREG(st.st_mode))
     if len(entries) > _SYNCFS_ENTRIES:
         syncfs(top)
