@@ -243,3 +243,25 @@ async def test_a_token_past_its_concurrency_limit_gets_429_until_one_ends(
     assert "limit is 1" in refused.json()["error"]
     assert other_token.status_code == 201
     assert accepted.status_code == 201
+
+
+async def test_env_values_are_masked_in_what_the_operation_keeps_and_serves(
+    api: Api, image: ImageRecord
+) -> None:
+    env = {"DATABASE_URL": "postgres://u:hunter2@db/x", "GITHUB_TOKEN": "s3cr3t", "GONE": None}
+    body = {"command": "env", "image": "tag:base", "shell": True, "env": env}
+
+    created = await _spawn(api, body)
+    op = await _finished(api, created.json()["uuid"])
+
+    masked = {"DATABASE_URL": "<MASKED>", "GITHUB_TOKEN": "<MASKED>", "GONE": None}
+    assert created.json()["env"] == masked
+    assert op["metadata"]["env"] == masked
+    assert api.engine.get_operation(op["uuid"]).request["env"] == masked  # as stored
+    stdout = op["metadata"]["result"]["stdout"]["value"]
+    assert "DATABASE_URL=postgres://u:hunter2@db/x" in stdout  # the run itself got the values
+    events = (await api.http.get(f"/v1/operations/{op['uuid']}/events", headers=api.auth)).text
+    frames = [f for f in events.split("\n\n") if f.strip()]
+    served = [f for f in frames if "event: stdout" not in f]  # all but the run's own output
+    assert any("event: spawn" in f for f in served)
+    assert not [f for f in served if "hunter2" in f or "s3cr3t" in f]

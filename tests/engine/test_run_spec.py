@@ -80,17 +80,23 @@ async def test_path_defaults_when_neither_image_nor_request_sets_it(
     assert _env_lines(op) == {"PATH": DEFAULT_PATH}
 
 
-async def test_spawn_event_masks_secret_looking_variables(
+async def test_spawn_event_masks_every_value_the_request_set_and_shows_image_defaults(
     engine: Engine, base: ImageRecord
 ) -> None:
-    op = await run_command(engine, "env", base, env={"GITHUB_TOKEN": "s3cr3t", "PLAIN": "visible"})
+    asked = {"GITHUB_TOKEN": "s3cr3t", "DATABASE_URL": "postgres://u:hunter2@db/x"}
+    op = await run_command(engine, "env", base, env=asked)
 
-    assert _env_lines(op)["GITHUB_TOKEN"] == "s3cr3t"  # the process itself gets the value
+    assert _env_lines(op)["GITHUB_TOKEN"] == "s3cr3t"  # the process itself gets the values
+    assert _env_lines(op)["DATABASE_URL"] == asked["DATABASE_URL"]
     events = [e async for e in engine.follow_events(op, follow=False)]
     spawn = next(e for e in events if e.type == "spawn")
-    assert spawn.data["env"]["GITHUB_TOKEN"] == "<MASKED>"
-    assert spawn.data["env"]["PLAIN"] == "visible"
-    assert all("s3cr3t" not in str(e.data) for e in events if e.type != "stdout")
+    assert spawn.data["env"] == {
+        "PATH": DEFAULT_PATH,
+        "GITHUB_TOKEN": "<MASKED>",
+        "DATABASE_URL": "<MASKED>",
+    }
+    for value in ("s3cr3t", "hunter2"):
+        assert all(value not in str(e.data) for e in events if e.type != "stdout")
 
 
 async def test_cwd_defaults_to_the_image_cwd(engine: Engine, base: ImageRecord) -> None:

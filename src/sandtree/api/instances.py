@@ -24,11 +24,13 @@ from sandtree.errors import (
 )
 
 __all__ = [
+    "MASKED",
     "parse_exec_spec",
     "parse_placed_files",
     "parse_spawn_request",
     "parse_stdin",
     "routes",
+    "shown_request",
 ]
 
 _MAX_TRUNCATE = 10 * 1024 * 1024
@@ -212,14 +214,30 @@ async def spawn_instance(request: Request) -> Response:
         spec = dataclasses.replace(spec, timeout=timeout)
     limit = token.limits.get("instance_max_concurrency")
     check_concurrency(request, engine, token.uuid, limit, kind="instances")
+    shown = shown_request(body)
     try:
-        op = await engine.spawn(spec, namespace=token.namespace, request=body)
+        op = await engine.spawn(spec, namespace=token.namespace, request=shown)
     except ImageNotFoundError as exc:
         # The image is named in the body: the contract answers that with a 400, not a 404.
         raise InvalidRequestError(exc.message) from None
     track(request, token.uuid, op.uuid, kind="instances")
-    payload = {**body, "uuid": op.uuid, "image": op.image, "result": None}
+    payload = {**shown, "uuid": op.uuid, "image": op.image, "result": None}
     return JSONResponse(payload, status_code=201, headers={"Location": f"/v1/operations/{op.uuid}"})
+
+
+#: What an env value is shown as wherever the request is kept or served.
+MASKED = "<MASKED>"
+
+
+def shown_request(body: dict[str, Any]) -> dict[str, Any]:
+    """The spawn request as its operation keeps and serves it (``metadata``): every ``env``
+    value masked, whatever its name. The run gets the values from the parsed spec; nothing
+    after it needs them, so they are never written down (a name-based guess such as
+    ``*_TOKEN`` misses ``DATABASE_URL=postgres://user:pw@...``)."""
+    env = body.get("env")
+    if not isinstance(env, dict) or not env:
+        return body
+    return {**body, "env": {k: None if v is None else MASKED for k, v in env.items()}}
 
 
 routes = [Route("/instances", spawn_instance, methods=["POST"])]

@@ -54,8 +54,14 @@ class RunFailure(Exception):
         self.cancelled = cancelled
 
 
-def _masked(env: Mapping[str, str]) -> dict[str, str]:
-    return {k: ("<MASKED>" if k.upper().endswith(_SECRET_SUFFIXES) else v) for k, v in env.items()}
+def _masked(env: Mapping[str, str], asked: Mapping[str, str | None]) -> dict[str, str]:
+    """The environment as the ``spawn`` event shows it: every value the request set is
+    masked (a name tells nothing reliable about a secret), and so is any secret-looking one
+    of the image's config; the image's other defaults are shown as they are."""
+    return {
+        k: "<MASKED>" if k in asked or k.upper().endswith(_SECRET_SUFFIXES) else v
+        for k, v in env.items()
+    }
 
 
 @dataclasses.dataclass
@@ -200,7 +206,7 @@ class RunExecutor:
                     "gid": spec.gid,
                     "timeout": spec.timeout,
                     "truncate_at": spec.truncate_output_at,
-                    "env": _masked(env),
+                    "env": _masked(env, spec.env),
                 },
                 spid=1,
             )
