@@ -23,6 +23,7 @@ _common.ensure_importable()
 from sandtree.engine import Engine, ImageRecord, OperationRecord  # noqa: E402
 from sandtree.engine.types import OperationStatus  # noqa: E402
 from sandtree.testing import make_engine  # noqa: E402
+from sandtree.testing_registry import LOOPBACK_REGISTRIES  # noqa: E402
 
 TIMEOUT_S = 600
 
@@ -139,7 +140,10 @@ async def _timed_import(engine: Engine, url: str, tag: str) -> tuple[float, Oper
 async def ours(image: BenchImage, work: Path) -> OursSample:
     data = work / "ours"
     try:
-        async with make_engine(data, in_memory=False) as engine:
+        # The bench registry listens on 127.0.0.1: list it, as an operator would.
+        async with make_engine(
+            data, in_memory=False, insecure_registries=LOOPBACK_REGISTRIES
+        ) as engine:
             _settle()
             c0 = time.process_time()
             ms1, op1 = await _timed_import(engine, f"docker://{image.ref('v1')}", "bench:v1")

@@ -18,8 +18,6 @@ from sandtree.testing_registry import LOOPBACK_REGISTRIES, LocalRegistry, TestIm
 from .kit import real_engine
 
 pytestmark = [pytest.mark.anyio, pytest.mark.isolation]
-#: The test registry listens on 127.0.0.1: the operator lists it.
-_ALLOWED = {"insecure_registries": LOOPBACK_REGISTRIES}
 
 _CHANGES = (
     "set -e; echo made > /etc/made; chown 1000:100 /etc/made; chmod 640 /etc/made;"
@@ -52,7 +50,9 @@ async def test_import_run_export_and_push_round_trip_keeps_files_modes_and_owner
             [TestImage(layers=[_layer(busybox_rootfs)], env=["PATH=/bin"])],
             tmp_path,
         )
-        async with real_engine(tmp_path / "first", **_ALLOWED) as first:
+        async with real_engine(
+            tmp_path / "first", insecure_registries=LOOPBACK_REGISTRIES
+        ) as first:
             base = await _import(first, f"docker://{registry.host}/base/busybox:1")
             op = await first.spawn(
                 RunSpec(image=base.uuid, command=_CHANGES, shell=True, disposable=False)
@@ -66,7 +66,9 @@ async def test_import_run_export_and_push_round_trip_keeps_files_modes_and_owner
             with archive.open("wb") as out:
                 await anyio.to_thread.run_sync(first.export_image, child, out)
             await first.push_image(child, f"docker://{registry.host}/out/child:1")
-        async with real_engine(tmp_path / "second", **_ALLOWED) as second:
+        async with real_engine(
+            tmp_path / "second", insecure_registries=LOOPBACK_REGISTRIES
+        ) as second:
             pulled = await _import(second, f"docker://{registry.host}/out/child:1")
             loaded = await second.import_local(archive)
             assert tree_listing(second, pulled) == expected

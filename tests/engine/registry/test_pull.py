@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import stat
 from collections.abc import AsyncIterator
@@ -347,3 +348,83 @@ async def test_an_image_listing_one_layer_twice_imports_and_mounts(
     assert read_file(engine, image, "/f") == b"one\n"  # the repeated layer applies again on top
     done = await run_command(engine, "echo ok", image)
     assert done.status == OperationStatus.SUCCESS, done.error
+
+
+def _copy_image(scripted: ScriptedRegistry, source: str, dest: str) -> tuple[str, str]:
+    """Serve ``source``'s manifest and config as ``dest`` too (the same digests), but not its
+    layer; returns the layer's digest and its blob path under ``source``."""
+    _, media, manifest = scripted.routes[f"/v2/{source}/manifests/latest"]
+    scripted.routes[f"/v2/{dest}/manifests/latest"] = (200, media, manifest)
+    body = json.loads(manifest)
+    config = body["config"]["digest"]
+    scripted.routes[f"/v2/{dest}/blobs/{config}"] = scripted.routes[f"/v2/{source}/blobs/{config}"]
+    layer = body["layers"][0]["digest"]
+    return layer, f"/v2/{source}/blobs/{layer}"
+
+
+async def test_another_namespaces_layer_is_shared_only_once_the_blob_is_fetched_and_verified(
+    engine: Engine, scripted: ScriptedRegistry
+) -> None:
+    scripted.add_image("team/app", [BASE])
+    first = await _import(engine, f"docker://{scripted.host}/team/app", namespace="a")
+    assert first.status == OperationStatus.SUCCESS, first.error
+    layer, blob = _copy_image(scripted, "team/app", "thief/app")
+
+    claimed = await _import(engine, f"docker://{scripted.host}/thief/app", namespace="b")
+
+    assert claimed.status == OperationStatus.FAILED
+    assert f"blob {layer} was not found" in str(claimed.error)
+    assert engine.list_images(ImageQuery(namespaces=("b",))) == []
+    scripted.routes[f"/v2/thief/app/blobs/{layer}"] = scripted.routes[blob]
+    fetched = await _import(engine, f"docker://{scripted.host}/thief/app", namespace="b")
+    assert fetched.status == OperationStatus.SUCCESS, fetched.error
+    mine = engine.resolve_image(str(first.result_image), namespaces=("a",))
+    theirs = engine.resolve_image(str(fetched.result_image), namespaces=("b",))
+    assert theirs.layers == mine.layers  # the stored layer, shared once the blob was proven
+    assert scripted.requests.count(f"/v2/thief/app/blobs/{layer}") == 2  # the 404, then it
+
+
+async def test_a_public_images_layer_is_reused_by_any_namespace_without_a_download(
+    engine: Engine, scripted: ScriptedRegistry
+) -> None:
+    (blob,) = scripted.add_image("pub/app", [BASE])
+    url = f"docker://{scripted.host}/pub/app"
+    published = await _import(engine, url, namespace="public")
+    assert published.status == OperationStatus.SUCCESS, published.error
+    scripted.requests.clear()
+
+    done = await _import(engine, url, namespace="b")
+
+    assert done.status == OperationStatus.SUCCESS, done.error
+    assert blob not in scripted.requests
+    assert _progress(engine, done.uuid)[-1]["layers_reused"] == 1
+
+
+async def test_a_config_served_larger_than_its_descriptor_declares_is_refused(
+    engine: Engine, scripted: ScriptedRegistry
+) -> None:
+    config = b'{"architecture": "amd64", "os": "linux", "config": {}}'
+    scripted.add_image("big/config", [BASE], config=config)
+    path = next(p for p in scripted.routes if p.startswith("/v2/big/config/blobs/") and
+                scripted.routes[p][2] == config)  # fmt: skip
+    scripted.routes[path] = (200, "application/json", config + b" " * (1 << 20))
+
+    done = await _import(engine, f"docker://{scripted.host}/big/config")
+
+    assert done.status == OperationStatus.FAILED
+    assert f"larger than {len(config)} bytes" in str(done.error)
+
+
+async def test_an_image_of_more_layers_than_docker_allows_is_refused_before_any_download(
+    engine: Engine, scripted: ScriptedRegistry
+) -> None:
+    scripted.add_image(
+        "deep/app", [layer_tar([Entry(path=f"f{i}", data=b"x")]) for i in range(128)]
+    )
+
+    done = await _import(engine, f"docker://{scripted.host}/deep/app")
+
+    assert done.status == OperationStatus.FAILED
+    assert "has 128 layers" in str(done.error)
+    assert "at most 127" in str(done.error)
+    assert not [r for r in scripted.requests if "/blobs/" in r]

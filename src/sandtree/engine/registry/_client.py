@@ -245,7 +245,10 @@ class RegistryClient:
                         continue
                     if response.status_code == 401:
                         raise self._refused()
-                    yield response
+                    try:
+                        yield response
+                    except httpx.TransportError as exc:  # the body broke off, or was stopped
+                        raise self._unreachable(exc, None) from exc
                     return
                 finally:
                     response.close()
