@@ -223,3 +223,99 @@ async def test_public_images_are_seen_and_run_by_every_namespace_their_children_
     assert [i["uuid"] for i in seen_by_c] == [public.uuid]  # not team-b's child
     seen_by_b = (await api.http.get("/v1/images", headers=team_b)).json()["images"]
     assert {i["uuid"] for i in seen_by_b} == {public.uuid, op.result_image}
+
+
+# -- tags belong to the caller's namespace -----------------------------------------------------
+
+
+@pytest.fixture
+async def shared(api: Api, rootfs: Path) -> ImageRecord:
+    """A public image tagged ``shared:1`` by the public namespace and ``c-secret`` by team-c."""
+    public = await api.engine.import_local(rootfs, tag="shared:1", namespace="public")
+    api.engine.tag_image(public, "c-secret", namespace="team-c")
+    return public
+
+
+async def test_a_bare_untag_of_a_public_image_leaves_other_namespaces_tags(
+    api: Api, shared: ImageRecord
+) -> None:
+    team_b = api.token(namespace="team-b")
+    await api.http.patch(f"/v1/images/{shared.uuid}/tag", headers=team_b, json={"tag": "b-name"})
+
+    removed = await api.http.delete(f"/v1/images/{shared.uuid}/tag", headers=team_b)
+
+    assert removed.status_code == 204
+    engine = api.engine
+    assert engine.resolve_image("tag:c-secret", namespaces=("team-c",)).uuid == shared.uuid
+    assert engine.resolve_image("tag:shared:1", namespaces=("team-b",)).uuid == shared.uuid
+    listed = (await api.http.get("/v1/images", headers=team_b, params={"tag": "b-"})).json()
+    assert listed == {"images": []}
+
+
+async def test_removing_a_public_tag_without_the_public_token_is_403(
+    api: Api, shared: ImageRecord
+) -> None:
+    response = await api.http.delete(
+        f"/v1/images/{shared.uuid}/tag",
+        headers=api.token(namespace="team-b"),
+        params={"tag": "shared:1"},
+    )
+
+    assert response.status_code == 403
+    assert "public namespace" in response.json()["error"]
+    assert api.engine.resolve_image("tag:shared:1").uuid == shared.uuid
+
+
+async def test_another_namespaces_tag_of_a_public_image_is_never_shown_or_matched(
+    api: Api, shared: ImageRecord
+) -> None:
+    team_b = api.token(namespace="team-b")
+
+    listed = (await api.http.get("/v1/images", headers=team_b)).json()["images"]
+    by_prefix = (await api.http.get("/v1/images", headers=team_b, params={"tag": "c-"})).json()
+    inspected = (await api.http.get(f"/v1/inspect/{shared.uuid}/", headers=team_b)).json()
+    lineage = (await api.http.get(f"/v1/images/{shared.uuid}/lineage", headers=team_b)).json()
+    by_tag = await api.http.get("/v1/inspect/", headers=team_b, params={"tag": "c-secret"})
+    run = await api.http.post(
+        "/v1/instances", headers=team_b, json={"command": "true", "image": "tag:c-secret"}
+    )
+    untag = await api.http.delete(
+        f"/v1/images/{shared.uuid}/tag", headers=team_b, params={"tag": "c-secret"}
+    )
+
+    assert [i["tag"] for i in listed] == ["shared:1"]
+    assert by_prefix == {"images": []}
+    assert inspected["tag"] == "shared:1"
+    assert lineage["image"]["tag"] == "shared:1"
+    assert by_tag.status_code == 404
+    assert run.status_code == 400
+    assert "no image is tagged" in run.json()["error"]
+    assert untag.status_code == 400
+    assert "c-secret" not in untag.json()["error"].replace("tagged 'c-secret'", "")
+    assert "c-secret" not in str([listed, inspected, lineage])
+
+
+async def test_tagging_answers_with_the_tag_just_set_and_a_tag_filter_with_the_tag_matched(
+    api: Api, image: ImageRecord
+) -> None:
+    tagged = await api.http.patch(
+        f"/v1/images/{image.uuid}/tag", headers=api.auth, json={"tag": "zz:1"}
+    )  # "busybox:latest" sorts first
+    matched = await api.http.get("/v1/images", headers=api.auth, params={"tag": "zz"})
+
+    assert tagged.json()["tag"] == "zz:1"
+    assert [i["tag"] for i in matched.json()["images"]] == ["zz:1"]
+    unfiltered = (await api.http.get("/v1/images", headers=api.auth)).json()["images"]
+    assert [i["tag"] for i in unfiltered] == ["busybox:latest"]
+
+
+async def test_the_callers_own_tag_of_a_public_image_is_shown_before_the_public_one(
+    api: Api, shared: ImageRecord
+) -> None:
+    team_c = api.token(namespace="team-c")
+
+    listed = (await api.http.get("/v1/images", headers=team_c)).json()["images"]
+    by_public_prefix = await api.http.get("/v1/images", headers=team_c, params={"tag": "shared"})
+
+    assert [i["tag"] for i in listed] == ["c-secret"]
+    assert [i["tag"] for i in by_public_prefix.json()["images"]] == ["shared:1"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import anyio
 import pytest
 import yaml
 
@@ -101,3 +102,41 @@ async def test_a_lineage_of_an_unknown_image_is_404(api: Api) -> None:
     )
 
     assert response.status_code == 404
+
+
+async def _run_in(api: Api, namespace: str, image: str, command: str) -> str:
+    """Run ``command`` kept from ``image`` as a token of ``namespace``; its result image."""
+    spawned = await api.http.post(
+        "/v1/instances",
+        headers=api.token(namespace=namespace),
+        json={"command": command, "image": image},
+    )
+    op = api.engine.get_operation(spawned.json()["uuid"], namespaces=(namespace,))
+    with anyio.fail_after(10):
+        done = await api.engine.wait_operation(op)
+    assert done.result_image is not None, done.error
+    return done.result_image
+
+
+async def test_lineage_of_a_public_image_shows_none_of_another_tenants_children(
+    api: Api, rootfs: Path
+) -> None:
+    public = await api.engine.import_local(rootfs, tag="shared:1", namespace="public")
+    team_b, team_c = api.token(namespace="team-b"), api.token(namespace="team-c")
+    c_child = await _run_in(api, "team-c", public.uuid, "write /c-secret-command 1")
+    b_child = await _run_in(api, "team-b", public.uuid, "write /b 1")
+
+    seen_by_b = (await api.http.get(f"/v1/images/{public.uuid}/lineage", headers=team_b)).json()
+    b_lineage = (await api.http.get(f"/v1/images/{b_child}/lineage", headers=team_b)).json()
+    c_from_b = await api.http.get(f"/v1/images/{c_child}/lineage", headers=team_b)
+    diff_c = await api.http.get(
+        f"/v1/images/{b_child}/diff", headers=team_b, params={"against": c_child}
+    )
+
+    assert [c["uuid"] for c in seen_by_b["children"]] == [b_child]
+    assert "c-secret-command" not in str(seen_by_b)
+    assert [a["uuid"] for a in b_lineage["ancestors"]] == [public.uuid]
+    assert b_lineage["parent"]["tag"] == "shared:1"
+    assert (c_from_b.status_code, diff_c.status_code) == (404, 404)
+    seen_by_c = (await api.http.get(f"/v1/images/{public.uuid}/lineage", headers=team_c)).json()
+    assert [c["command"] for c in seen_by_c["children"]] == ["write /c-secret-command 1"]
