@@ -11,6 +11,7 @@ real server on crun with a second tenant probing its latency.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import stat
 import subprocess
@@ -201,6 +202,72 @@ def test_a_kept_run_at_the_edges_of_the_id_range_leaves_only_shifted_owners_in_i
     assert _setid_below(hostile.data_dir, shift) == []
 
 
+def _sandtree_mounts(data_dir: Path, mountinfo: str) -> list[Path]:
+    """Mount points of this server's runs and views, as its ``/proc/PID/mountinfo`` tells
+    anyone (an overlay's options and a bind's source name the data dir)."""
+    found = []
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if fields[4].startswith("/run/sandtree/") and str(data_dir.resolve()) in line:
+            found.append(Path(fields[4]))
+    return found
+
+
+def test_another_local_user_cannot_reach_a_running_sandboxs_rootfs_through_its_mount(
+    hostile: HostileServer,
+) -> None:
+    # Every run's and inspection view's rootfs is mounted under /run/sandtree, and any local
+    # account reads the mount points in the server's mountinfo. A setuid file of sandbox root
+    # there is host uid 100000, the owner of every tenant's running rootfs. The server's
+    # private mount namespace hides the mounts from the host's paths; the mount dir's mode
+    # is what stops an account that sees them (an engine run without that namespace).
+    kept = hostile.alice.spawn(
+        "cp /bin/busybox /bin/sx && chmod 4755 /bin/sx", disposable=False, timeout=30
+    )
+    assert kept["status"] == "SUCCESS", kept
+    image = kept["result_image_uuid"]
+    server_pid = hostile.server.process.pid
+    in_server = Path(f"/proc/{server_pid}/root")  # root's way into the server's mounts
+    with hostile.alice.client() as http:
+        listed = http.get(f"/v1/inspect/{image}/list", params={"path": "/bin"})  # a view
+        assert listed.status_code == 200, listed.text
+        running = http.post(
+            "/v1/instances", json=_spawn_body(command="sleep 30", image=image, timeout=40)
+        )
+        assert running.status_code == 201, running.text
+        op_id = running.json()["uuid"]
+        try:
+
+            def mounted() -> list[Path]:
+                info = Path(f"/proc/{server_pid}/mountinfo").read_text()
+                points = _sandtree_mounts(hostile.data_dir, info)
+                return [p for p in points if (in_server / p.relative_to("/") / "bin/sx").exists()]
+
+            _wait_until(lambda: len(mounted()) >= 2, "run and view mounts holding /bin/sx")
+            points = mounted()
+            with _probed(hostile.bob):
+                seen = _as_nobody("cat", f"/proc/{server_pid}/mountinfo")
+                tries = [
+                    runner(*argv)
+                    for point in points
+                    for runner, argv in [
+                        (_as_nobody, ("ls", f"{in_server}{point}")),
+                        (_as_nobody, ("ls", str(point.parent))),
+                        *[(functools.partial(_as_nobody, mount_ns=server_pid), a) for a in (
+                            ("ls", str(point)), ("ls", str(point.parent)),
+                            ("stat", f"{point}/bin/sx"), ("sh", "-c", f"{point}/bin/sx id"),
+                        )],
+                    ]
+                ]  # fmt: skip
+        finally:
+            http.delete(f"/v1/operations/{op_id}")
+        hostile.alice.wait(op_id)
+
+    assert set(points) <= set(_sandtree_mounts(hostile.data_dir, seen.stdout))  # found them
+    assert [t.args for t in tries if t.returncode == 0] == []
+    assert all("Permission denied" in t.stderr for t in tries), [t.stderr for t in tries]
+
+
 # -- imports and the data dir, on a server of their own --------------------------------------
 
 
@@ -269,9 +336,16 @@ def test_a_registry_layer_with_setuid_files_of_alien_owners_imports_them_as_nobo
     assert _owned_outside_the_sandbox(server.data_dir, shift) == []
 
 
-def _as_nobody(*argv: str) -> subprocess.CompletedProcess[str]:
+def _as_nobody(*argv: str, mount_ns: int | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` as the local account nobody; ``mount_ns``: in that pid's mount namespace
+    (root enters it first, as an account sees mounts made without a private namespace).
+
+    setpriv keeps root's capabilities until it execs ``argv[0]``, so ``argv[0]`` must be a
+    host binary; a path nobody would exec goes through ``sh -c``.
+    """
+    enter = [] if mount_ns is None else ["nsenter", f"--mount=/proc/{mount_ns}/ns/mnt", "--"]
     return subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv],
+        [*enter, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv],
         capture_output=True,
         text=True,
         timeout=30,
