@@ -60,6 +60,8 @@ class Settings:
     max_timeout: int = 3600
     #: Default writable-layer cap (bytes) when a run does not set ``max_layer_bytes``.
     max_layer_bytes: int = 12 * 1024**3
+    #: Most files, directories and other entries a run's writable layer may hold.
+    max_layer_entries: int = 1_000_000
     #: Host uid/gid that root inside every sandbox maps to; 65536 ids are mapped from it.
     uid_shift: int = 100000
     #: An image's mounted stack is compacted when it grows past this many layers.

@@ -19,6 +19,7 @@ from sandtree.client._config import write_client_config
 from sandtree.config import Settings
 from sandtree.engine import Engine
 from sandtree.engine.runtime import enter_private_mount_namespace
+from sandtree.engine.runtime._lock import DataDirLock
 from sandtree.engine.runtime._network import NetworkPool
 from sandtree.errors import InvalidRequestError, SandtreeError
 
@@ -94,9 +95,11 @@ def _first_start(settings: Settings, tokens: TokenStore) -> str | None:
     return secret
 
 
-def _network() -> NetworkPool | None:
+def _network(data_dir: Path) -> NetworkPool | None:
     if shutil.which("ip") and shutil.which("iptables"):
-        return NetworkPool()
+        # This data dir's own prefix, subnet and chains: another server on the host (a test
+        # server, the embedded one the CLI starts) never touches them, nor we theirs.
+        return NetworkPool.for_data_dir(data_dir)
     click.echo("warning: ip or iptables is missing; runs with networking will be refused", err=True)
     return None
 
@@ -129,6 +132,13 @@ def serve(host: str | None, port: int | None, data_dir: Path | None) -> None:
     except SandtreeError as exc:
         raise click.ClickException(str(exc)) from exc
     tokens = _tokens(settings.data_dir)
+    try:
+        # Held until the process exits: a second server on this data dir refuses to start
+        # (it would take this one's sandboxes and firewall for leftovers and remove them).
+        DataDirLock(settings.data_dir).acquire()
+        network = _network(settings.data_dir)
+    except SandtreeError as exc:
+        raise click.ClickException(str(exc)) from exc
     url = f"http://{settings.host}:{settings.port}"
     secret = _first_start(settings, tokens)
     if secret is not None:
@@ -136,7 +146,7 @@ def serve(host: str | None, port: int | None, data_dir: Path | None) -> None:
         click.echo(f"admin token (shown once; also in {settings.data_dir / _ADMIN_TOKEN_FILE}):")
         click.echo(f"  {secret}")
         click.echo(f"client config written to {client_config}")
-    engine = Engine(settings, network=_network())
+    engine = Engine(settings, network=network)
     app = create_app(engine, tokens_store=tokens)
     click.echo(f"sandtree listening on {url} (data in {settings.data_dir})")
     config = uvicorn.Config(

@@ -40,6 +40,7 @@ from sandtree.engine.layers._ids import check_sandbox_id
 from sandtree.engine.layers._store import LayerStore
 from sandtree.engine.registry import Puller
 from sandtree.engine.runtime import OciRuntime, Runtime
+from sandtree.engine.runtime._lock import DataDirLock
 from sandtree.engine.store import FileRecord, ImageQuery, MetadataStore, OperationQuery, SqliteStore
 from sandtree.engine.types import (
     PUBLIC_NAMESPACE,
@@ -134,6 +135,7 @@ class Engine:
         self.events = EventHub(self.store, cap_bytes=settings.event_log_cap_bytes)
         self._runtimes = dict(runtimes) if runtimes is not None else default_runtimes(settings)
         self._network = network
+        self._data_lock = DataDirLock(settings.data_dir)
         self.runs = RunExecutor(
             settings=settings,
             store=self.store,
@@ -157,7 +159,13 @@ class Engine:
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Recover from a previous process: stale sandboxes, mounts, half-made layers, ops."""
+        """Recover from a previous process: stale sandboxes, mounts, half-made layers, ops.
+
+        Raises:
+            ConflictError: another process is using the data dir (its sandboxes are not
+                leftovers to remove).
+        """
+        self._data_lock.acquire()
         for factory in self._runtimes.values():
             with contextlib.suppress(Exception):
                 factory().cleanup_stale()
@@ -186,6 +194,7 @@ class Engine:
         if self._network is not None:
             await asyncio.to_thread(self._network.teardown)
         self.store.close()
+        self._data_lock.release()
 
     async def __aenter__(self) -> Engine:
         await self.start()

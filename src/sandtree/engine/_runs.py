@@ -22,6 +22,7 @@ from sandtree.engine._streams import Collector
 from sandtree.engine.layers._ids import sandbox_owner
 from sandtree.engine.layers._paths import make_parents_in_root, open_root, write_file_in_root
 from sandtree.engine.layers._store import LayerStore, RunDirs
+from sandtree.engine.layers._usage import LayerUsage
 from sandtree.engine.runtime import Limits, Runtime, Sandbox, SandboxExit, SandboxSpec
 from sandtree.engine.store import MetadataStore
 from sandtree.engine.types import (
@@ -69,7 +70,7 @@ class _Outcome:
     exit: SandboxExit
     timed_out: bool = False
     cancelled: bool = False
-    disk_exceeded: int | None = None
+    disk_exceeded: LayerUsage | None = None
 
 
 class RunExecutor:
@@ -177,6 +178,7 @@ class RunExecutor:
                 ),
                 netns=lease.netns_path if lease is not None else None,
                 nameservers=lease.nameservers if lease is not None else (),
+                sysfs=lease.sysfs if lease is not None else None,
                 max_file_bytes=spec.max_layer_bytes or self._settings.max_layer_bytes,
             )
             log.emit(
@@ -317,15 +319,15 @@ class RunExecutor:
         if outcome.disk_exceeded is None:
             # A run can write past the cap and exit (even with 0) before our next look.
             usage = await asyncio.to_thread(self._layers.upper_usage, dirs)
-            if _layer_full(usage, max_layer):
+            if usage.over(max_layer, self._settings.max_layer_entries):
                 outcome.disk_exceeded = usage
         return outcome
 
-    async def _watch_disk(self, dirs: RunDirs, limit: int) -> int:
+    async def _watch_disk(self, dirs: RunDirs, limit: int) -> LayerUsage:
         while True:
             await asyncio.sleep(_DISK_POLL)  # periodic usage check, not a wait for state
             usage = await asyncio.to_thread(self._layers.upper_usage, dirs)
-            if _layer_full(usage, limit):
+            if usage.over(limit, self._settings.max_layer_entries):
                 return usage
 
     async def _finish(
@@ -436,10 +438,16 @@ class RunExecutor:
             ), False
         if outcome.disk_exceeded is not None:
             cap = spec.max_layer_bytes or self._settings.max_layer_bytes
+            used = outcome.disk_exceeded
+            if used.entries > self._settings.max_layer_entries:
+                return (
+                    f"the run made {used.entries} files and directories, past the server's"
+                    f" max_layer_entries={self._settings.max_layer_entries}; make fewer"
+                ), False
             return (
-                f"the run wrote {outcome.disk_exceeded} bytes, past its writable-layer limit"
-                f" max_layer_bytes={cap}; write less or raise"
-                " resources_limits.max_layer_bytes"
+                f"the run wrote {used.bytes} bytes (data, directories and one inode per"
+                f" entry), past its writable-layer limit max_layer_bytes={cap}; write less"
+                " or raise resources_limits.max_layer_bytes"
             ), False
         if exit.limit_hit == "memory":
             return (
@@ -464,11 +472,6 @@ class RunExecutor:
             else:
                 merged[key] = value
         return tuple(f"{k}={v}" for k, v in merged.items())
-
-
-def _layer_full(usage: int, limit: int) -> bool:
-    # At (not only past) the cap: RLIMIT_FSIZE stops a single growing file exactly there.
-    return usage >= limit
 
 
 def _describe(spec: RunSpec) -> str:

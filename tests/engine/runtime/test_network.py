@@ -15,7 +15,6 @@ import selectors
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -254,10 +253,9 @@ def test_a_warm_pool_serves_leases_without_creating_namespaces(pool: NetworkPool
     pool.refill()
     warm = sorted(n for n in os.listdir("/run/netns") if n.startswith(f"{pool.prefix}-"))
     assert len(warm) == pool.pool_size
-    started = time.perf_counter()
     lease = pool.lease()
-    assert time.perf_counter() - started < 0.005
     assert lease.name in warm
+    assert sorted(n for n in os.listdir("/run/netns") if n.startswith(f"{pool.prefix}-")) == warm
 
 
 def test_cleanup_stale_removes_what_a_crashed_process_left(pool: NetworkPool) -> None:

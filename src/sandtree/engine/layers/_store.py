@@ -29,6 +29,7 @@ from sandtree.engine.layers._paths import (
     open_regular,
     walk_tree,
 )
+from sandtree.engine.layers._usage import LayerUsage, layer_usage
 
 __all__ = ["LayerStore", "RunDirs"]
 
@@ -117,9 +118,9 @@ class LayerStore:
     def release_run(self, dirs: RunDirs) -> None:
         unmount(dirs.merged)
 
-    def upper_usage(self, dirs: RunDirs) -> int:
-        """Bytes the run has written so far (apparent size of its upper dir)."""
-        return _tree_bytes(dirs.upper)
+    def upper_usage(self, dirs: RunDirs) -> LayerUsage:
+        """What the run's upper dir costs so far: every entry's data and inode (``_usage``)."""
+        return layer_usage(dirs.upper)
 
     def has_changes(self, dirs: RunDirs) -> bool:
         """True when the upper holds anything but copies of directories the image has."""
@@ -271,15 +272,6 @@ def _walk(top: Path) -> Iterator[tuple[os.stat_result, str]]:
     # directory it swapped for a symlink out to the host.
     for rel, st in walk_tree(top):
         yield st, rel
-
-
-def _tree_bytes(top: Path) -> int:
-    total = 0
-    with contextlib.suppress(FileNotFoundError):
-        for st, _ in _walk(top):
-            if stat.S_ISREG(st.st_mode):
-                total += st.st_size
-    return total
 
 
 def _is_opaque(path: Path) -> bool:

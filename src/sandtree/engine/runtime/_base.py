@@ -48,6 +48,8 @@ class SandboxSpec:
     netns: str | None = None
     #: Nameservers to write to the sandbox's /etc/resolv.conf (only with a network).
     nameservers: Sequence[str] = ()
+    #: A read-only sysfs mounted for ``netns`` (its /sys/class/net), bound at /sys.
+    sysfs: str | None = None
     #: Largest file any process may write (RLIMIT_FSIZE), or None for no cap.
     max_file_bytes: int | None = None
 

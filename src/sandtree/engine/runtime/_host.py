@@ -18,12 +18,21 @@ import contextlib
 import ctypes
 import dataclasses
 import errno
+import logging
 import os
 import signal
 import time
 from pathlib import Path
 
-__all__ = ["CgroupSet", "CgroupStats", "enter_private_mount_namespace", "host_cgroup_mode"]
+__all__ = [
+    "CgroupSet",
+    "CgroupStats",
+    "ensure_inotify_headroom",
+    "enter_private_mount_namespace",
+    "host_cgroup_mode",
+]
+
+logger = logging.getLogger(__name__)
 
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
 _V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")
@@ -33,6 +42,9 @@ _MS_PRIVATE = 0x40000
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _private_ns_done = False
+_INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
+#: What host root keeps for its own services beyond what sandboxes may take.
+_INOTIFY_HOST_SHARE = 128
 
 
 def host_cgroup_mode() -> str:
@@ -91,6 +103,20 @@ def _hide_unified_cgroup() -> None:
         err = ctypes.get_errno()
         if err not in (errno.EINVAL, errno.ENOENT):
             raise OSError(err, f"unmounting the cgroup v2 mount failed: {os.strerror(err)}")
+
+
+def ensure_inotify_headroom(sandbox_share: int) -> None:
+    """Raise the host's ``fs.inotify.max_user_instances`` so that sandboxes, which are all
+    charged to host root (the creator of their user namespaces), can hold ``sandbox_share``
+    instances between them and host root still has its own 128. Never lowers it."""
+    want = sandbox_share + _INOTIFY_HOST_SHARE
+    try:
+        have = int(_INOTIFY_INSTANCES.read_text(encoding="ascii").strip())
+        if have < want:
+            _write(_INOTIFY_INSTANCES, str(want))
+            logger.info("raised fs.inotify.max_user_instances from %d to %d", have, want)
+    except (OSError, ValueError) as exc:
+        logger.warning("could not check fs.inotify.max_user_instances: %s", exc)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

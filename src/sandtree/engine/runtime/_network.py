@@ -27,28 +27,50 @@ systemd-resolved only exists in the host's netns) and minus the host's own addre
 is closed). A nameserver inside a dropped range gets a narrow exception (udp/tcp port 53 to
 that one address) unless ``allow_private_nameservers=False``; then it is left out.
 
-One pool per prefix per host: ``cleanup_stale`` removes everything carrying the prefix.
+One pool per prefix per host, and one prefix per data dir (``NetworkPool.for_data_dir``,
+see ``_netident``): ``cleanup_stale`` and ``teardown`` remove only what carries this pool's
+prefix, so a second server on the host never touches the first one's firewall.
+
+The policy is checked before every lease (``check_policy``: one ``iptables-save``, ~2 ms):
+chains flushed or deleted by another process, or a foreign rule put before our jumps, are
+re-installed before a sandbox gets a network, or the lease is refused.
+
+Each lease also gets a sysfs mounted from inside its netns (``nsenter --net``, by the
+server, which owns that netns): the sandbox's ``/sys/class/net`` then lists ``lo`` and
+``eth0`` only, not the host's interfaces (a sandbox cannot mount sysfs for a netns its user
+namespace does not own, and the host's /sys shows the host's netns).
 """
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 import itertools
 import json
+import logging
 import os
 import re
+import shutil
 import subprocess
 import threading
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sandtree.engine.runtime._netident import (
+    HostNetworks,
+    group_of,
+    owner_comment,
+    pool_identity,
+)
 from sandtree.errors import RuntimeUnavailableError
 
 __all__ = ["NetworkLease", "NetworkPool"]
 
 _NETNS_DIR = Path("/run/netns")
+_STATE_ROOT = Path("/run/sandtree-net")
+_MNT_DETACH = 2
+_libc = ctypes.CDLL(None, use_errno=True)
 _SYS_NET = Path("/sys/class/net")
 _PROC_NET = Path("/proc/sys/net")
 _PREFIX_RE = re.compile(r"[a-z][a-z0-9]{0,7}")
@@ -65,6 +87,8 @@ _BLOCKED = (
 )
 _STATS = ("bytes", "packets", "errors", "dropped")
 _EVENT_STATS = ("bytes", "packets", "errs", "drop")
+
+logger = logging.getLogger(__name__)
 
 
 def _run(argv: Sequence[str], stdin: str | None = None) -> str:
@@ -91,6 +115,10 @@ def _ok(argv: Sequence[str]) -> bool:
         raise RuntimeUnavailableError(f"sandbox networking needs `{argv[0]}`: {e}") from e
 
 
+def _libc_umount2(target: str) -> int:
+    return int(_libc.umount2(target.encode(), _MNT_DETACH))
+
+
 def _write_sysctl(path: Path, value: str) -> None:
     try:
         path.write_text(value)
@@ -110,6 +138,8 @@ class NetworkLease:
     nameservers: list[str]
     host_interface: str
     index: int = field(repr=False)
+    sysfs: str | None = None
+    """A read-only sysfs of this netns, to bind at the sandbox's ``/sys``."""
 
     def counters(self) -> list[dict[str, int | str]]:
         """Traffic counters of the sandbox's ``eth0`` (one dict per interface).
@@ -149,6 +179,8 @@ class NetworkPool:
         pool_size: int = 4,
         allow_private_nameservers: bool = True,
         resolv_conf: str = "/etc/resolv.conf",
+        owner: str | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         if not _PREFIX_RE.fullmatch(prefix):
             raise ValueError(f"prefix must match {_PREFIX_RE.pattern} (interface names are short)")
@@ -160,8 +192,13 @@ class NetworkPool:
         self.allow_private_nameservers = allow_private_nameservers
         self.resolv_conf = resolv_conf
         # A stable non-zero group per prefix, so a restarted process matches its old veths.
-        self.group = (zlib.crc32(f"sandtree:{prefix}".encode()) & 0x7FFFFFFF) | 1
+        self.group = group_of(prefix)
         self.chains = {k: f"SANDTREE-{prefix}-{k}" for k in ("IN", "FWD", "NAT")}
+        #: Marks our chains on the host as this data dir's (see ``_netident``).
+        self.owner = owner
+        self.state_dir = state_dir if state_dir is not None else _STATE_ROOT / prefix
+        self._policy: tuple[str, ...] | None = None
+        self._policy_lock = threading.Lock()
         self._capacity = self.subnet.num_addresses // 4
         # Round robin instead of lowest-free: an address is reused as late as possible, so
         # conntrack entries of a finished run have expired before another run gets its IP.
@@ -172,6 +209,35 @@ class NetworkPool:
         self._nameservers: list[str] | None = None
         self._mtu: int | None = None
         self._ip_forward_before: str | None = None
+
+    @classmethod
+    def for_data_dir(
+        cls,
+        data_dir: Path,
+        *,
+        pool_size: int = 4,
+        allow_private_nameservers: bool = True,
+        resolv_conf: str = "/etc/resolv.conf",
+    ) -> NetworkPool:
+        """The pool of one data dir: its own prefix, subnet and owner mark, chosen on the
+        first start and recorded in the data dir. Hold the data dir's lock when calling.
+
+        Raises:
+            RuntimeUnavailableError: no free prefix and subnet (the message says why).
+        """
+        host = HostNetworks.scan(_run(["iptables-save"]), resolv_conf)
+        try:
+            ident = pool_identity(data_dir, host)
+        except RuntimeError as e:
+            raise RuntimeUnavailableError(f"sandbox networking: {e}") from e
+        return cls(
+            prefix=ident.prefix,
+            subnet=ident.subnet,
+            owner=ident.owner,
+            pool_size=pool_size,
+            allow_private_nameservers=allow_private_nameservers,
+            resolv_conf=resolv_conf,
+        )
 
     # -- host policy ---------------------------------------------------------------------
 
@@ -203,6 +269,11 @@ class NetworkPool:
                 "*filter",
                 f":{c['IN']} - [0:0]",
                 f":{c['FWD']} - [0:0]",
+                *(
+                    [f'-A {c["IN"]} -m comment --comment "{owner_comment(self.owner)}"']
+                    if self.owner
+                    else []
+                ),
                 f"-A {c['IN']} -m devgroup {g} -j DROP",
                 *(f"-A {c['FWD']} {r}" for r in fwd_rules),
                 "COMMIT",
@@ -213,14 +284,79 @@ class NetworkPool:
                 "",
             ]
         )
-        _run(["iptables-restore", "-w", "--noflush"], stdin=script)
-        for table, hook, chain in self._jumps():
-            if not _ok(["iptables", "-w", "-t", table, "-C", hook, "-j", chain]):
+        with self._policy_lock:
+            _run(["iptables-restore", "-w", "--noflush"], stdin=script)
+            saved = _run(["iptables-save"])
+            for table, hook, chain in self._jumps():
+                if self._jump_in_place(saved, table, hook, chain):
+                    continue
+                while _ok(["iptables", "-w", "-t", table, "-C", hook, "-j", chain]):
+                    _run(["iptables", "-w", "-t", table, "-D", hook, "-j", chain])
                 _run(["iptables", "-w", "-t", table, "-I", hook, "1", "-j", chain])
+            self._policy = self._policy_of(_run(["iptables-save"]))
+
+    def check_policy(self) -> None:
+        """Verify our chains and jumps are as ``setup`` left them; re-install them if
+        another process changed them (logged), and raise if that does not hold either.
+
+        Costs one ``iptables-save`` (~2 ms here) when nothing changed.
+
+        Raises:
+            RuntimeUnavailableError: the policy cannot be put back.
+        """
+        if self._policy is None:
+            raise RuntimeUnavailableError("sandbox networking: the pool was not set up")
+        expected = self._policy
+        found = self._policy_of(_run(["iptables-save"]))
+        if found == expected:
+            return
+        logger.warning(
+            "the iptables policy of network pool %s was changed by another process; "
+            "re-installing it before handing out a network",
+            self.prefix,
+        )
+        self.setup()
+        if self._policy_of(_run(["iptables-save"])) != self._policy:
+            raise RuntimeUnavailableError(
+                f"sandbox networking: the firewall of pool {self.prefix} keeps being changed "
+                "by another process; networked runs are refused until it stops"
+            )
+
+    def _policy_of(self, saved: str) -> tuple[str, ...]:
+        """What must hold of ``iptables-save`` output: our chains' rules, in order, and each
+        jump reached before any rule of another tool."""
+        mine = tuple(
+            line for line in saved.splitlines() if line.startswith(f"-A SANDTREE-{self.prefix}-")
+        )
+        jumps = tuple(
+            f"{hook}:{self._jump_in_place(saved, table, hook, chain)}"
+            for table, hook, chain in self._jumps()
+        )
+        return mine + jumps
+
+    @staticmethod
+    def _jump_in_place(saved: str, table: str, hook: str, chain: str) -> bool:
+        """True when ``hook`` jumps to ``chain`` before any rule that is not a jump into a
+        sandtree chain (other pools only match their own devgroups, so their order does not
+        matter; another tool's ACCEPT before ours would bypass the policy)."""
+        current = ""
+        for line in saved.splitlines():
+            if line.startswith("*"):
+                current = line[1:].strip()
+            elif current == table and line.startswith(f"-A {hook} "):
+                if line == f"-A {hook} -j {chain}":
+                    return True
+                target = line.rsplit(" -j ", 1)[-1]
+                if table == "nat":
+                    continue  # NAT order does not decide what a sandbox may reach
+                if not (target.startswith("SANDTREE-") and line == f"-A {hook} -j {target}"):
+                    return False
+        return False
 
     def teardown(self) -> None:
         """Remove every namespace, veth, jump and chain of this prefix (tests, shutdown)."""
         self.cleanup_stale()
+        self._policy = None
         for table, hook, chain in self._jumps():
             while _ok(["iptables", "-w", "-t", table, "-C", hook, "-j", chain]):
                 _run(["iptables", "-w", "-t", table, "-D", hook, "-j", chain])
@@ -292,7 +428,9 @@ class NetworkPool:
     # -- namespaces ----------------------------------------------------------------------
 
     def lease(self) -> NetworkLease:
-        """Hand out a prepared namespace (from the warm pool, else created now)."""
+        """Hand out a prepared namespace (from the warm pool, else created now), after
+        checking the firewall policy still stands (``check_policy``)."""
+        self.check_policy()
         with self._lock:
             if self._pool:
                 return self._pool.pop()
@@ -315,6 +453,7 @@ class NetworkPool:
         waits for an RCU grace period), so callers may run it after replying.
         """
         try:
+            self._unmount_sysfs(lease.name)
             self._delete([lease.host_interface], [lease.name])
         finally:
             with self._lock:
@@ -327,11 +466,16 @@ class NetworkPool:
         names = sorted(n for n in os.listdir(_NETNS_DIR) if ns_re.fullmatch(n)) if (
             _NETNS_DIR.is_dir()
         ) else []  # fmt: skip
-        links = json.loads(_run(["ip", "-j", "link", "show", "type", "veth"]) or "[]")
-        ifs = sorted(link["ifname"] for link in links if if_re.fullmatch(link["ifname"]))
+        # Names from sysfs, not `ip -j link show type veth`: iproute2 6.1 prints one empty
+        # object per link that is not a veth (`[{},{}]`), which crashed this on Debian 12.
+        ifs = sorted(n for n in os.listdir(_SYS_NET) if if_re.fullmatch(n))
         with self._lock:
             self._pool.clear()
             self._used.clear()
+        if self.state_dir.is_dir():
+            for entry in os.listdir(self.state_dir):
+                if ns_re.fullmatch(entry):
+                    self._unmount_sysfs(entry)
         self._delete(ifs, names)
 
     def _delete(self, interfaces: Sequence[str], namespaces: Sequence[str]) -> None:
@@ -397,6 +541,7 @@ class NetworkPool:
                 "link set eth0 up\n"
                 f"route add default via {gw} dev eth0 onlink\n",
             )
+            sysfs = self._mount_sysfs(name)
         except BaseException:
             self.release(NetworkLease(name, "", "", "", [], host_if, i))
             raise
@@ -408,4 +553,30 @@ class NetworkPool:
             nameservers=list(self._nameservers),
             host_interface=host_if,
             index=i,
+            sysfs=sysfs,
         )
+
+    def _mount_sysfs(self, name: str) -> str | None:
+        """A read-only sysfs of netns ``name`` (its /sys/class/net: lo and eth0), mounted
+        by a process that joined only that netns, so the mount is in our mount namespace;
+        None where nsenter or mount is missing (the sandbox then gets the host's /sys)."""
+        if shutil.which("nsenter") is None or shutil.which("mount") is None:
+            return None
+        target = self.state_dir / name / "sys"
+        target.mkdir(parents=True, exist_ok=True)
+        _run(["nsenter", f"--net={_NETNS_DIR / name}", "mount", "-t", "sysfs", "-o",
+              "ro,nosuid,nodev,noexec", "sysfs", str(target)])  # fmt: skip
+        return str(target)
+
+    def _unmount_sysfs(self, name: str) -> None:
+        target = self.state_dir / name / "sys"
+        while os.path.ismount(target):
+            if _libc_umount2(str(target)) != 0:
+                break
+        for path in (target, target.parent):
+            try:
+                path.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                break

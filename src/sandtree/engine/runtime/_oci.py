@@ -11,16 +11,18 @@ import shutil
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from sandtree._datadir import private_dir
 from sandtree.engine.layers._paths import write_file_in_root
 from sandtree.engine.runtime._base import ProcessSpec, SandboxExit, SandboxSpec
-from sandtree.engine.runtime._host import CgroupSet, runtime_prefix
+from sandtree.engine.runtime._host import CgroupSet, ensure_inotify_headroom, runtime_prefix
 from sandtree.engine.runtime._ocispec import build_config, build_process
 from sandtree.engine.runtime._process import AsyncProcess
+from sandtree.engine.runtime._seccomp import seccomp_profile
 from sandtree.errors import ConflictError, InvalidRequestError, RuntimeUnavailableError
 
-__all__ = ["OciExec", "OciRuntime", "OciSandbox"]
+__all__ = ["INOTIFY_INSTANCES", "INOTIFY_WATCHES", "OciExec", "OciRuntime", "OciSandbox"]
 
 _CHUNK = 64 * 1024
 # Measured on this host kind: runsc (ptrace) idles at ~40 host tasks, ~10 more per process.
@@ -28,6 +30,16 @@ _RUNSC_BASE_TASKS = 64
 _PID_FILE_WAIT = 5.0
 _INIT_PID = "init.pid"
 _RUNSC_TASKS_PER_PROCESS = 12
+#: inotify instances and watches one crun sandbox may hold. The kernel charges them at every
+#: user-namespace level up to the host's, and at the host's level to the namespace's creator
+#: (root: crun runs as root), so without a cap in the sandbox's own namespace one tenant could
+#: take all of host root's fs.inotify.max_user_instances (128 by default), for every other
+#: sandbox and for the host's own root services. The sandbox cannot raise its cap: writing
+#: /proc/sys/user/* needs CAP_SYS_RESOURCE, which it does not have.
+INOTIFY_INSTANCES = 16
+INOTIFY_WATCHES = 8192
+#: Sandboxes at once the host's inotify limit is raised for (see ``ensure_inotify_headroom``).
+_INOTIFY_SANDBOXES = 64
 
 logger = logging.getLogger(__name__)
 
@@ -203,6 +215,8 @@ class OciRuntime:
         self.state_dir = state_dir
         self.uid_shift = uid_shift
         private_dir(state_dir)  # the runtime's own state: no other host user reads it
+        if kind != "runsc":
+            ensure_inotify_headroom(INOTIFY_INSTANCES * _INOTIFY_SANDBOXES)
 
     @property
     def name(self) -> str:
@@ -222,9 +236,31 @@ class OciRuntime:
             # refuses --network=sandbox; --network=host inside our prepared namespace works.
             network = "host" if spec is not None and spec.netns else "none"
             # ptrace is the only gVisor platform that works on this host kind (no systrap in
-            # Debian's build, KVM is PVM); --overlay2=none lets writes reach our upper dir.
-            args += ["--platform=ptrace", f"--network={network}", "--overlay2=none"]
+            # Debian's build, KVM is PVM); --overlay2=none lets writes reach our upper dir;
+            # --oci-seccomp applies the bundle's seccomp filter inside the Sentry, so both
+            # tiers refuse the same syscalls (gVisor implements io_uring, for one).
+            args += ["--platform=ptrace", f"--network={network}", "--overlay2=none",
+                     "--oci-seccomp"]  # fmt: skip
         return args
+
+    def _hooks(self) -> dict[str, Any]:
+        """Hooks that cap inotify in the sandbox's user namespace (see ``INOTIFY_INSTANCES``).
+
+        crun refuses ``user.*`` in ``linux.sysctl`` ("not namespaced"), but the values are
+        per user namespace: a ``createRuntime`` hook (run by the runtime, on the host, once
+        the namespaces exist and before the command starts) joins the sandbox's user
+        namespace and writes them there. gVisor keeps inotify in its own kernel.
+        """
+        if self.kind == "runsc":
+            return {}
+        script = (
+            'pid=$(sed -n \'s/.*"pid": *\\([0-9]*\\).*/\\1/p\') && [ -n "$pid" ] && '
+            f'exec nsenter -U -t "$pid" sh -c '
+            f"'echo {INOTIFY_INSTANCES} > /proc/sys/user/max_inotify_instances && "
+            f"echo {INOTIFY_WATCHES} > /proc/sys/user/max_inotify_watches'"
+        )
+        sh = shutil.which("sh") or "/bin/sh"
+        return {"createRuntime": [{"path": sh, "args": ["sh", "-c", script]}]}
 
     def _host_pids(self, pids: int) -> int:
         """The host pids limit that gives the sandbox ``pids`` processes.
@@ -251,9 +287,12 @@ class OciRuntime:
         config = build_config(
             spec,
             uid_shift=self.uid_shift,
-            # gVisor's Sentry filters syscalls itself; its seccomp emulation of ours is partial.
-            seccomp=self.kind != "runsc",
+            # gVisor's seccomp emulation answers EPERM for a rule's own errno: clone3 must
+            # reach the Sentry, which answers ENOSYS (so libc falls back to clone) itself.
+            seccomp=seccomp_profile(sentry=self.kind == "runsc"),
         )
+        if hooks := self._hooks():
+            config["hooks"] = hooks
         tmp = spec.rootfs / "tmp"
         if self.kind == "runsc" and tmp.is_dir() and not tmp.is_symlink():
             # gVisor mounts a tmpfs on /tmp unless the spec mounts something there; bind the

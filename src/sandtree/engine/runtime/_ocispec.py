@@ -6,10 +6,12 @@ Hardening, in the order a reviewer would look for it:
   so no per-run chown); no other host uid is mapped;
 * Docker's default capability set (no CAP_SYS_ADMIN, CAP_SYS_MODULE, CAP_SYS_PTRACE, …), and
   those capabilities only count inside the user namespace;
-* ``noNewPrivileges``; a seccomp filter that refuses the syscalls a sandbox never needs
-  (kernel modules, mounting, kexec, bpf, keyrings, namespaces, …) with EPERM;
-* masked ``/proc`` entries and read-only ``/proc`` subtrees and ``/sys``;
-* pid, ipc, uts, mount and network namespaces (an empty network namespace when offline).
+* ``noNewPrivileges``; a seccomp allow-list after Docker's (``_seccomp``): everything else
+  (kernel modules, mounting, kexec, bpf, keyrings, namespaces, io_uring, …) gets EPERM;
+* masked ``/proc`` entries and read-only ``/proc`` subtrees and ``/sys`` (a sysfs of the
+  sandbox's own netns, so the host's interfaces are not listed);
+* pid, ipc, uts, mount, cgroup and network namespaces (an empty network namespace when
+  offline).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sandtree.engine.runtime._base import SandboxSpec
+from sandtree.engine.runtime._seccomp import seccomp_profile
 
 __all__ = ["ID_RANGE", "build_config", "build_process"]
 
@@ -30,67 +33,29 @@ _CAPABILITIES = [
     "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
 ]  # fmt: skip
 
+# Docker's maskedPaths (moby daemon/oci defaults: /proc/interrupts and the RAPL energy
+# counters under powercap, a side channel on other tenants' work, included), and ours.
 _MASKED_PATHS = [
-    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
-    "/sys/firmware", "/sys/fs/selinux", "/sys/dev/block",
+    "/proc/acpi", "/proc/asound", "/proc/interrupts", "/proc/kcore", "/proc/keys",
+    "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug",
+    "/proc/scsi", "/sys/firmware", "/sys/fs/selinux", "/sys/dev/block",
+    "/sys/devices/virtual/powercap",
 ]  # fmt: skip
 
 _READONLY_PATHS = [
     "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
 ]  # fmt: skip
 
-# Refused with EPERM. Everything else is allowed: an allow-list of ~350 syscalls is what Docker
-# ships, but a deny-list of what breaks isolation keeps new-but-harmless syscalls working.
-_DENIED_SYSCALLS = [
-    "acct", "add_key", "bpf", "clock_adjtime", "clock_settime", "create_module",
-    "delete_module", "finit_module", "fsconfig", "fsmount", "fsopen", "fspick",
-    "get_kernel_syms", "get_mempolicy", "init_module", "ioperm", "iopl", "kcmp", "kexec_file_load",
-    "kexec_load", "keyctl", "lookup_dcookie", "mbind", "mount", "mount_setattr", "move_mount",
-    "move_pages", "name_to_handle_at", "nfsservctl", "open_by_handle_at", "open_tree",
-    "perf_event_open", "pivot_root", "process_vm_readv", "process_vm_writev", "quotactl",
-    "quotactl_fd", "reboot", "request_key", "set_mempolicy", "setns", "settimeofday", "stime",
-    "swapoff", "swapon", "syslog", "umount", "umount2", "unshare", "uselib", "userfaultfd",
-    "ustat", "vhangup", "vm86", "vm86old", "adjtimex", "_sysctl", "pidfd_getfd",
-]  # fmt: skip
 
-# CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET
-_CLONE_NAMESPACE_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000,
-                          0x20000000, 0x40000000)  # fmt: skip
-
-
-def _seccomp() -> dict[str, Any]:
-    return {
-        "defaultAction": "SCMP_ACT_ALLOW",
-        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
-        "syscalls": [
-            {"names": _DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": 1},
-            # clone() asking for any new namespace (one rule per flag; rules on a syscall OR).
-            *(
-                {
-                    "names": ["clone"],
-                    "action": "SCMP_ACT_ERRNO",
-                    "errnoRet": 1,
-                    "args": [
-                        {"index": 0, "value": flag, "valueTwo": flag, "op": "SCMP_CMP_MASKED_EQ"}
-                    ],
-                }
-                for flag in _CLONE_NAMESPACE_FLAGS
-            ),
-            # clone3 passes flags in a struct seccomp cannot read: make libc fall back to clone.
-            {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38},
-        ],
-    }
-
-
-def _sys_mount(*, joined_netns: bool) -> dict[str, Any]:
-    if joined_netns:
+def _sys_mount(spec: SandboxSpec) -> dict[str, Any]:
+    if spec.netns:
         # sysfs can only be mounted by the owner of the network namespace; a joined (host-made)
-        # namespace is not ours, so bind the host's read-only like rootless runtimes do.
+        # namespace is not ours. The pool mounted one for it (its /sys/class/net shows lo and
+        # eth0): bind that. Without it, bind the host's read-only like rootless runtimes do.
         return {
             "destination": "/sys",
             "type": "none",
-            "source": "/sys",
+            "source": spec.sysfs or "/sys",
             "options": ["rbind", "nosuid", "noexec", "nodev", "ro"],
         }
     return {
@@ -133,14 +98,24 @@ def build_process(
     }
 
 
-def build_config(spec: SandboxSpec, *, uid_shift: int, seccomp: bool = True) -> dict[str, Any]:
-    """The ``config.json`` for ``spec``; identical for crun, runc and runsc."""
+def build_config(
+    spec: SandboxSpec,
+    *,
+    uid_shift: int,
+    seccomp: Mapping[str, Any] | None = None,
+    sysctl: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The ``config.json`` for ``spec``; the same for crun, runc and runsc but for the
+    seccomp filter (default: ``seccomp_profile()``) and ``sysctl`` (namespaced sysctls set
+    in the sandbox), which the runtime decides."""
     namespaces: list[dict[str, str]] = [
         {"type": "pid"},
         {"type": "ipc"},
         {"type": "uts"},
         {"type": "mount"},
         {"type": "user"},
+        # /proc/self/cgroup shows "/" instead of the host's cgroup path of the sandbox.
+        {"type": "cgroup"},
     ]
     namespaces.append(
         {"type": "network", "path": spec.netns} if spec.netns else {"type": "network"}
@@ -152,8 +127,9 @@ def build_config(spec: SandboxSpec, *, uid_shift: int, seccomp: bool = True) -> 
         "maskedPaths": _MASKED_PATHS,
         "readonlyPaths": _READONLY_PATHS,
     }
-    if seccomp:
-        linux["seccomp"] = _seccomp()
+    linux["seccomp"] = dict(seccomp) if seccomp is not None else seccomp_profile()
+    if sysctl:
+        linux["sysctl"] = dict(sysctl)
     return {
         "ociVersion": "1.0.2",
         "process": build_process(spec, spec.args, spec.env, spec.cwd, spec.uid, spec.gid),
@@ -185,7 +161,7 @@ def build_config(spec: SandboxSpec, *, uid_shift: int, seccomp: bool = True) -> 
                 "source": "mqueue",
                 "options": ["nosuid", "noexec", "nodev"],
             },
-            _sys_mount(joined_netns=spec.netns is not None),
+            _sys_mount(spec),
         ],
         "linux": linux,
     }
