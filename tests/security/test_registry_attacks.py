@@ -35,6 +35,11 @@ GUIDANCE = ("SANDTREE_INSECURE_REGISTRIES", "SANDTREE_ALLOWED_REGISTRIES")
 LAYER = layer_tar([Entry(path="etc", kind="dir"), Entry(path="etc/hostile", data=b"hi\n")])
 
 
+def _layer(name: str) -> bytes:
+    """A layer no other test imports (a layer imported before is reused, never fetched)."""
+    return layer_tar([Entry(path=name, data=f"{name}\n".encode())])
+
+
 @pytest.fixture(scope="module")
 def internal() -> Iterator[ScriptedRegistry]:
     """An internal service on loopback (another port): it must never receive a request."""
@@ -99,7 +104,7 @@ def _busybox(tenant: Tenant) -> str:
 def test_dripping_imports_pin_no_thread_other_tenants_runs_inspect_and_diff_need(
     armed: HostileServer, registry: ScriptedRegistry
 ) -> None:
-    registry.add_image("drip/app", [LAYER])
+    registry.add_image("drip/app", [_layer("drip-app")])
     registry.dripping.add("/v2/drip/app/manifests/latest")  # one byte a second, headers too
     registry.hold_limit = 300  # it outlasts the attack: only the cancel ends it
     url = f"docker://{registry.host}/drip/app"
@@ -141,7 +146,7 @@ def test_dripping_imports_pin_no_thread_other_tenants_runs_inspect_and_diff_need
 def test_a_drip_of_one_byte_a_second_never_outlasts_the_import_timeout(
     armed: HostileServer, registry: ScriptedRegistry
 ) -> None:
-    (blob,) = registry.add_image("drip/blob", [LAYER])
+    (blob,) = registry.add_image("drip/blob", [_layer("drip-blob")])
     registry.dripping.add(blob)  # every byte arrives well within any per-read timeout
     with LatencyProbe(armed.bob):
         began = time.monotonic()
@@ -236,7 +241,7 @@ def test_a_redirect_to_an_internal_address_is_refused(
 def test_a_blob_redirect_to_an_internal_address_is_refused(
     armed: HostileServer, registry: ScriptedRegistry, internal: ScriptedRegistry
 ) -> None:
-    (blob,) = registry.add_image("redirect/blob", [LAYER])
+    (blob,) = registry.add_image("redirect/blob", [_layer("redirect-blob")])
     registry.redirect(blob, f"http://{internal.host}/v2/x/manifests/latest")
     with LatencyProbe(armed.bob):
         _failed(armed.alice, f"docker://{registry.host}/redirect/blob", "refusing", *GUIDANCE)
