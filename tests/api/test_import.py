@@ -37,6 +37,7 @@ async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
     async with make_engine(tmp_path / "data", insecure_registries="127.0.0.1") as eng:
         yield eng
 
+
 HELLO = layer_tar(
     [
         Entry(path="etc", kind="dir"),

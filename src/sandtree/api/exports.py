@@ -41,9 +41,7 @@ async def push_image(request: Request) -> Response:
     image = image_in_path(request)
     body = await json_body(request, example=_PUSH_EXAMPLE)
     url, credentials = registry_fields(body, _PUSH_EXAMPLE)
-    digest = await engine.push_image(
-        image, url, credentials=credentials, namespace=token.namespace
-    )
+    digest = await engine.push_image(image, url, credentials=credentials, namespace=token.namespace)
     return JSONResponse({"image": image.uuid, "url": url, "digest": digest})
 
 
