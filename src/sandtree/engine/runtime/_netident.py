@@ -34,7 +34,7 @@ import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["RECORD_FILE", "HostNetworks", "PoolIdentity", "group_of", "pool_identity"]
+__all__ = ["RECORD_FILE", "HostNetworks", "PoolIdentity", "group_of", "pool_identity", "pools_in"]
 
 RECORD_FILE = "network.json"
 _BASE = ipaddress.IPv4Network("10.224.0.0/12")
@@ -87,7 +87,7 @@ class HostNetworks:
     @classmethod
     def scan(cls, iptables_save: str, resolv_conf: str = "/etc/resolv.conf") -> HostNetworks:
         return cls(
-            pools=_pools(iptables_save),
+            pools=pools_in(iptables_save),
             links=_links(),
             netns=set(os.listdir(_NETNS_DIR)) if _NETNS_DIR.is_dir() else set(),
             networks=[*_addresses_and_routes(), *_nameservers(resolv_conf)],
@@ -180,7 +180,7 @@ def _write_record(path: Path, ident: PoolIdentity) -> None:
     os.rename(tmp, path)
 
 
-def _pools(iptables_save: str) -> dict[str, _OtherPool]:
+def pools_in(iptables_save: str) -> dict[str, _OtherPool]:
     """Every pool whose chains are on the host, from ``iptables-save`` output."""
     pools: dict[str, _OtherPool] = {}
     for line in iptables_save.splitlines():
