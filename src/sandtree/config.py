@@ -110,8 +110,20 @@ class Settings:
     max_connections: int = 1024
     max_requests_per_token: int = 256
     max_header_bytes: int = 64 * 1024
+    #: grep (``/inspect/{uuid}/grep``): seconds one search may take (it then answers with what
+    #: it found, ``truncated``), bytes it may read, how many run at once on the server (in
+    #: their own threads) and per namespace (more get a 429).
+    grep_timeout: float = 10.0
+    grep_max_bytes: int = 1024**3
+    grep_concurrency: int = 4
+    grep_per_namespace: int = 2
 
     def __post_init__(self) -> None:
+        if self.grep_timeout <= 0 or min(self.grep_concurrency, self.grep_per_namespace) < 1:
+            raise InvalidRequestError(
+                "grep_timeout must be positive seconds, grep_concurrency and grep_per_namespace"
+                " at least 1"
+            )
         if self.default_isolation not in ISOLATION_TIERS:
             raise InvalidRequestError(
                 f"default_isolation must be one of {', '.join(ISOLATION_TIERS)}, "

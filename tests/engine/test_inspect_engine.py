@@ -126,7 +126,7 @@ async def test_write_tar_of_a_missing_path_writes_nothing(
 async def test_grep_finds_lines_across_layers_but_not_in_deleted_files(
     engine: Engine, layered: ImageRecord
 ) -> None:
-    result = engine.grep(layered, ["needle|old"], paths=["/srv"])
+    result = await engine.grep(layered, ["needle|old"], paths=["/srv"])
 
     found = sorted((m.path, m.line_text) for m in result.matches if m.type == "match")
     assert [path for path, _ in found] == ["/srv/app/main.py", "/srv/app/notes.md"]

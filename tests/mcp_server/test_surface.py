@@ -69,6 +69,7 @@ REFERENCE: dict[str, dict[str, Any]] = {
         "max_count": None,
         "max_total": None,
         "case": None,
+        "fixed_strings": None,
     },
     "get_guide": {"section": REQUIRED},
 }

@@ -342,12 +342,21 @@ def _copy_symlinks(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None
         return vetted.replace(linkname=member.linkname, deep=False)
 
 
+_MORE = "(more matches: raise --max-total)"
+_GREP_STOPPED = {
+    "deadline": "(the search ran out of time: narrow it with paths or --glob)",
+    "max_bytes": "(the search read as much as one search may: narrow it with paths or --glob)",
+    "max_output": "(the answer reached its size limit: narrow the search or the pattern)",
+}
+
+
 @images.command("grep")
 @click.argument("image")
 @click.argument("pattern")
 @click.argument("paths", nargs=-1)
 @click.option("--glob", "-g", default=None, help="Only files matching this glob.")
 @click.option("-i", "ignore_case", is_flag=True, help="Case-insensitive.")
+@click.option("-F", "--fixed-strings", is_flag=True, help="PATTERN is literal text, not a regex.")
 @click.option("--max-total", default=1000, show_default=True)
 @client_command
 async def grep(
@@ -358,9 +367,10 @@ async def grep(
     paths: tuple[str, ...],
     glob: str | None,
     ignore_case: bool,
+    fixed_strings: bool,
     max_total: int,
 ) -> None:
-    """Search IMAGE's files for PATTERN (a regex) without a sandbox.
+    """Search IMAGE's files for PATTERN (an RE2 regex, like ripgrep's) without a sandbox.
 
     \b
     Example:
@@ -370,6 +380,7 @@ async def grep(
     found = await client.grep(
         uuid, pattern=pattern, path=list(paths) or None, glob=glob, max_total=max_total,
         case="insensitive" if ignore_case else None,
+        fixed_strings="true" if fixed_strings else None,
     )  # fmt: skip
 
     def human() -> None:
@@ -378,7 +389,7 @@ async def grep(
             out.print(f"[magenta]{escape(m['path'])}[/]:[green]{m['line_number']}[/]:{text}",
                       markup=True)  # fmt: skip
         if found.get("truncated"):
-            err_console.print("(more matches: raise --max-total)")
+            err_console.print(_GREP_STOPPED.get(str(found.get("truncated_reason")), _MORE))
 
     emit(state, found, human)
 

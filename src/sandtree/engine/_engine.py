@@ -11,6 +11,8 @@ import contextlib
 import logging
 import re
 import shutil
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -22,6 +24,7 @@ from sandtree.engine._clock import now_iso
 from sandtree.engine._compaction import Compactor
 from sandtree.engine._events import EventHub, EventLog
 from sandtree.engine._files import BlobStore
+from sandtree.engine._grep_runner import GrepRunner
 from sandtree.engine._imports import import_path
 from sandtree.engine._lineage import Diff, Lineage, diff_images, lineage
 from sandtree.engine._operations import JobFailed, JobOutcome, OperationQueue
@@ -155,6 +158,7 @@ class Engine:
         )
         self._state_layers = StateLayers(self.store, self.layers, self.blobs)
         self._imports = RegistryImports(settings, self.store, self.layers, self.puller)
+        self._greps = GrepRunner(settings)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -190,6 +194,7 @@ class Engine:
         await asyncio.gather(*self._background, return_exceptions=True)
         self._compactor.close()
         self._imports.close()
+        self._greps.close()
         self.layers.close()
         if self._network is not None:
             await asyncio.to_thread(self._network.teardown)
@@ -659,6 +664,34 @@ class Engine:
         with self.mounted(image) as root:
             _inspect_ops.write_tar(root, path, out, uid_shift=self.settings.uid_shift)
 
-    def grep(self, image: ImageRecord, patterns: list[str], **options: Any) -> _grep.GrepResult:
-        with self.mounted(image) as root:
-            return _grep.grep(root, patterns, uid_shift=self.settings.uid_shift, **options)
+    async def grep(
+        self,
+        image: ImageRecord,
+        patterns: list[str],
+        *,
+        namespace: str = "default",
+        **options: Any,
+    ) -> _grep.GrepResult:
+        """Search ``image``'s files (``options`` as ``layers._grep.grep`` takes them).
+
+        At most ``grep_concurrency`` greps run at once, ``grep_per_namespace`` of one
+        namespace (``TooManyRequestsError`` past that), each in a grep thread, for at most
+        ``grep_timeout`` seconds and ``grep_max_bytes`` bytes read; then it answers with what
+        it found, ``truncated``."""
+        settings = self.settings
+        options.setdefault("max_bytes", settings.grep_max_bytes)
+
+        def search(stop: threading.Event) -> _grep.GrepResult:
+            # The deadline counts from when the search starts, in its thread.
+            deadline = time.monotonic() + settings.grep_timeout
+            with self.mounted(image) as root:
+                return _grep.grep(
+                    root,
+                    patterns,
+                    uid_shift=settings.uid_shift,
+                    deadline=deadline,
+                    stop=stop,
+                    **options,
+                )
+
+        return await self._greps.run(namespace, search)

@@ -190,8 +190,10 @@ def register_file_tools(server: MCPServer, mc: McpContext) -> None:
         max_count: int | None = None,
         max_total: int | None = None,
         case: Literal["sensitive", "insensitive", "smart"] | None = None,
+        fixed_strings: bool | None = None,
     ) -> dict[str, Any]:
-        """Search file contents of an image (a regex, like ripgrep) without a sandbox."""
+        """Search file contents of an image (an RE2 regex, like ripgrep's; no backreferences or
+        lookaround) without a sandbox. fixed_strings=true searches for the text literally."""
         with tool_errors(_NOT_FOUND_HINT):
             uuid = await mc.client.resolve_image(image)
             found = await mc.client.grep(
@@ -202,11 +204,13 @@ def register_file_tools(server: MCPServer, mc: McpContext) -> None:
                 max_count=max_count,
                 max_total=max_total,
                 case=case,
+                fixed_strings="true" if fixed_strings else None,
             )
         return {
             "path": found.get("path"),
             "patterns": found.get("patterns"),
             "truncated": found.get("truncated"),
+            "truncated_reason": found.get("truncated_reason"),
             "matches": [
                 {k: m.get(k) for k in ("path", "line_number", "line_text")}
                 for m in found.get("matches", [])

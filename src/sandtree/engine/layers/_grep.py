@@ -4,7 +4,14 @@ Semantics follow ripgrep where it matters to an agent reading the results: lines
 without their terminator, binary files (a NUL byte early on) are skipped, symlinks are not
 followed while walking, and the walk is sorted so the same image always gives the same answer.
 Every file is reached through dirfds and ``openat2`` so that nothing outside the image root is
-ever read.
+ever read, and only regular files are opened (a FIFO or device node in an image is skipped,
+never opened).
+
+A search is bounded whatever the image and the patterns: patterns are RE2 (linear time, see
+``_grep_patterns``), searched in steps of bounded work with the deadline checked between them,
+between files and between directory entries; the bytes read, the size of the answer and the
+number of paths, patterns and globs are capped too. Reaching a bound ends the search early
+with ``truncated`` set and ``truncated_reason`` saying which bound it was.
 """
 
 from __future__ import annotations
@@ -14,13 +21,14 @@ import dataclasses
 import fnmatch
 import os
 import posixpath
-import re
 import stat
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
+from sandtree.engine.layers._grep_patterns import Patterns, compile_patterns
 from sandtree.engine.layers._paths import (
     RESOLVE_BENEATH,
     RESOLVE_NO_MAGICLINKS,
@@ -33,18 +41,24 @@ from sandtree.engine.layers._paths import (
 )
 from sandtree.errors import InvalidRequestError, SandtreeError
 
-__all__ = ["GrepMatch", "GrepResult", "Submatch", "grep"]
+__all__ = ["GrepMatch", "GrepResult", "Submatch", "TruncatedReason", "grep"]
 
 _STRICT = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
 _BINARY_PROBE = 8192
 _LINE_TEXT_CAP = 4096
-_DEADLINE_EVERY_LINES = 1024
-_CASES = ("sensitive", "insensitive", "smart")
-# The whole-file pre-check must never miss a line match. Assertions that look past a line's
-# ends (\A, \Z, lookarounds) and constructs that forbid backtracking (atomic groups,
-# possessive quantifiers) can match a line yet fail on the whole file, so patterns using them
-# (or anything resembling them) skip the pre-check.
-_LINE_LOCAL_UNSAFE = re.compile(rb"\\[AZ]|\(\?<?[=!]|\(\?>|[*+?}]\+")
+_MAX_PATHS = 16
+_MAX_GLOBS = 16
+_MAX_GLOB_CHARS = 1024
+#: The answer's size: line and submatch text plus a fixed cost per entry for the JSON around
+#: it (10,000 matches with 50 lines of context each would otherwise be gigabytes).
+_MAX_OUTPUT_BYTES = 16 * 1024**2
+_ENTRY_COST = 160
+_SUBMATCH_COST = 48
+
+#: Why a search ended early: ``max_total`` more matches exist than were kept; ``deadline`` its
+#: time ran out; ``max_bytes`` it read as many bytes as one search may; ``max_output`` its
+#: answer reached the size one answer may have; ``cancelled`` its caller went away.
+TruncatedReason = Literal["max_total", "deadline", "max_bytes", "max_output", "cancelled"]
 
 
 class Submatch(TypedDict):
@@ -74,12 +88,14 @@ class GrepMatch:
 
 @dataclasses.dataclass(frozen=True)
 class GrepResult:
-    """All lines found by one search; ``truncated`` means more matches exist than were kept."""
+    """All lines found by one search; ``truncated`` means the search ended early, for the
+    ``truncated_reason`` given (see ``TruncatedReason``)."""
 
     path: str
     patterns: list[str]
     matches: list[GrepMatch]
     truncated: bool
+    truncated_reason: TruncatedReason | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
@@ -88,11 +104,16 @@ class GrepResult:
             "patterns": list(self.patterns),
             "matches": [m.to_json() for m in self.matches],
             "truncated": self.truncated,
+            "truncated_reason": self.truncated_reason,
         }
 
 
 class _Stop(Exception):
-    """The search ended early: ``max_total`` reached or deadline passed."""
+    """The search ended early, for ``reason``."""
+
+    def __init__(self, reason: TruncatedReason) -> None:
+        super().__init__(reason)
+        self.reason: TruncatedReason = reason
 
 
 def grep(
@@ -109,87 +130,67 @@ def grep(
     max_count: int | None = None,
     max_total: int = 1000,
     max_filesize: int = 10 * 1024 * 1024,
+    max_bytes: int = 1024**3,
     deadline: float | None = None,
+    stop: threading.Event | None = None,
 ) -> GrepResult:
     """Search the files under ``paths`` of the image at ``root`` for lines matching ``patterns``.
 
-    Patterns are Python regular expressions on bytes (or literals with ``fixed_strings``); a
-    line matches if any pattern does. ``case="smart"`` is insensitive unless a pattern contains
-    an uppercase letter (escapes such as ``\\S`` do not count). ``glob`` entries match a file's
-    basename or its path relative to the search path; ``!glob`` excludes files and prunes
-    directories. Explicitly named files are searched regardless of ``glob``, and a search path
-    that is a symlink is followed (inside the image). ``max_count`` limits matching lines per
-    file, ``max_total`` over the whole search; ``truncated`` is set when a further match was
-    found after ``max_total``, or when ``deadline`` (a ``time.monotonic()`` value) passed.
+    Patterns are RE2 regular expressions (or literals with ``fixed_strings``); a line matches
+    if any pattern does. ``case="smart"`` is insensitive unless a pattern contains an uppercase
+    letter (escapes such as ``\\S`` do not count). ``glob`` entries match a file's basename or
+    its path relative to the search path; ``!glob`` excludes files and prunes directories.
+    Explicitly named files are searched regardless of ``glob``, and a search path that is a
+    symlink is followed (inside the image). ``max_count`` limits matching lines per file,
+    ``max_total`` over the whole search; files over ``max_filesize`` bytes are skipped, and the
+    search reads at most ``max_bytes`` bytes in all. It ends early, with ``truncated`` set,
+    when a further match is found after ``max_total``, when ``deadline`` (a
+    ``time.monotonic()`` value) passes, when ``stop`` is set, or at the bounds above.
     ``uid_shift`` is accepted for symmetry with the other inspection calls; matches carry no
     ownership.
     """
     del uid_shift
-    if not patterns:
-        raise InvalidRequestError("grep needs at least one pattern")
-    if case not in _CASES:
-        raise InvalidRequestError(f"case must be one of {', '.join(_CASES)}, not {case!r}")
     for name, value in (("before", before), ("after", after), ("max_total", max_total)):
         if value < 0:
             raise InvalidRequestError(f"{name} must not be negative (got {value})")
     if max_count is not None and max_count < 0:
         raise InvalidRequestError(f"max_count must not be negative (got {max_count})")
+    shown = [normalise_path(p) for p in paths] or ["/"]
+    if len(shown) > _MAX_PATHS:
+        raise InvalidRequestError(f"send at most {_MAX_PATHS} paths to search")
+    globs = list(glob or ())
+    if len(globs) > _MAX_GLOBS or any(len(g) > _MAX_GLOB_CHARS for g in globs):
+        raise InvalidRequestError(
+            f"send at most {_MAX_GLOBS} globs of at most {_MAX_GLOB_CHARS} characters"
+        )
     search = _Search(
-        _compile(patterns, case=case, fixed=fixed_strings),
-        _Globs(glob or ()),
+        compile_patterns(patterns, case=case, fixed=fixed_strings),
+        _Globs(globs),
         before=before,
         after=after,
         max_count=max_count,
         max_total=max_total,
         max_filesize=max_filesize,
+        max_bytes=max_bytes,
         deadline=deadline,
+        stop=stop,
     )
-    shown = [normalise_path(p) for p in paths] or ["/"]
+    reason: TruncatedReason | None = None
     rootfd = open_root(root)
     try:
         for path in shown:
             search.search_root(rootfd, path)
-    except _Stop:
-        search.truncated = True
+    except _Stop as stopped:
+        reason = stopped.reason
     finally:
         os.close(rootfd)
-    return GrepResult(", ".join(shown), list(patterns), search.matches, search.truncated)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Compiled:
-    lines: list[re.Pattern[bytes]]
-    # Per-pattern whole-file pre-checks, or None when one of them could miss a line match.
-    prefilters: list[re.Pattern[bytes]] | None
-
-
-def _compile(patterns: Sequence[str], *, case: str, fixed: bool) -> _Compiled:
-    insensitive = case == "insensitive" or (
-        case == "smart" and not any(_has_uppercase(p, fixed=fixed) for p in patterns)
-    )
-    flags = re.IGNORECASE if insensitive else 0
-    lines: list[re.Pattern[bytes]] = []
-    prefilters: list[re.Pattern[bytes]] | None = []
-    for pattern in patterns:
-        raw = pattern.encode("utf-8", "surrogateescape")
-        source = re.escape(raw) if fixed else raw
-        try:
-            lines.append(re.compile(source, flags))
-        except re.error as exc:
-            raise InvalidRequestError(f"invalid regex {pattern!r}: {exc}") from None
-        if prefilters is not None and (fixed or not _LINE_LOCAL_UNSAFE.search(source)):
-            prefilters.append(re.compile(source, flags | re.MULTILINE))
-        else:
-            prefilters = None
-    return _Compiled(lines, prefilters)
-
-
-def _has_uppercase(pattern: str, *, fixed: bool) -> bool:
-    text = pattern if fixed else re.sub(r"\\.", "", pattern)
-    return any(ch.isupper() for ch in text)
+    return GrepResult(", ".join(shown), list(patterns), search.matches, reason is not None, reason)
 
 
 class _Globs:
+    # fnmatch translates globs into Python regexes with atomic groups (Python >= 3.9), so a
+    # hostile glob costs at most a few milliseconds per name; the walk checks the deadline
+    # between entries.
     def __init__(self, globs: Sequence[str]) -> None:
         self.include = [g for g in globs if g and not g.startswith("!")]
         self.exclude = [g[1:] for g in globs if g.startswith("!") and len(g) > 1]
@@ -211,10 +212,22 @@ def _glob_matches(glob: str, name: str, rel: str) -> bool:
     return any(fnmatch.fnmatchcase(name, g) or fnmatch.fnmatchcase(rel, g) for g in candidates)
 
 
+@dataclasses.dataclass
+class _File:
+    """Where the scan of one file is: its lines so far, matches, and pending context."""
+
+    shown: str
+    data: bytes
+    before: collections.deque[tuple[int, int, int]]
+    lineno: int = 0
+    found: int = 0
+    after_left: int = 0
+
+
 class _Search:
     def __init__(
         self,
-        compiled: _Compiled,
+        patterns: Patterns,
         globs: _Globs,
         *,
         before: int,
@@ -222,23 +235,31 @@ class _Search:
         max_count: int | None,
         max_total: int,
         max_filesize: int,
+        max_bytes: int,
         deadline: float | None,
+        stop: threading.Event | None,
     ) -> None:
-        self.compiled = compiled
+        self.patterns = patterns
         self.globs = globs
         self.before = before
         self.after = after
         self.max_count = max_count
         self.max_total = max_total
         self.max_filesize = max_filesize
+        self.max_bytes = max_bytes
         self.deadline = deadline
+        self.stop = stop
         self.matches: list[GrepMatch] = []
         self.total = 0
-        self.truncated = False
+        self.bytes_read = 0
+        self.output = 0
 
-    def check_deadline(self) -> None:
+    def check(self) -> None:
+        """Raise ``_Stop`` once the caller went away or the deadline passed."""
+        if self.stop is not None and self.stop.is_set():
+            raise _Stop("cancelled")
         if self.deadline is not None and time.monotonic() >= self.deadline:
-            raise _Stop
+            raise _Stop("deadline")
 
     def search_root(self, rootfd: int, path: str) -> None:
         try:
@@ -269,12 +290,14 @@ class _Search:
                     stack.pop()
                     os.close(dirfd)
                     continue
-                self.check_deadline()
+                self.check()
                 rel = f"{rel_dir}/{name}" if rel_dir else name
                 try:
                     st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
                 except OSError:
                     continue
+                # Only directories and regular files: symlinks, FIFOs, sockets and device
+                # nodes are never opened.
                 if stat.S_ISDIR(st.st_mode):
                     child = _open_dir(dirfd, name, rel) if self.globs.wants_dir(name, rel) else None
                     if child is not None:
@@ -298,91 +321,191 @@ class _Search:
             os.close(pathfd)
 
     def _search_file(self, pathfd: int, st: os.stat_result, shown: str) -> None:
-        self.check_deadline()
+        self.check()
         if st.st_size > self.max_filesize or self.max_count == 0:
             return
+        data = self._read(pathfd, st)
+        if data is not None:
+            self._scan(_File(shown, data, collections.deque(maxlen=self.before)))
+
+    def _read(self, pathfd: int, st: os.stat_result) -> bytes | None:
+        """The file's content, or None when it is binary, too large, or not a regular file."""
+        if self.bytes_read + st.st_size > self.max_bytes:
+            raise _Stop("max_bytes")
         try:
             fd = reopen_regular(pathfd)
         except (OSError, SandtreeError):
-            return
+            return None
         with open(fd, "rb") as f:
-            data = f.read(self.max_filesize + 1)
-        if len(data) > self.max_filesize or b"\x00" in data[:_BINARY_PROBE]:
-            return
-        prefilters = self.compiled.prefilters
-        if prefilters is not None and not any(p.search(data) for p in prefilters):
-            return
-        self._scan(data, shown)
+            head = f.read(_BINARY_PROBE)
+            if b"\x00" in head:
+                self.bytes_read += len(head)
+                return None
+            data = head + f.read(self.max_filesize + 1 - len(head))
+        self.bytes_read += len(data)
+        return None if len(data) > self.max_filesize else data
 
-    def _scan(self, data: bytes, shown: str) -> None:
-        pending: collections.deque[tuple[int, int, int]] = collections.deque(maxlen=self.before)
-        after_left = 0
-        found = 0
-        lineno = 0
-        pos = 0
+    def _scan(self, file: _File) -> None:
+        data, window, pos = file.data, self.patterns.window, 0
         while pos < len(data):
-            if self.max_count is not None and found >= self.max_count and after_left == 0:
+            if self._file_done(file):
                 return
-            lineno += 1
-            if lineno % _DEADLINE_EVERY_LINES == 0:
-                self.check_deadline()
-            newline = data.find(b"\n", pos)
-            end = len(data) if newline < 0 else newline + 1
-            content = data[pos : end if newline < 0 else newline]
-            if any(p.search(content) for p in self.compiled.lines):
-                if self.max_count is not None and found >= self.max_count:
-                    return
-                if self.total >= self.max_total:
-                    raise _Stop
-                for ctx in pending:
-                    self._emit(data, shown, ctx, None)
-                pending.clear()
-                self._emit(data, shown, (lineno, pos, end), content)
-                found += 1
-                self.total += 1
-                after_left = self.after
-            elif after_left > 0:
-                self._emit(data, shown, (lineno, pos, end), None)
-                after_left -= 1
-            elif self.before:
-                pending.append((lineno, pos, end))
+            self.check()
+            # A block: the whole lines from pos that fit in one window, or the one line at pos
+            # when it is longer (searched in windows).
+            if pos + window >= len(data):
+                end, whole_lines = len(data), True
+            else:
+                newline = data.rfind(b"\n", pos, pos + window)
+                whole_lines = newline >= 0
+                if whole_lines:
+                    end = newline + 1
+                else:
+                    newline = data.find(b"\n", pos + window)
+                    end = len(data) if newline < 0 else newline + 1
+            if whole_lines and self.patterns.prefilter:
+                self._scan_block(file, pos, end)
+            else:
+                self._scan_lines(file, pos, end)
             pos = end
 
-    def _emit(
-        self, data: bytes, shown: str, line: tuple[int, int, int], content: bytes | None
-    ) -> None:
+    def _file_done(self, file: _File) -> bool:
+        return self.max_count is not None and file.found >= self.max_count and not file.after_left
+
+    def _scan_block(self, file: _File, pos: int, end: int) -> None:
+        """Scan a block of whole lines by jumping from match to match of the patterns, which
+        may all be searched inside the file's bytes: the lines before a pattern's first match
+        in the block cannot match, and a match within one line makes that line match."""
+        data = file.data
+        patterns = self.patterns.candidates(data, pos, end, self.check)
+        spans: list[tuple[int, int] | None] = [None] * len(patterns)
+        while pos < end and patterns:
+            if self._file_done(file):
+                return
+            # Each pattern's first match at or after pos (a match found earlier still is).
+            for i, pattern in enumerate(patterns):
+                span = spans[i]
+                if span is None or span[0] < pos:
+                    self.check()
+                    spans[i] = pattern.search(data, pos, end)
+            found = [(span, p) for span, p in zip(spans, patterns, strict=True) if span]
+            patterns = [p for _, p in found]
+            spans = [span for span, _ in found]
+            if not found:
+                break
+            first = min(span[0] for span, _ in found)
+            line_start = data.rfind(b"\n", pos, first) + 1 or pos
+            self._pass(file, pos, line_start)
+            line_end = _line_end(data, line_start, end)
+            content_end = line_end - 1 if data[line_end - 1] == 0x0A else line_end
+            within = any(s[0] == first and s[1] <= content_end for s, _ in found)
+            self.check()
+            matched = within or self.patterns.line_matches(
+                patterns, data, line_start, content_end, self.check
+            )
+            if not self._line(file, line_start, line_end, content_end, matched):
+                return
+            pos = line_end
+        self._pass(file, pos, end)
+
+    def _scan_lines(self, file: _File, pos: int, end: int) -> None:
+        """Scan the lines of ``data[pos:end]`` one by one, each against every pattern."""
+        data = file.data
+        while pos < end:
+            if self._file_done(file):
+                return
+            line_end = _line_end(data, pos, end)
+            content_end = line_end - 1 if data[line_end - 1] == 0x0A else line_end
+            matched = self.patterns.line_matches(
+                self.patterns.each, data, pos, content_end, self.check
+            )
+            if not self._line(file, pos, line_end, content_end, matched):
+                return
+            pos = line_end
+
+    def _line(self, file: _File, start: int, end: int, content_end: int, matched: bool) -> bool:
+        """Account for the next line of the file; False once the file needs no more lines."""
+        file.lineno += 1
+        line = (file.lineno, start, end)
+        if matched:
+            if self.max_count is not None and file.found >= self.max_count:
+                return False
+            if self.total >= self.max_total:
+                raise _Stop("max_total")
+            for ctx in file.before:
+                self._emit(file, ctx, match_end=None)
+            file.before.clear()
+            self._emit(file, line, match_end=content_end)
+            file.found += 1
+            self.total += 1
+            file.after_left = self.after
+        elif file.after_left > 0:
+            self._emit(file, line, match_end=None)
+            file.after_left -= 1
+        elif self.before:
+            file.before.append(line)
+        return True
+
+    def _pass(self, file: _File, pos: int, end: int) -> None:
+        """The lines of ``data[pos:end]`` match nothing: count them, emit them as context
+        after a match, keep the last ones as context for the next match."""
+        data = file.data
+        while pos < end and file.after_left:
+            line_end = _line_end(data, pos, end)
+            self._line(file, pos, line_end, line_end, matched=False)
+            pos = line_end
+        if pos >= end:
+            return
+        count = data.count(b"\n", pos, end) + (data[end - 1] != 0x0A)
+        if self.before:
+            tail: list[tuple[int, int, int]] = []
+            line_end, lineno = end, file.lineno + count
+            while len(tail) < self.before and line_end > pos:
+                line_start = data.rfind(b"\n", pos, line_end - 1) + 1 or pos
+                tail.append((lineno, line_start, line_end))
+                line_end, lineno = line_start, lineno - 1
+            file.before.extend(reversed(tail))
+        file.lineno += count
+
+    def _emit(self, file: _File, line: tuple[int, int, int], match_end: int | None) -> None:
         lineno, start, end = line
+        text = file.data[start : min(end, start + _LINE_TEXT_CAP)].decode("utf-8", "replace")
+        submatches = [] if match_end is None else self._submatches(file.data, start, match_end)
+        cost = _ENTRY_COST + len(text) + sum(_SUBMATCH_COST + len(s["text"]) for s in submatches)
+        if self.output + cost > _MAX_OUTPUT_BYTES:
+            raise _Stop("max_output")
+        self.output += cost
         self.matches.append(
             GrepMatch(
-                path=shown,
+                path=file.shown,
                 line_number=lineno,
                 absolute_offset=start,
-                line_text=data[start : min(end, start + _LINE_TEXT_CAP)].decode("utf-8", "replace"),
+                line_text=text,
                 line_bytes=end - start,
-                submatches=[] if content is None else self._submatches(content),
-                type="context" if content is None else "match",
+                submatches=submatches,
+                type="context" if match_end is None else "match",
             )
         )
 
-    def _submatches(self, content: bytes) -> list[Submatch]:
-        spans: list[tuple[int, int]] = []
-        for pattern in self.compiled.lines:
-            for m in pattern.finditer(content):
-                # Only matches that line_text shows are reported; empty matches carry nothing.
-                if m.start() >= _LINE_TEXT_CAP:
-                    break
-                if m.end() > m.start():
-                    spans.append((m.start(), m.end()))
+    def _submatches(self, data: bytes, start: int, end: int) -> list[Submatch]:
+        # Only matches that line_text shows are reported; empty matches carry nothing.
+        spans = self.patterns.spans(data, start, end, _LINE_TEXT_CAP)
         # Patterns may overlap each other; keep the leftmost, longest, non-overlapping spans.
         spans.sort(key=lambda s: (s[0], -s[1]))
         result: list[Submatch] = []
         last_end = 0
-        for start, end in spans:
-            if start >= last_end:
-                text = content[start:end].decode("utf-8", "replace")
-                result.append(Submatch(text=text, start=start, end=end))
-                last_end = end
+        for first, last in spans:
+            if first >= last_end:
+                text = data[start + first : start + last].decode("utf-8", "replace")
+                result.append(Submatch(text=text, start=first, end=last))
+                last_end = last
         return result
+
+
+def _line_end(data: bytes, pos: int, end: int) -> int:
+    """Where the line at ``pos`` ends (after its newline), within ``data[:end]``."""
+    newline = data.find(b"\n", pos, end)
+    return end if newline < 0 else newline + 1
 
 
 def _open_dir(dirfd: int, name: str, rel: str) -> tuple[int, Iterator[str], str] | None:
