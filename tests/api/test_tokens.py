@@ -202,3 +202,25 @@ async def test_whoami_fields_beyond_the_contract_are_documented_as_ours(api: Api
     assert contract.get("additionalProperties", True) is not False
     assert ours["x-sandtree"] is True
     assert set(body) - set(contract["properties"]) == set(ours["properties"])
+
+
+def test_a_token_made_before_push_with_every_permission_of_its_time_can_push_after_the_upgrade(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    path = tmp_path / "tokens.db"
+    _old_database(path, OLD_COLUMNS, "st_list_only")
+    earlier = '["cancel","import","list","set_image_tag","spawn","spawn_disposable","upload"]'
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "INSERT INTO tokens(uuid, name, namespace, hash, permissions, limits, created_at)"
+            " VALUES (?,?,?,?,?,?,?)",
+            ("admin-uuid", "admin", "default", hashlib.sha256(b"st_admin").hexdigest(),
+             earlier, "{}", CREATED),
+        )  # fmt: skip
+    db.close()
+
+    store = TokenStore(path, clock=clock)
+
+    assert "push" in store.authenticate("st_admin").permissions
+    assert store.authenticate("st_list_only").permissions == frozenset({"list"})
+    store.close()

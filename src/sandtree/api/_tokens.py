@@ -113,10 +113,25 @@ class TokenStore:
             columns = {row["name"] for row in self._db.execute("PRAGMA table_info(tokens)")}
             if "expires_at" not in columns:
                 self._db.execute("ALTER TABLE tokens ADD COLUMN expires_at TEXT")
+            if self._db.execute("PRAGMA user_version").fetchone()[0] < 1:
+                self._grant_push_to_full_tokens()
+                self._db.execute("PRAGMA user_version = 1")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+    def _grant_push_to_full_tokens(self) -> None:
+        # `push` was split out of `list` later: a token made with every permission of its
+        # time (the admin token among them) keeps pushing; a narrower one does not start to.
+        before_push = set(PERMISSIONS) - {"push"}
+        for row in self._db.execute("SELECT uuid, permissions FROM tokens").fetchall():
+            perms = set(json.loads(row["permissions"]))
+            if before_push <= perms and "push" not in perms:
+                self._db.execute(
+                    "UPDATE tokens SET permissions = ? WHERE uuid = ?",
+                    (json.dumps(sorted(perms | {"push"})), row["uuid"]),
+                )
 
     def create(
         self,
