@@ -119,6 +119,37 @@ async def test_bad_grep_requests_get_400(
     assert response.json()["error"]
 
 
+async def test_a_backreference_gets_a_400_saying_what_re2_supports_and_fixed_strings_finds_it(
+    api: Api, image: ImageRecord
+) -> None:
+    url = f"/v1/inspect/{image.uuid}/grep"
+    refused = await api.http.get(url, headers=api.auth, params={"pattern": "print\\('(n)\\1"})
+    literal = await api.http.get(
+        url, headers=api.auth, params={"pattern": "print('needle')", "fixed_strings": "true"}
+    )
+
+    assert refused.status_code == 400
+    message = refused.json()["error"]
+    assert "backreferences" in message
+    assert "RE2" in message
+    assert "fixed_strings=true" in message
+    assert literal.status_code == 200
+    body = literal.json()
+    assert [m["path"] for m in body["matches"]] == ["/srv/app/main.py"]
+    assert (body["truncated"], body["truncated_reason"]) == (False, None)
+
+
+async def test_too_many_grep_paths_or_globs_get_400(api: Api, image: ImageRecord) -> None:
+    url = f"/v1/inspect/{image.uuid}/grep"
+    paths = [("pattern", "x"), *[("path", "/srv")] * 17]
+    globs = [("pattern", "x"), *[("glob", "*.py")] * 17]
+
+    for params in (paths, globs):
+        response = await api.http.get(url, headers=api.auth, params=params)
+        assert response.status_code == 400
+        assert "at most 16" in response.json()["error"]
+
+
 async def test_paths_cannot_escape_the_image(api: Api, image: ImageRecord) -> None:
     response = await api.http.get(
         f"/v1/inspect/{image.uuid}/download",
