@@ -327,3 +327,19 @@ def test_no_host_cgroup_path_nor_host_interface_is_readable_in_a_sandbox(
     assert host_only  # the host has interfaces a sandbox must not see (this pool's veths)
     assert not host_only & set(out.split())
     assert "CPU0" not in out  # /proc/interrupts is masked
+
+
+@pytest.mark.parametrize("networking", [False, True], ids=["offline", "online"])
+def test_no_host_data_dir_path_is_readable_in_a_sandbox(
+    hostile: HostileServer, networking: bool
+) -> None:
+    with LatencyProbe(hostile.bob):
+        done = hostile.alice.spawn(
+            "cat /proc/self/mountinfo /proc/mounts /proc/self/cgroup; env; pwd",
+            networking={"enabled": networking},
+        )
+
+    out = _stdout(done)
+    assert " / / " in out  # the root mount was listed: the scan is not of nothing
+    assert str(hostile.data_dir) not in out
+    assert str(hostile.data_dir.parent) not in out

@@ -155,20 +155,34 @@ def mount_overlay(
         raise OverlayError(
             errno.ELOOP, f"{len(lowers_bottom_first)} layers exceed the kernel's {MAX_LOWER_LAYERS}"
         )
-    lowers = [str(p) for p in reversed(lowers_bottom_first)]
     readonly = upper is None
-    up = str(upper) if upper is not None else None
-    wk = str(work) if work is not None else None
-    if _new_api is not False:
-        try:
-            _mount_new_api(lowers, up, wk, str(target), readonly=readonly, volatile=volatile)
-            _new_api = True
-            return
-        except OverlayError as exc:
-            if _new_api or exc.errno not in (errno.ENOSYS, errno.EINVAL):
-                raise
-            _new_api = False
-    _mount_legacy(lowers, up, wk, str(target), readonly=readonly, volatile=volatile)
+    # The kernel shows the layer paths as given in every mountinfo that sees the mount, a
+    # sandbox's own included: given through a descriptor of their common parent, they read
+    # "/proc/self/fd/N/layers/<id>" instead of naming the host's data dir (and fit more
+    # layers in the legacy path's one page of options).
+    paths = [*lowers_bottom_first, *(p for p in (upper, work) if p is not None)]
+    common = os.path.commonpath([os.path.abspath(p) for p in paths])
+    base = os.open(common, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+
+        def via_fd(path: Path) -> str:
+            return f"/proc/self/fd/{base}/{os.path.relpath(os.path.abspath(path), common)}"
+
+        lowers = [via_fd(p) for p in reversed(lowers_bottom_first)]
+        up = via_fd(upper) if upper is not None else None
+        wk = via_fd(work) if work is not None else None
+        if _new_api is not False:
+            try:
+                _mount_new_api(lowers, up, wk, str(target), readonly=readonly, volatile=volatile)
+                _new_api = True
+                return
+            except OverlayError as exc:
+                if _new_api or exc.errno not in (errno.ENOSYS, errno.EINVAL):
+                    raise
+                _new_api = False
+        _mount_legacy(lowers, up, wk, str(target), readonly=readonly, volatile=volatile)
+    finally:
+        os.close(base)
 
 
 def bind_readonly(source: Path, target: Path) -> None:
