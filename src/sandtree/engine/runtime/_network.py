@@ -43,6 +43,7 @@ namespace does not own, and the host's /sys shows the host's netns).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ipaddress
 import itertools
@@ -357,6 +358,8 @@ class NetworkPool:
         """Remove every namespace, veth, jump and chain of this prefix (tests, shutdown)."""
         self.cleanup_stale()
         self._policy = None
+        with contextlib.suppress(OSError):
+            self.state_dir.rmdir()  # the per-lease sysfs mount points are gone with them
         for table, hook, chain in self._jumps():
             while _ok(["iptables", "-w", "-t", table, "-C", hook, "-j", chain]):
                 _run(["iptables", "-w", "-t", table, "-D", hook, "-j", chain])
