@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from sandtree.engine.layers import _grep as grep_module, _grep_patterns
+from sandtree.engine.layers import _grep_lines, _grep_patterns
 from sandtree.engine.layers._grep import GrepResult, grep
 from sandtree.errors import InvalidRequestError, PathNotFoundError
 
@@ -223,7 +223,7 @@ def test_a_sparse_file_under_the_size_limit_counts_as_binary(sample_rootfs: Samp
 def test_the_answer_size_is_bounded_and_says_so(
     sample_rootfs: SampleImage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(grep_module, "_MAX_OUTPUT_BYTES", 20_000)
+    monkeypatch.setattr(_grep_lines, "_MAX_OUTPUT_BYTES", 20_000)
     path = _write(sample_rootfs, "srv/wide.txt", (b"hit " + b"y" * 3000 + b"\n") * 50)
     result = _grep(sample_rootfs, "hit", paths=[path], max_total=10_000)
     assert result.truncated_reason == "max_output"
@@ -233,7 +233,7 @@ def test_the_answer_size_is_bounded_and_says_so(
 def test_submatches_cost_answer_budget_too(
     sample_rootfs: SampleImage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(grep_module, "_MAX_OUTPUT_BYTES", 50_000)
+    monkeypatch.setattr(_grep_lines, "_MAX_OUTPUT_BYTES", 50_000)
     path = _write(sample_rootfs, "srv/dots.txt", b"." * 4000 + b"\n")
     result = _grep(sample_rootfs, ".", paths=[path], fixed_strings=True)
     assert (result.matches, result.truncated_reason) == ([], "max_output")
