@@ -31,7 +31,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="module")
-def hostile(tmp_path_factory: pytest.TempPathFactory, busybox_rootfs: Path) -> Iterator[HostileServer]:
+def hostile(
+    tmp_path_factory: pytest.TempPathFactory, busybox_rootfs: Path
+) -> Iterator[HostileServer]:
     """One server per test module, shared by its attacks (each attack must leave it usable)."""
     with start_hostile_server(tmp_path_factory.mktemp("hostile"), busybox_rootfs) as srv:
         yield srv

@@ -74,7 +74,9 @@ class Tenant:
                 if op["status"] in ("SUCCESS", "FAILED", "CANCELLED"):
                     return op
                 if time.monotonic() > end:
-                    raise AssertionError(f"operation {op_id} still {op['status']} after {deadline}s")
+                    raise AssertionError(
+                        f"operation {op_id} still {op['status']} after {deadline}s"
+                    )
                 time.sleep(0.1)
 
 
@@ -95,7 +97,9 @@ class HostileServer:
     def data_dir(self) -> Path:
         return self.server.data_dir
 
-    def tenant(self, name: str, namespace: str, permissions: tuple[str, ...] = PERMISSIONS) -> Tenant:
+    def tenant(
+        self, name: str, namespace: str, permissions: tuple[str, ...] = PERMISSIONS
+    ) -> Tenant:
         """A further token, made in the running server's token database."""
         return _make_tenant(self.data_dir, self.url, name, namespace, permissions)
 
@@ -105,7 +109,9 @@ def _make_tenant(
 ) -> Tenant:
     store = TokenStore(data_dir / "tokens.db")
     now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    _, secret = store.create(name=name, namespace=namespace, permissions=permissions, created_at=now)
+    _, secret = store.create(
+        name=name, namespace=namespace, permissions=permissions, created_at=now
+    )
     return Tenant(name=name, namespace=namespace, secret=secret, base_url=url)
 
 
@@ -156,6 +162,8 @@ class LatencyProbe:
         self._tenant = tenant
         self._path = path
         self._stop = threading.Event()
+        #: Set by the first answer: an attack shorter than one round trip still gets one probe.
+        self._answered = threading.Event()
         self.latencies: list[float] = []
         self.errors: list[str] = []
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -169,8 +177,10 @@ class LatencyProbe:
                 except httpx.HTTPError as exc:
                     self.errors.append(f"{type(exc).__name__}: {exc}")
                     self.latencies.append(time.monotonic() - start)
+                    self._answered.set()
                     continue
                 self.latencies.append(time.monotonic() - start)
+                self._answered.set()
                 if answer.status_code != 200:
                     self.errors.append(f"HTTP {answer.status_code}: {answer.text[:200]}")
                 self._stop.wait(0.05)
@@ -180,6 +190,7 @@ class LatencyProbe:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._answered.wait(PROBE_DEADLINE * 2)
         self._stop.set()
         self._thread.join(timeout=PROBE_DEADLINE * 5)
         if exc[0] is not None:

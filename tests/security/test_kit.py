@@ -19,7 +19,9 @@ def test_each_tenant_runs_public_busybox_and_sees_only_its_own_namespace(
     assert kept not in {image["uuid"] for image in images}
     with hostile.alice_list.client() as http:
         assert http.get("/v1/images").status_code == 200
-        refused = http.post("/v1/instances", json={"command": "true", "image": "tag:busybox:latest"})
+        refused = http.post(
+            "/v1/instances", json={"command": "true", "image": "tag:busybox:latest"}
+        )
     assert refused.status_code == 403
 
 
