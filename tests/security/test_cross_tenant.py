@@ -351,6 +351,12 @@ def _status(tenant: Tenant, op_id: str) -> str:
         return str(http.get(f"/v1/operations/{op_id}").json()["status"])
 
 
+def _errors(tenant: Tenant, ops: list[str]) -> list[tuple[str, str | None]]:
+    with tenant.client() as http:
+        found = [http.get(f"/v1/operations/{op}").json() for op in ops]
+    return [(op["status"], op["error"]) for op in found]
+
+
 def _until(condition: Callable[[], bool], deadline: float, what: str) -> None:
     end = time.monotonic() + deadline
     while not condition():
@@ -390,8 +396,9 @@ def test_alices_flood_of_long_runs_leaves_bob_a_slot_at_once(
                     "bob's run starting while alice's flood runs",
                 )
             statuses = [_status(server.alice, op) for op in flood]
-            assert "EXECUTING" in statuses  # bob did not just get a slot alice had left
-            assert statuses.count("PENDING") >= 3
+            # Bob did not just get a slot alice's ended runs had left.
+            assert "EXECUTING" in statuses, _errors(server.alice, flood)
+            assert statuses.count("PENDING") >= 3, statuses
         finally:
             with server.alice.client() as alice:
                 for op in flood:
