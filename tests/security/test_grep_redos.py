@@ -10,9 +10,7 @@ bob's: bob's listings keep answering; where it matters, bob's own greps do too.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,22 +68,6 @@ def image(hostile: HostileServer, host_file: Path) -> str:
     return kept
 
 
-@contextlib.contextmanager
-def _probed(tenant: Tenant) -> Iterator[LatencyProbe]:
-    """``LatencyProbe(tenant)``, held until it was answered at least once."""
-    with LatencyProbe(tenant) as probe:
-        yield probe
-        _until(lambda: bool(probe.latencies), 10, "the other tenant's first probe")
-
-
-def _until(ready: Callable[[], bool], seconds: float, what: str) -> None:
-    end = time.monotonic() + seconds
-    while not ready():
-        if time.monotonic() > end:
-            raise AssertionError(f"{what} did not happen within {seconds} s")
-        time.sleep(0.05)
-
-
 def _busybox(tenant: Tenant) -> str:
     with tenant.client() as http:
         listed = http.get("/v1/images", params={"tag": "busybox:latest"}).json()["images"]
@@ -101,7 +83,7 @@ def _grep(tenant: Tenant, image: str, **params: Any) -> httpx.Response:
 def test_catastrophic_backtracking_from_a_list_only_token_answers_at_once(
     hostile: HostileServer, image: str
 ) -> None:
-    with _probed(hostile.bob):
+    with LatencyProbe(hostile.bob):
         short = _grep(hostile.alice_list, image, pattern="^(.+)+X$", path="/work/short.txt")
         busybox = _grep(hostile.alice_list, _busybox(hostile.alice_list), pattern="^(.+)+X$")
     for answer in (short, busybox):  # busybox: the public image, /etc's lines of 30-40 bytes
@@ -112,7 +94,7 @@ def test_catastrophic_backtracking_from_a_list_only_token_answers_at_once(
 def test_a_10_mib_line_that_defeats_the_dfa_ends_at_the_deadline(
     hostile: HostileServer, image: str
 ) -> None:
-    with _probed(hostile.bob):
+    with LatencyProbe(hostile.bob):
         answer = _grep(hostile.alice_list, image, pattern=_DFA_BUSTER, path="/work/big.txt")
         cheap = _grep(hostile.alice_list, image, pattern="ab{64}a|c", path="/work/big.txt")
     assert answer.status_code == 200, answer.text
@@ -125,7 +107,7 @@ def test_a_10_mib_line_that_defeats_the_dfa_ends_at_the_deadline(
 
 
 def test_the_deadline_holds_over_a_tree_of_many_files(hostile: HostileServer, image: str) -> None:
-    with _probed(hostile.bob):
+    with LatencyProbe(hostile.bob):
         answer = _grep(hostile.alice_list, image, pattern=_DFA_BUSTER, path="/work/tree")
     assert answer.status_code == 200, answer.text
     assert answer.json()["truncated_reason"] == "deadline"
@@ -134,7 +116,7 @@ def test_the_deadline_holds_over_a_tree_of_many_files(hostile: HostileServer, im
 def test_a_fifo_and_links_out_of_the_image_are_never_followed(
     hostile: HostileServer, image: str
 ) -> None:
-    with _probed(hostile.bob):
+    with LatencyProbe(hostile.bob):
         tree = _grep(hostile.alice_list, image, pattern=f"needle|{_MARKER}", path="/work")
         fifo = _grep(hostile.alice_list, image, pattern="x", path="/work/fifo")
         host_file = _grep(hostile.alice_list, image, pattern=_MARKER, path="/work/host-file")
@@ -153,7 +135,7 @@ def test_a_fifo_and_links_out_of_the_image_are_never_followed(
 def test_a_backreference_gets_a_400_saying_what_the_engine_supports(
     hostile: HostileServer, image: str
 ) -> None:
-    with _probed(hostile.bob):
+    with LatencyProbe(hostile.bob):
         refused = _grep(hostile.alice_list, image, pattern="(a)\\1", path="/work")
         literal = _grep(
             hostile.alice_list, image, pattern="(a)\\1", path="/work", fixed_strings="true"
@@ -173,7 +155,7 @@ def test_one_tenant_sending_many_greps_at_once_does_not_starve_another(
         return _grep(hostile.alice_list, image, pattern=_DFA_BUSTER, path="/work/big.txt")
 
     busybox = _busybox(hostile.bob)
-    with _probed(hostile.bob), concurrent.futures.ThreadPoolExecutor(8) as pool:
+    with LatencyProbe(hostile.bob), concurrent.futures.ThreadPoolExecutor(8) as pool:
         sent = [pool.submit(attack) for _ in range(8)]
         # Once one is refused, alice holds every place she may: bob's grep comes then.
         concurrent.futures.wait(sent, return_when=concurrent.futures.FIRST_COMPLETED)
