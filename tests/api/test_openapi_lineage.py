@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
@@ -20,13 +21,35 @@ pytestmark = pytest.mark.anyio
 SHARED_SPEC = Path(__file__).resolve().parents[3] / "shared" / "spec" / "contree-api-v1.yaml"
 
 
+def _ours(entry: dict[str, Any], document: dict[str, Any]) -> bool:
+    if "$ref" in entry:
+        _, _, kind, name = entry["$ref"].split("/")  # "#/components/<kind>/<name>"
+        entry = document["components"][kind][name]
+    return entry.get("x-sandtree") is True
+
+
+def _without_ours(item: dict[str, Any], document: dict[str, Any]) -> dict[str, Any]:
+    """A contract path item with the parameters and responses we add (marked) left out."""
+    item = copy.deepcopy(item)
+    for operation in item.values():
+        if not isinstance(operation, dict):
+            continue
+        if "parameters" in operation:
+            operation["parameters"] = [p for p in operation["parameters"] if not _ours(p, document)]
+        responses = operation.get("responses", {})
+        operation["responses"] = {
+            code: r for code, r in responses.items() if not _ours(r, document)
+        }
+    return item
+
+
 @pytest.mark.skipif(not SHARED_SPEC.exists(), reason="../shared is not beside the checkout")
 def test_the_packaged_contract_is_the_shared_spec_verbatim() -> None:
     shared = yaml.safe_load(SHARED_SPEC.read_text(encoding="utf-8"))
     served = openapi_document()
 
     for path, item in shared["paths"].items():
-        assert served["paths"][path] == item
+        assert _without_ours(served["paths"][path], served) == item
     assert {k: v for k, v in served["components"]["schemas"].items() if k in shared["components"][
         "schemas"]} == shared["components"]["schemas"]  # fmt: skip
 
@@ -56,6 +79,42 @@ async def test_openapi_is_served_without_a_token_with_our_extensions_marked(api:
     )
     progress = document["components"]["schemas"]["SandtreeEventDataProgress"]
     assert progress["x-sandtree"] is True
+
+
+def test_the_document_describes_grep_push_and_the_body_and_request_limits() -> None:
+    document = openapi_document()
+    paths, components = document["paths"], document["components"]
+    grep = paths["/inspect/{image_uuid}/grep"]["get"]
+    push = paths["/images/{imageUUID}/push"]["post"]
+    with_body = [
+        (path, method)
+        for path, item in paths.items()
+        for method, op in item.items()
+        if isinstance(op, dict) and "requestBody" in op
+    ]
+
+    fixed = [p for p in grep["parameters"] if p["name"] == "fixed_strings"]
+    assert fixed == [{**fixed[0], "in": "query", "x-sandtree": True}]
+    assert fixed[0]["schema"]["type"] == "boolean"
+    assert grep["responses"]["429"]["x-sandtree"] is True
+    reason = components["schemas"]["SandtreeGrepFields"]
+    assert reason["x-sandtree-extends"] == "#/components/schemas/GrepResult"
+    assert "max_total" in reason["properties"]["truncated_reason"]["enum"]
+    assert push["x-sandtree-permission"] == "push"
+    assert "`push` permission" in push["description"]
+    assert push["responses"]["403"] == {"$ref": "#/components/responses/Forbidden"}
+    assert ("/files", "post") in with_body
+    assert ("/images/{imageUUID}/push", "post") in with_body
+    for path, method in with_body:
+        responses = paths[path][method]["responses"]
+        assert {code: responses[code] for code in ("408", "413", "429")} == {
+            "408": {"$ref": "#/components/responses/SandtreeRequestTimeout"},
+            "413": {"$ref": "#/components/responses/SandtreePayloadTooLarge"},
+            "429": {"$ref": "#/components/responses/SandtreeTooManyRequests"},
+        }, (method, path)
+    for name in ("SandtreeRequestTimeout", "SandtreePayloadTooLarge", "SandtreeTooManyRequests"):
+        assert components["responses"][name]["x-sandtree"] is True
+    assert "408" not in paths["/images"]["get"]["responses"]  # no body read there
 
 
 async def test_lineage_walks_to_the_root_with_each_command(api: Api, rootfs: Path) -> None:

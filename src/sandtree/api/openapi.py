@@ -24,6 +24,82 @@ _ERRORS = {
     code: {"$ref": f"#/components/responses/{name}"}
     for code, name in (("400", "BadRequest"), ("401", "Unauthorized"), ("404", "NotFound"))
 }
+#: Answers any route that reads a body may give beyond the contract's (``api._body`` and the
+#: per-token cap of ``api._auth``); ``openapi_document`` adds them to each operation with a
+#: requestBody.
+_ERROR_JSON = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+_RESPONSES = {
+    "SandtreeRequestTimeout": {
+        "description": "Request Timeout - The body arrived too slowly: the server waits "
+        "body_timeout seconds for it, longer only while it keeps arriving at 64 KiB/s. The "
+        "connection is closed; send the request again, whole. (Headers slower than "
+        "header_timeout get a text/plain 408 on any route.)",
+        "x-sandtree": True,
+        "content": {**_ERROR_JSON, "text/plain": {"schema": {"type": "string"}}},
+    },
+    "SandtreePayloadTooLarge": {
+        "description": "Payload Too Large - The body (its Content-Length, or the bytes sent) "
+        "is past the route's cap: max_json_bytes for JSON, max_upload_bytes for an upload "
+        "or batch; the message says which and what to do instead.",
+        "x-sandtree": True,
+        "content": _ERROR_JSON,
+    },
+    "SandtreeTooManyRequests": {
+        "description": "Too Many Requests - This token already has max_requests_per_token "
+        "requests in flight (open event streams count), or the route's own limit on work at "
+        "once is reached (POST /instances: the token's instance_max_concurrency); retry when "
+        "some have ended.",
+        "x-sandtree": True,
+        "content": _ERROR_JSON,
+    },
+}
+_BODY_ERRORS = {
+    code: {"$ref": f"#/components/responses/{name}"}
+    for code, name in (
+        ("408", "SandtreeRequestTimeout"),
+        ("413", "SandtreePayloadTooLarge"),
+        ("429", "SandtreeTooManyRequests"),
+    )
+}
+#: What sandtree adds to the contract's GET /inspect/{image_uuid}/grep.
+_GREP_PARAMETERS = [
+    {
+        "name": "fixed_strings",
+        "in": "query",
+        "required": False,
+        "x-sandtree": True,
+        "description": "Search for the patterns as literal text, not regular expressions "
+        "(grep -F). Patterns are RE2 otherwise: no backreferences or lookaround.",
+        "schema": {"type": "boolean", "default": False},
+    },
+]
+_GREP_RESPONSES = {
+    "429": {
+        "description": "Too Many Requests - The server (grep_concurrency) or this namespace "
+        "(grep_per_namespace) already runs as many greps as it may, or this token has "
+        "max_requests_per_token requests in flight; retry when one has answered.",
+        "x-sandtree": True,
+        "content": _ERROR_JSON,
+    },
+}
+#: What GET /inspect/{image_uuid}/grep answers beyond the contract's GrepResult.
+_GREP_FIELDS = {
+    "type": "object",
+    "x-sandtree": True,
+    "x-sandtree-extends": "#/components/schemas/GrepResult",
+    "description": "Properties sandtree adds to GrepResult (GET /inspect/{image_uuid}/grep).",
+    "properties": {
+        "truncated_reason": {
+            "type": "string",
+            "nullable": True,
+            "enum": ["max_total", "deadline", "max_bytes", "max_output", "cancelled", None],
+            "description": "Why the search ended early (null when `truncated` is false): "
+            "`max_total` more matches exist than were kept; `deadline` its time ran out; "
+            "`max_bytes` it read as many bytes as one search may; `max_output` the answer "
+            "reached the size one answer may have; `cancelled` the caller went away.",
+        },
+    },
+}
 _NODE = {
     "type": "object",
     "x-sandtree": True,
@@ -159,10 +235,13 @@ _EXTENSIONS: dict[str, Any] = {
             "summary": "Push an image to an OCI registry (sandtree extension)",
             "description": "Uploads the image's layers (skipping blobs the registry has) and "
             "its manifest as registry.url (docker://host[:port]/name[:tag], tag latest when "
-            "omitted), with optional credentials as for imports. Answers when done.",
+            "omitted), with optional credentials as for imports. Answers when done. Needs "
+            "the token's `push` permission (sandtree's own, since a push sends the image "
+            "out of the server; `list` is not enough).",
             "operationId": "sandtreePushImage",
             "tags": ["images"],
             "x-sandtree": True,
+            "x-sandtree-permission": "push",
             "parameters": [_IMAGE_PATH],
             "requestBody": {"required": True, "content": {"application/json": {"schema": {
                 "type": "object",
@@ -193,6 +272,7 @@ _EXTENSIONS: dict[str, Any] = {
                     }}},
                 },
                 **_ERRORS,
+                "403": {"$ref": "#/components/responses/Forbidden"},
                 "502": {
                     "description": "The registry refused the push or could not be reached",
                     "content": {"application/json": {"schema": {
@@ -343,6 +423,15 @@ def openapi_document() -> dict[str, Any]:
     document = copy.deepcopy(_contract())
     document["servers"] = [{"url": "/v1", "description": "this sandtree server"}]
     document["paths"].update(copy.deepcopy(_EXTENSIONS))
+    for item in document["paths"].values():
+        for operation in item.values():
+            if isinstance(operation, dict) and "requestBody" in operation:
+                operation["responses"].update(copy.deepcopy(_BODY_ERRORS))
+    grep = document["paths"]["/inspect/{image_uuid}/grep"]["get"]
+    grep["parameters"].extend(copy.deepcopy(_GREP_PARAMETERS))
+    grep["responses"].update(copy.deepcopy(_GREP_RESPONSES))
+    document["components"]["responses"].update(copy.deepcopy(_RESPONSES))
+    document["components"]["schemas"]["SandtreeGrepFields"] = copy.deepcopy(_GREP_FIELDS)
     document["components"]["schemas"]["SandtreeImageNode"] = copy.deepcopy(_NODE)
     document["components"]["schemas"]["SandtreeWhoAmIFields"] = copy.deepcopy(_WHOAMI_FIELDS)
     document["components"]["schemas"]["SandtreeEventDataProgress"] = copy.deepcopy(_PROGRESS)
