@@ -7,7 +7,7 @@ import pytest
 
 from sandtree.engine import OperationEvent, OperationRecord
 
-from .kit import TIERS, Sandboxes, host_pids_in_cgroup, sandbox_id, stdout, succeeded
+from .kit import TIERS, Sandboxes, host_pids_in_cgroup, stdout, succeeded
 
 pytestmark = [pytest.mark.isolation, pytest.mark.anyio]
 
@@ -43,7 +43,9 @@ async def test_an_exec_runs_inside_the_sandbox_as_its_user_and_in_its_cgroups(
     assert lines[0] == "ready"  # it sees the sandbox's filesystem
     assert lines[1] == "1000"
     if tier == "container":  # gVisor shows its own cgroups inside
-        assert sandbox_id(op) in lines[2]
+        # The sandbox has a cgroup namespace rooted at its own cgroup: an exec in it reads "/",
+        # one left in any other cgroup would read a path ("/../..." or a host one).
+        assert lines[2].endswith(":pids:/"), lines[2]
     assert result["state"]["exit_code"] == 0
     assert stdout(done) == "bye\n"
 

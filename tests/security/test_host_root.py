@@ -202,12 +202,16 @@ def test_a_kept_run_at_the_edges_of_the_id_range_leaves_only_shifted_owners_in_i
 
 
 def _sandtree_mounts(data_dir: Path, mountinfo: str) -> list[Path]:
-    """Mount points of this server's runs and views, as its ``/proc/PID/mountinfo`` tells
-    anyone (an overlay's options and a bind's source name the data dir)."""
+    """Mount points of runs and views, as a server's ``/proc/PID/mountinfo`` tells anyone.
+
+    Overlay options no longer name the data dir (layers are given through a descriptor), so
+    every mount under ``/run/sandtree/`` counts; the caller keeps those holding its file.
+    """
+    del data_dir  # kept in the signature: the mount points are what an attacker reads
     found = []
     for line in mountinfo.splitlines():
         fields = line.split()
-        if fields[4].startswith("/run/sandtree/") and str(data_dir.resolve()) in line:
+        if fields[4].startswith("/run/sandtree/"):
             found.append(Path(fields[4]))
     return found
 

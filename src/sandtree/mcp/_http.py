@@ -12,10 +12,19 @@ import hmac
 import json
 import os
 import secrets
+from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
+from typing import Any
 
 from mcp.server.mcpserver import MCPServer
-from starlette.types import ASGIApp, Receive, Scope, Send
+
+# ASGI's shapes, spelled out: the MCP package imports no web framework itself (the layering
+# test); the SDK's app is what serves.
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 __all__ = ["TOKEN_FILE", "BearerAuth", "http_app", "http_token"]
 
