@@ -26,10 +26,28 @@ from sandtree.engine.runtime import (
 from sandtree.engine.types import OperationEvent
 from sandtree.errors import ConflictError, NotFoundError
 
-__all__ = ["LiveRun", "ProcessTable", "exit_event", "process_result"]
+__all__ = ["LiveRun", "ProcessTable", "exit_event", "process_result", "sandbox_pid"]
 
 #: How long the end of a run waits for its exec'd processes' output to drain.
 _DRAIN_SECONDS = 5.0
+
+
+def sandbox_pid(host_pid: int) -> int:
+    """The pid a process has in its sandbox's pid namespace: what events show a tenant.
+
+    Host pids say how busy the host is and name host processes, so they are never shown.
+    0 when the host cannot tell (a process not in a nested pid namespace, e.g. gVisor's
+    ``runsc exec``, whose processes live in gVisor's own kernel).
+    """
+    try:
+        with open(f"/proc/{host_pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("NSpid:"):
+                    ids = line.split()[1:]
+                    return int(ids[-1]) if len(ids) > 1 else 0
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 @dataclasses.dataclass
@@ -99,7 +117,8 @@ class ProcessTable:
         process = await live.runtime.exec(live.spec, wanted)
         live.processes[spid] = process
         cap = truncate if truncate is not None else live.truncate
-        live.log.emit("spawn", {"pid": process.pid, "command": args[0], "args": list(args[1:]),
+        pid = sandbox_pid(process.pid)
+        live.log.emit("spawn", {"pid": pid, "command": args[0], "args": list(args[1:]),
                                 "shell": False, "cwd": cwd, "uid": uid, "gid": gid,
                                 "timeout": 0, "truncate_at": cap}, spid=spid)  # fmt: skip
         task = asyncio.get_running_loop().create_task(

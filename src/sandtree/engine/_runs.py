@@ -185,7 +185,8 @@ class RunExecutor:
                 "init",
                 {
                     "started_at": now_iso(),
-                    "runtime_path": str(dirs.root),
+                    # The rootfs as the sandbox sees it: its host path is not a tenant's to know.
+                    "runtime_path": "/",
                     "verbose": False,
                     "init_pid": 1,
                     "hostname": spec.hostname,
@@ -199,7 +200,7 @@ class RunExecutor:
             log.emit(
                 "spawn",
                 {
-                    "pid": sandbox.pid,
+                    "pid": 1,  # the command is the sandbox's init; its host pid is not shown
                     "command": args[0],
                     "args": args[1:],
                     "shell": spec.shell,
