@@ -8,6 +8,7 @@ import json
 import os
 import queue
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -23,6 +24,10 @@ __all__ = ["DEADLINE", "Background", "Sandtree", "kept"]
 
 #: How long a CLI command, or a line of its output, may take before a test gives up.
 DEADLINE = 60.0
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 class Background:
@@ -131,6 +136,9 @@ class Sandtree:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # A shell's background job (`./.ci/run &`) ignores SIGINT, and an ignored signal is
+            # inherited: Python would then never raise KeyboardInterrupt for a test's Ctrl-C.
+            preexec_fn=_default_sigint,
         )
         child = Background(proc)
         try:
