@@ -14,7 +14,7 @@ import datetime
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +26,23 @@ from sandtree.config import Settings
 from sandtree.engine import Engine, default_runtimes
 from sandtree.testing import ServerProcess
 
-__all__ = ["HostileServer", "LatencyProbe", "Tenant", "start_hostile_server"]
+__all__ = ["HostileServer", "LatencyProbe", "Tenant", "start_hostile_server", "wait_until"]
 
 #: How long another tenant's request may take while an attack runs. A frozen server misses it
 #: by far (the findings froze it for 28 s or for ever); a loaded CI machine stays well under.
 PROBE_DEADLINE = 5.0
+
+
+def wait_until(ready: Callable[[], bool], what: str, deadline: float = 30.0) -> None:
+    """Poll ``ready`` until it holds; fail naming ``what`` once ``deadline`` seconds pass.
+
+    A real server's state is read over HTTP, so polling with a deadline is the wait here.
+    """
+    end = time.monotonic() + deadline
+    while not ready():
+        if time.monotonic() > end:
+            raise AssertionError(f"{what}: not within {deadline}s")
+        time.sleep(0.05)
 
 
 @dataclasses.dataclass(frozen=True)

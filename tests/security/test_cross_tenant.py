@@ -9,29 +9,18 @@ differs from the 404 of a missing id is still an existence oracle.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from .hostile import HostileServer, LatencyProbe, Tenant, start_hostile_server
+from .hostile import HostileServer, LatencyProbe, Tenant, start_hostile_server, wait_until
 
 _TERMINAL = ("SUCCESS", "FAILED", "CANCELLED")
-
-
-@contextlib.contextmanager
-def _probed(tenant: Tenant) -> Iterator[LatencyProbe]:
-    """``LatencyProbe(tenant)`` around an attack, held until it has been answered at least once
-    (these attacks are quick: the probe must still have had its say)."""
-    with LatencyProbe(tenant) as probe:
-        yield probe
-        _until(lambda: bool(probe.latencies), 10, "the other tenant's first probe")
 
 
 def _busybox(tenant: Tenant) -> str:
@@ -73,7 +62,7 @@ def test_bobs_bare_untag_of_public_busybox_leaves_alices_tag_and_the_public_one(
         assert tagged.status_code == 200, tagged.text
         assert tagged.json()["tag"] == "alice/base:pinned"
 
-    with _probed(hostile.alice), hostile.bob.client() as bob:
+    with LatencyProbe(hostile.alice), hostile.bob.client() as bob:
         bare = bob.delete(f"/v1/images/{busybox}/tag")
         public = bob.delete(f"/v1/images/{busybox}/tag", params={"tag": "busybox:latest"})
         theirs = bob.delete(f"/v1/images/{busybox}/tag", params={"tag": "alice/base:pinned"})
@@ -92,7 +81,7 @@ def test_bob_never_sees_or_matches_alices_tag_of_public_busybox(hostile: Hostile
     with hostile.alice.client() as alice:
         assert alice.patch(f"/v1/images/{busybox}/tag", json={"tag": secret}).status_code == 200
 
-    with _probed(hostile.alice), hostile.bob.client() as bob:
+    with LatencyProbe(hostile.alice), hostile.bob.client() as bob:
         answers = [
             bob.get("/v1/images", params={"limit": "1000"}),
             bob.get("/v1/images", params={"tag": "aaa"}),
@@ -137,7 +126,7 @@ def test_lineage_of_public_busybox_seen_by_bob_shows_none_of_alices_children(
     alices = _kept(hostile.alice, "echo alice-secret-command > /alice")["result_image_uuid"]
     bobs = _kept(hostile.bob, "echo bob > /bob")["result_image_uuid"]
 
-    with _probed(hostile.alice), hostile.bob.client() as bob:
+    with LatencyProbe(hostile.alice), hostile.bob.client() as bob:
         seen = bob.get(f"/v1/images/{busybox}/lineage")
         own = bob.get(f"/v1/images/{bobs}/lineage").json()
 
@@ -227,7 +216,7 @@ def test_naming_alices_thing_gets_bob_the_404_of_a_missing_one(
         "file": str(uuid.uuid4()),
     }
     busybox = _busybox(hostile.bob)
-    with _probed(hostile.alice), hostile.bob.client() as bob:
+    with LatencyProbe(hostile.alice), hostile.bob.client() as bob:
         theirs = bob.request(method, path.format(busybox=busybox, **alices_things), json=body)
         nothing = bob.request(method, path.format(busybox=busybox, **missing), json=body)
 
@@ -357,14 +346,6 @@ def _errors(tenant: Tenant, ops: list[str]) -> list[tuple[str, str | None]]:
     return [(op["status"], op["error"]) for op in found]
 
 
-def _until(condition: Callable[[], bool], deadline: float, what: str) -> None:
-    end = time.monotonic() + deadline
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"{what} not within {deadline}s")
-        time.sleep(0.1)
-
-
 def test_alices_flood_of_long_runs_leaves_bob_a_slot_at_once(
     tmp_path: Path, busybox_rootfs: Path
 ) -> None:
@@ -381,8 +362,8 @@ def test_alices_flood_of_long_runs_leaves_bob_a_slot_at_once(
                 assert answer.status_code == 201, answer.text
                 flood.append(answer.json()["uuid"])
         try:
-            _until(lambda: _status(server.alice, flood[0]) == "EXECUTING", 30, "alice's run")
-            with _probed(server.bob), server.bob.client() as bob:
+            wait_until(lambda: _status(server.alice, flood[0]) == "EXECUTING", "alice's run", 30)
+            with LatencyProbe(server.bob), server.bob.client() as bob:
                 answer = bob.post(
                     "/v1/instances",
                     json={"command": "sleep 5", "image": "tag:busybox:latest", "shell": True,
@@ -390,10 +371,10 @@ def test_alices_flood_of_long_runs_leaves_bob_a_slot_at_once(
                 )  # fmt: skip
                 bobs = answer.json()["uuid"]
                 # Well below the 120 s alice's runs hold their slots for.
-                _until(
+                wait_until(
                     lambda: _status(server.bob, bobs) in ("EXECUTING", *_TERMINAL),
-                    30,
                     "bob's run starting while alice's flood runs",
+                    30,
                 )
             statuses = [_status(server.alice, op) for op in flood]
             # Bob did not just get a slot alice's ended runs had left.

@@ -10,13 +10,11 @@ real server on crun with a second tenant probing its latency.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,7 @@ import pytest
 from sandtree.config import Settings
 from sandtree.testing_registry import Entry, ScriptedRegistry, layer_tar
 
-from .hostile import HostileServer, LatencyProbe, Tenant, start_hostile_server
+from .hostile import HostileServer, LatencyProbe, Tenant, start_hostile_server, wait_until
 
 #: Owners that are no sandbox id: host root after the shift, just past the range, past 32 bits.
 _ALIEN_OWNERS = [
@@ -84,23 +82,6 @@ def _setid_below(data_dir: Path, shift: int) -> list[str]:
     return bad
 
 
-@contextlib.contextmanager
-def _probed(tenant: Tenant) -> Iterator[LatencyProbe]:
-    """``LatencyProbe`` that also waits for its first answer: a refused request ends sooner
-    than a probe's round trip, and the probe must have measured something."""
-    with LatencyProbe(tenant) as probe:
-        yield probe
-        _wait_until(lambda: bool(probe.latencies or probe.errors), "the first probe answer")
-
-
-def _wait_until(ready: Callable[[], bool], what: str, deadline: float = 30.0) -> None:
-    end = time.monotonic() + deadline
-    while not ready():
-        if time.monotonic() > end:
-            raise AssertionError(f"no {what} within {deadline}s")
-        time.sleep(0.05)
-
-
 def _spawn_body(**fields: Any) -> dict[str, Any]:
     return {"command": "true", "image": "tag:busybox:latest", "shell": True, **fields}
 
@@ -112,7 +93,7 @@ def test_a_setuid_placed_file_owned_by_an_id_outside_the_sandbox_is_refused(
     file_id = _upload(hostile.alice, b"#!/bin/sh\nexec /bin/sh\n")
     files = {"/bin/rootme": {"uuid": file_id, "mode": "04755", **owner}}
 
-    with _probed(hostile.bob), hostile.alice.client() as http:
+    with LatencyProbe(hostile.bob), hostile.alice.client() as http:
         kept = http.post("/v1/instances", json=_spawn_body(files=files, disposable=False))
         thrown = http.post("/v1/instances", json=_spawn_body(files=files, disposable=True))
 
@@ -133,7 +114,7 @@ def test_a_directory_state_with_an_owner_outside_the_sandbox_is_refused(
     file_id = _upload(hostile.alice, b"#!/bin/sh\n")
     files = {"/app/rootme": {"uuid": file_id, "mode": "06755", **owner}}
 
-    with _probed(hostile.bob), hostile.alice.client() as http:
+    with LatencyProbe(hostile.bob), hostile.alice.client() as http:
         answer = http.post("/v1/directory_states", json={"files": files})
 
     assert answer.status_code == 400, answer.text
@@ -145,7 +126,7 @@ def test_a_directory_state_with_an_owner_outside_the_sandbox_is_refused(
 def test_a_run_as_an_id_outside_the_sandbox_cannot_create_its_cwd_on_the_host(
     hostile: HostileServer, owner: dict[str, int]
 ) -> None:
-    with _probed(hostile.bob), hostile.alice.client() as http:
+    with LatencyProbe(hostile.bob), hostile.alice.client() as http:
         answer = http.post(
             "/v1/instances", json=_spawn_body(cwd="/made/by/me", disposable=False, **owner)
         )
@@ -171,7 +152,7 @@ def test_a_kept_run_at_the_edges_of_the_id_range_leaves_only_shifted_owners_in_i
         "touch /edge && chown 65535:65535 /edge && chmod 6755 /edge"
         " && mkdir -p /srv/a && chown 65534:65534 /srv/a && ls -ln /edge /bin/placed"
     )
-    with _probed(hostile.bob):
+    with LatencyProbe(hostile.bob):
         done = hostile.alice.spawn(
             command,
             disposable=False,
@@ -246,9 +227,9 @@ def test_another_local_user_cannot_reach_a_running_sandboxs_rootfs_through_its_m
                 points = _sandtree_mounts(hostile.data_dir, info)
                 return [p for p in points if (in_server / p.relative_to("/") / "bin/sx").exists()]
 
-            _wait_until(lambda: len(mounted()) >= 2, "run and view mounts holding /bin/sx")
+            wait_until(lambda: len(mounted()) >= 2, "run and view mounts holding /bin/sx")
             points = mounted()
-            with _probed(hostile.bob):
+            with LatencyProbe(hostile.bob):
                 seen = _as_nobody("cat", f"/proc/{server_pid}/mountinfo")
                 # From the host's paths, through /proc/PID/root, and in the server's mounts.
                 attempts: list[tuple[int | None, tuple[str, ...]]] = [
@@ -319,7 +300,7 @@ def test_a_registry_layer_with_setuid_files_of_alien_owners_imports_them_as_nobo
     )
     url = f"docker://{registry.host}/evil/rootme:latest"
 
-    with _probed(server.bob), server.alice.client() as http:
+    with LatencyProbe(server.bob), server.alice.client() as http:
         answer = http.post("/v1/images/import", json={"registry": {"url": url}, "tag": "evil"})
         assert answer.status_code == 201, answer.text
         done = server.alice.wait(answer.json()["uuid"])
@@ -377,7 +358,7 @@ def test_another_local_user_can_neither_list_nor_read_anything_in_the_data_dir(
         op_id = running.json()["uuid"]
         try:
             runs = data / "store" / "runs"
-            _wait_until(lambda: any(runs.iterdir()), f"run dir under {runs}")
+            wait_until(lambda: any(runs.iterdir()), f"run dir under {runs}")
             targets = [
                 data, data / "store", data / "store" / "layers", data / "store" / "runs",
                 data / "files", *(data / "store" / "runs").iterdir(),
