@@ -17,10 +17,14 @@ def anyio_backend() -> str:
     return "asyncio"  # FairSlots is asyncio's (the engine's loop)
 
 
-async def _take(slots: FairSlots, namespace: str) -> asyncio.Task[bool]:
+async def _take(
+    slots: FairSlots, namespace: str, cancel: asyncio.Event | None = None
+) -> asyncio.Task[bool]:
     """A waiter for a slot, started and given its turn to queue (and maybe be granted:
     grants are decided at once, so ``held`` tells who has a slot)."""
-    task = asyncio.ensure_future(slots.acquire(namespace, asyncio.Event()))
+    if cancel is None:
+        cancel = asyncio.Event()
+    task = asyncio.ensure_future(slots.acquire(namespace, cancel))
     await asyncio.sleep(0)
     return task
 
@@ -67,8 +71,7 @@ async def test_a_waiter_cancelled_before_its_turn_leaves_the_line() -> None:
     slots = FairSlots(1)
     await _take(slots, "alice")
     cancel = asyncio.Event()
-    bob = asyncio.ensure_future(slots.acquire("bob", cancel))
-    await asyncio.sleep(0)
+    bob = await _take(slots, "bob", cancel)
 
     cancel.set()
     with anyio.fail_after(5):
@@ -86,10 +89,8 @@ async def test_a_slot_granted_in_the_turn_its_waiter_is_cancelled_is_handed_on()
     slots = FairSlots(1)
     await _take(slots, "alice")
     cancel = asyncio.Event()
-    bob = asyncio.ensure_future(slots.acquire("bob", cancel))
-    await asyncio.sleep(0)
-    carol = asyncio.ensure_future(slots.acquire("carol", asyncio.Event()))
-    await asyncio.sleep(0)
+    bob = await _take(slots, "bob", cancel)
+    carol = await _take(slots, "carol")
 
     slots.release("alice")  # grants bob ...
     cancel.set()  # ... who gives up before he runs again
