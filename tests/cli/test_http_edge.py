@@ -72,6 +72,16 @@ class Edge:
         finally:
             writer.close()
 
+    async def kept_open(
+        self, request: bytes
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+        """A fresh connection that sent ``request``, left open once its answer came."""
+        reader, writer = await self.connect()
+        writer.write(request)
+        async with asyncio.timeout(_WAIT):
+            answer = await reader.readuntil(b"done")
+        return reader, writer, answer
+
 
 @pytest.fixture
 async def edge() -> AsyncIterator[Edge]:
@@ -165,9 +175,9 @@ async def test_when_every_connection_is_busy_a_new_one_gets_503(edge: Edge) -> N
 async def test_the_unread_rest_of_a_refused_body_is_dropped_only_for_a_while(
     edge: Edge,
 ) -> None:
-    reader, writer = await edge.connect()
-    writer.write(b"POST /reject HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\n")
-    head = await reader.readuntil(b"done")
+    reader, writer, head = await edge.kept_open(
+        b"POST /reject HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\n"
+    )
     cut = False
     for _ in range(500):  # 25 s at this pace; the server gives the rest 0.5 s
         try:
@@ -191,9 +201,7 @@ async def test_the_unread_rest_of_a_refused_body_is_dropped_only_for_a_while(
 async def test_a_kept_alive_connection_serves_a_second_request_after_a_pause(
     edge: Edge,
 ) -> None:
-    reader, writer = await edge.connect()
-    writer.write(b"GET /ok HTTP/1.1\r\nhost: x\r\n\r\n")
-    first = await reader.readuntil(b"done")
+    reader, writer, first = await edge.kept_open(b"GET /ok HTTP/1.1\r\nhost: x\r\n\r\n")
     await asyncio.sleep(0.7)  # longer than the header timeout, shorter than keep-alive (5 s)
     writer.write(b"GET /ok HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
     second = await _closed_within(reader, _WAIT)
@@ -206,9 +214,7 @@ async def test_a_kept_alive_connection_serves_a_second_request_after_a_pause(
 async def test_a_served_kept_alive_connection_outlasts_newer_never_served_ones(
     edge: Edge,
 ) -> None:
-    reader, writer = await edge.connect()
-    writer.write(b"GET /ok HTTP/1.1\r\nhost: x\r\n\r\n")
-    await reader.readuntil(b"done")
+    reader, writer, _ = await edge.kept_open(b"GET /ok HTTP/1.1\r\nhost: x\r\n\r\n")
     idle = [await edge.connect() for _ in range(_SETTINGS.max_connections)]
 
     evicted = await _closed_within(idle[0][0], _WAIT)  # the fourth newcomer evicted the first
