@@ -33,7 +33,7 @@ from sandtree.engine.layers._grep_lines import (
     Submatch,
     TruncatedReason,
 )
-from sandtree.engine.layers._grep_patterns import Patterns, compile_patterns
+from sandtree.engine.layers._grep_patterns import compile_patterns
 from sandtree.engine.layers._paths import (
     RESOLVE_BENEATH,
     RESOLVE_NO_MAGICLINKS,
@@ -124,18 +124,16 @@ def grep(
         raise InvalidRequestError(
             f"send at most {_MAX_GLOBS} globs of at most {_MAX_GLOB_CHARS} characters"
         )
-    search = _Search(
+    lines = LineScanner(
         compile_patterns(patterns, case=case, fixed=fixed_strings),
-        _Globs(globs),
         before=before,
         after=after,
         max_count=max_count,
         max_total=max_total,
-        max_filesize=max_filesize,
-        max_bytes=max_bytes,
         deadline=deadline,
         stop=stop,
     )
+    search = _Search(lines, _Globs(globs), max_filesize=max_filesize, max_bytes=max_bytes)
     reason: TruncatedReason | None = None
     rootfd = open_root(root)
     try:
@@ -145,7 +143,7 @@ def grep(
         reason = stopped.reason
     finally:
         os.close(rootfd)
-    return GrepResult(", ".join(shown), list(patterns), search.matches, reason is not None, reason)
+    return GrepResult(", ".join(shown), list(patterns), lines.matches, reason is not None, reason)
 
 
 class _Globs:
@@ -173,32 +171,13 @@ def _glob_matches(glob: str, name: str, rel: str) -> bool:
     return any(fnmatch.fnmatchcase(name, g) or fnmatch.fnmatchcase(rel, g) for g in candidates)
 
 
-class _Search(LineScanner):
-    """One search: walks the search paths, reads the files it wants, scans them."""
+class _Search:
+    """One search: walks the search paths, reads the files it wants, scans them with ``lines``."""
 
     def __init__(
-        self,
-        patterns: Patterns,
-        globs: _Globs,
-        *,
-        before: int,
-        after: int,
-        max_count: int | None,
-        max_total: int,
-        max_filesize: int,
-        max_bytes: int,
-        deadline: float | None,
-        stop: threading.Event | None,
+        self, lines: LineScanner, globs: _Globs, *, max_filesize: int, max_bytes: int
     ) -> None:
-        super().__init__(
-            patterns,
-            before=before,
-            after=after,
-            max_count=max_count,
-            max_total=max_total,
-            deadline=deadline,
-            stop=stop,
-        )
+        self.lines = lines
         self.globs = globs
         self.max_filesize = max_filesize
         self.max_bytes = max_bytes
@@ -233,7 +212,7 @@ class _Search(LineScanner):
                     stack.pop()
                     os.close(dirfd)
                     continue
-                self.check()
+                self.lines.check()
                 rel = f"{rel_dir}/{name}" if rel_dir else name
                 try:
                     st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
@@ -264,12 +243,12 @@ class _Search(LineScanner):
             os.close(pathfd)
 
     def _search_file(self, pathfd: int, st: os.stat_result, shown: str) -> None:
-        self.check()
-        if st.st_size > self.max_filesize or self.max_count == 0:
+        self.lines.check()
+        if st.st_size > self.max_filesize or self.lines.max_count == 0:
             return
         data = self._read(pathfd, st)
         if data is not None:
-            self.scan(shown, data)
+            self.lines.scan(shown, data)
 
     def _read(self, pathfd: int, st: os.stat_result) -> bytes | None:
         """The file's content, or None when it is binary, too large, or not a regular file."""
