@@ -128,7 +128,8 @@ class LayerStore:
         try:
             for layer in reversed(self.paths(dirs.layers)):
                 lowers.append(os.open(layer, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
-            for entry, rel in _walk(dirs.upper):
+            # walk_tree: the upper is walked while the sandbox may still write to it.
+            for rel, entry in walk_tree(dirs.upper):
                 if not stat.S_ISDIR(entry.st_mode):
                     return True
                 if _is_opaque(dirs.upper / rel) or not _same_dir_in_stack(lowers, rel, entry):
@@ -144,7 +145,7 @@ class LayerStore:
         An entry whose host owner no sandbox id maps to becomes nobody without setuid/setgid
         bits first (see ``_own_in_range``).
         """
-        entries = list(_walk(dirs.upper))
+        entries = list(walk_tree(dirs.upper))
         _own_in_range(dirs.upper, entries, self.uid_shift)
         size = _fsync_tree(dirs.upper, entries=entries)
         layer_id = uuid.uuid4().hex
@@ -267,13 +268,6 @@ class LayerStore:
                 leftover.rmdir()
 
 
-def _walk(top: Path) -> Iterator[tuple[os.stat_result, str]]:
-    # A run's upper is walked while the sandbox writes to it: walk_tree never follows a
-    # directory it swapped for a symlink out to the host.
-    for rel, st in walk_tree(top):
-        yield st, rel
-
-
 def _is_opaque(path: Path) -> bool:
     try:
         return os.getxattr(path, _OPAQUE, follow_symlinks=False) == b"y"
@@ -304,7 +298,7 @@ def _same_dir_in_stack(lowers_top_first: Sequence[int], rel: str, upper: os.stat
 _SYNCFS_ENTRIES = 256
 
 
-def _own_in_range(top: Path, entries: Sequence[tuple[os.stat_result, str]], shift: int) -> None:
+def _own_in_range(top: Path, entries: Sequence[tuple[str, os.stat_result]], shift: int) -> None:
     """Give nobody (and no setuid/setgid bit) what a finished run left owned by a host id
     outside ``shift .. shift + 65535``.
 
@@ -312,7 +306,7 @@ def _own_in_range(top: Path, entries: Sequence[tuple[os.stat_result, str]], shif
     EINVAL on crun and gVisor alike); this is the check that does not trust it, so that a
     misconfigured runtime cannot turn a run into a host-root setuid file in a layer.
     """
-    for st, rel in entries:
+    for rel, st in entries:
         uid, gid = st.st_uid, st.st_gid
         if in_host_range(uid, shift) and in_host_range(gid, shift):
             continue
@@ -326,7 +320,7 @@ def _own_in_range(top: Path, entries: Sequence[tuple[os.stat_result, str]], shif
 
 
 def _fsync_tree(
-    top: Path, *, files: bool = True, entries: Sequence[tuple[os.stat_result, str]] | None = None
+    top: Path, *, files: bool = True, entries: Sequence[tuple[str, os.stat_result]] | None = None
 ) -> int:
     """Make everything under ``top`` durable; returns the bytes of its regular files.
 
@@ -335,12 +329,12 @@ def _fsync_tree(
     of ``top`` when the caller has made it already.
     """
     if entries is None:
-        entries = list(_walk(top))
-    total = sum(st.st_size for st, _ in entries if stat.S_ISREG(st.st_mode))
+        entries = list(walk_tree(top))
+    total = sum(st.st_size for _, st in entries if stat.S_ISREG(st.st_mode))
     if len(entries) > _SYNCFS_ENTRIES:
         syncfs(top)
         return total
-    for st, rel in entries:
+    for rel, st in entries:
         path = top / rel
         if stat.S_ISREG(st.st_mode):
             if not files:
