@@ -265,14 +265,18 @@ class RegistryClient:
             "password (or token)"
         )
 
+    @staticmethod
+    def _basic(credentials: Credentials) -> str:
+        """The ready "Basic …" header value of ``credentials``."""
+        return httpx.BasicAuth(credentials.username, credentials.password)._auth_header
+
     def _answer(self, challenge: str, scope: str) -> None:
         kind, _, rest = challenge.partition(" ")
         params = dict(_CHALLENGE_PARAM.findall(rest))
         if kind.lower() == "basic":
             if self._credentials is None:
                 raise self._refused()
-            basic = httpx.BasicAuth(self._credentials.username, self._credentials.password)
-            value = basic._auth_header  # the ready "Basic …" header value
+            value = self._basic(self._credentials)
             with self._lock:
                 self._auth["*"] = value
             return
@@ -286,8 +290,7 @@ class RegistryClient:
         query["scope"] = scope
         headers = {}
         if self._credentials is not None:
-            basic = httpx.BasicAuth(self._credentials.username, self._credentials.password)
-            headers["Authorization"] = basic._auth_header
+            headers["Authorization"] = self._basic(self._credentials)
         # The realm is reached through the same guarded transport: a realm on an internal
         # address is refused like a registry there would be.
         answer = self._request(
