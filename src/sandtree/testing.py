@@ -46,6 +46,7 @@ __all__ = [
     "make_engine",
     "memory_store",
     "read_file",
+    "real_runtime_missing",
     "run_command",
     "simulated_internet",
     "tree_listing",
@@ -97,6 +98,19 @@ def make_engine(
         fake = runtime if runtime is not None else FakeRuntime()
         runtimes = {"container": lambda: fake, "gvisor": lambda: fake}
     return Engine(config, store=memory_store() if in_memory else None, runtimes=runtimes)
+
+
+def real_runtime_missing(suite: str) -> str | None:
+    """Why ``suite`` (e.g. "the isolation tests") cannot run on the real runtime here, or None.
+
+    The real-runtime suites skip with this reason rather than fail on a machine without root
+    or crun.
+    """
+    if os.geteuid() != 0:
+        return f"{suite} need root (user namespaces, cgroups, overlay mounts)"
+    if shutil.which("crun") is None:
+        return f"{suite} need crun (apt-get install crun)"
+    return None
 
 
 def build_busybox_rootfs(dest: Path) -> Path:

@@ -19,6 +19,7 @@ import pytest
 
 from sandtree.engine.runtime._network import NetworkPool
 from sandtree.errors import SandtreeError
+from sandtree.testing import real_runtime_missing
 
 from .kit import Sandboxes, SandboxesFactory, real_engine
 
@@ -41,11 +42,7 @@ _UNREACHABLE = (
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    reason = None
-    if os.geteuid() != 0:
-        reason = "the isolation tests need root (user namespaces, cgroups, overlay mounts)"
-    elif shutil.which("crun") is None:
-        reason = "the isolation tests need crun (apt-get install crun)"
+    reason = real_runtime_missing("the isolation tests")
     if reason is None:
         return
     for item in items:

@@ -5,12 +5,12 @@ Every test here is an attack. It needs root and crun, like the isolation suite.
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from sandtree.testing import real_runtime_missing
 
 from .hostile import HostileServer, start_hostile_server
 
@@ -18,11 +18,7 @@ _HERE = Path(__file__).parent
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    reason = None
-    if os.geteuid() != 0:
-        reason = "the hostile-tenant tests need root (a real server on the real runtime)"
-    elif shutil.which("crun") is None:
-        reason = "the hostile-tenant tests need crun (apt-get install crun)"
+    reason = real_runtime_missing("the hostile-tenant tests")
     for item in items:
         if _HERE in item.path.parents:
             item.add_marker(pytest.mark.isolation)
