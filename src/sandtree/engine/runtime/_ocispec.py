@@ -103,11 +103,9 @@ def build_config(
     *,
     uid_shift: int,
     seccomp: Mapping[str, Any] | None = None,
-    sysctl: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The ``config.json`` for ``spec``; the same for crun, runc and runsc but for the
-    seccomp filter (default: ``seccomp_profile()``) and ``sysctl`` (namespaced sysctls set
-    in the sandbox), which the runtime decides."""
+    seccomp filter (default: ``seccomp_profile()``), which the runtime decides."""
     namespaces: list[dict[str, str]] = [
         {"type": "pid"},
         {"type": "ipc"},
@@ -128,8 +126,6 @@ def build_config(
         "readonlyPaths": _READONLY_PATHS,
     }
     linux["seccomp"] = dict(seccomp) if seccomp is not None else seccomp_profile()
-    if sysctl:
-        linux["sysctl"] = dict(sysctl)
     return {
         "ociVersion": "1.0.2",
         "process": build_process(spec, spec.args, spec.env, spec.cwd, spec.uid, spec.gid),
