@@ -115,14 +115,16 @@ class ImageTables(SqliteBase):
             for row in rows
         ]
 
-    def _image_from_rows(self, rows: Sequence[sqlite3.Row]) -> ImageRecord | None:
-        return self._images_from_rows(rows[:1])[0] if rows else None
+    def _image_from_rows(
+        self, rows: Sequence[sqlite3.Row], tag_namespaces: Sequence[str] | None = None
+    ) -> ImageRecord | None:
+        return self._images_from_rows(rows[:1], tag_namespaces)[0] if rows else None
 
     def get_image(
         self, uuid: str, *, tag_namespaces: Sequence[str] | None = None
     ) -> ImageRecord | None:
         rows = self._query("SELECT * FROM images WHERE uuid=?", (uuid,))
-        return self._images_from_rows(rows[:1], tag_namespaces)[0] if rows else None
+        return self._image_from_rows(rows, tag_namespaces)
 
     def list_images(self, query: ImageQuery) -> list[ImageRecord]:
         where, params = namespace_clause(query.namespaces, "i.namespace")
@@ -190,11 +192,11 @@ class ImageTables(SqliteBase):
         return (rows[0]["id"], rows[0]["size"]) if rows else None
 
     def layer_used_in(self, layer_id: str, namespaces: Sequence[str]) -> bool:
-        marks = ", ".join("?" for _ in namespaces)
+        in_scope, params = namespace_clause(namespaces, "i.namespace")
         rows = self._query(
             "SELECT 1 FROM image_layers il JOIN images i ON i.uuid = il.image"
-            f" WHERE il.layer = ? AND i.namespace IN ({marks}) LIMIT 1",
-            (layer_id, *namespaces),
+            f" WHERE il.layer = ? AND {in_scope} LIMIT 1",
+            [layer_id, *params],
         )
         return bool(rows)
 
