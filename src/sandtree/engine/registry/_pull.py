@@ -383,7 +383,10 @@ class Puller:
 
     def _stored_layer(self, digest: str) -> tuple[str, int] | None:
         """The layer unpacked from blob ``digest``, if it is still on disk (pinned)."""
-        found = self._store.layer_by_source(digest)
+        return self._pin(self._store.layer_by_source(digest))
+
+    def _pin(self, found: tuple[str, int] | None) -> tuple[str, int] | None:
+        """``found`` pinned, if it is still on disk."""
         if found is None or not self._layers.path(found[0]).is_dir():
             return None
         self.pinned.add(found[0])
@@ -395,7 +398,7 @@ class Puller:
         found = self._store.layer_by_source(digest)
         if found is None or not self._store.layer_used_in(found[0], (namespace, PUBLIC_NAMESPACE)):
             return None
-        return self._stored_layer(digest)
+        return self._pin(found)
 
     def _fetch(
         self,
