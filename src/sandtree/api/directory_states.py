@@ -44,10 +44,8 @@ async def create_state(request: Request) -> Response:
     engine: Engine = request.app.state.engine
     # A synced tree is a larger body than other requests: its own caps, the entries counted
     # before they are parsed into placed files.
-    limit, entries = (
-        engine.settings.max_directory_state_bytes,
-        engine.settings.max_directory_state_entries,
-    )
+    limit = engine.settings.max_directory_state_bytes
+    entries = engine.settings.max_directory_state_entries
     too_large = (
         f"the directory state is larger than {limit} bytes (the server's "
         "max_directory_state_bytes); exclude build outputs and dependencies from the sync"
