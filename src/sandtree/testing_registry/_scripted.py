@@ -87,12 +87,12 @@ class ScriptedRegistry:
 
             def _drain(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
+                bare = urllib.parse.urlsplit(self.path).path
                 while length > 0:
                     chunk = self.rfile.read(min(length, 1 << 20))
                     if not chunk:
                         break
                     length -= len(chunk)
-                    bare = urllib.parse.urlsplit(self.path).path
                     scripted.received[bare] = scripted.received.get(bare, 0) + len(chunk)
 
             def _answer(self) -> None:
