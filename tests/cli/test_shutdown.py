@@ -46,8 +46,9 @@ serve_until_stopped(config, deadline=deadline)
 """
 
 
-def _read_until(process: subprocess.Popen[str], marker: str, within: float = 30) -> str:
-    """The server's output up to the line holding ``marker`` (fails past ``within`` s)."""
+def _read_until(process: subprocess.Popen[bytes], marker: str, within: float = 30) -> str:
+    """The server's output up to ``marker`` at least (fails past ``within`` s). Read from
+    the unbuffered pipe, so no line sits in a buffer the selector cannot see."""
     assert process.stdout is not None
     end = time.monotonic() + within
     seen = ""
@@ -57,10 +58,10 @@ def _read_until(process: subprocess.Popen[str], marker: str, within: float = 30)
             left = end - time.monotonic()
             if left <= 0 or not sel.select(timeout=left):
                 raise AssertionError(f"no {marker!r} from the server:\n{seen}")
-            line = process.stdout.readline()
-            if not line:
+            chunk = os.read(process.stdout.fileno(), 65536)
+            if not chunk:
                 raise AssertionError(f"the server exited before {marker!r}:\n{seen}")
-            seen += line
+            seen += chunk.decode(errors="replace")
     return seen
 
 
@@ -74,7 +75,7 @@ def test_sigterm_ends_a_server_stuck_for_ever_within_its_shutdown_deadline(
         [sys.executable, "-c", _SERVER, str(fifo), "1.0", where],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        text=True,
+        bufsize=0,
     )
     try:
         started = _read_until(process, "Uvicorn running on")
@@ -86,7 +87,8 @@ def test_sigterm_ends_a_server_stuck_for_ever_within_its_shutdown_deadline(
             _read_until(process, "FROZEN")
         process.send_signal(signal.SIGTERM)
         code = process.wait(timeout=20)
-        output = process.stdout.read() if process.stdout is not None else ""
+        rest = process.stdout.read() if process.stdout is not None else b""
+        output = rest.decode(errors="replace")
     finally:
         if process.poll() is None:
             process.kill()
