@@ -119,7 +119,8 @@ def run_mini(
         env=child_env, cwd=tmp, capture_output=True, text=True, timeout=300,
         stdin=subprocess.DEVNULL, check=False,
     )  # fmt: skip
-    log = f"mini exited {done.returncode}\n{done.stdout}\n{done.stderr}"
+    # Its stdout replays the whole conversation: the end says how the run ended.
+    log = f"mini exited {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
     assert trajectory.is_file(), log
     return _parse(json.loads(trajectory.read_text(encoding="utf-8")), log)
 
@@ -233,4 +234,30 @@ def test_mini_swe_agent_sees_a_command_past_its_timeout_killed_and_keeps_working
     assert timed_out.returncode == 128 + 9  # killed with SIGKILL at the timeout
     assert timed_out.output == "started\n"
     assert run.steps[2].output == "kept\n"  # the same session goes on after the timeout
+    assert run.exit_status == "Submitted"
+
+
+def test_mini_swe_agent_with_a_shorter_limit_in_its_interpreter_never_races_the_sdk(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    # The command ends itself after 2 s, well before the run's timeout, which is also when
+    # contree-sdk stops waiting; busybox's timeout cannot kill the sandbox's pid 1, so a
+    # shell that is not exec'd away (the `|| exit`) stays pid 1 and timeout is its child.
+    environment = {
+        "environment_class": "contree",
+        "contree_config": {"auth": {"base_url": server.url, "token": server.admin_token}},
+        "image": "busybox:latest",
+        "interpreter": ["sh", "-c", "'timeout -s KILL 2 sh -c \"$1\" || exit $?'", "sh"],
+        "cwd": "/work",
+        "timeout": 30,
+    }
+    commands = ["echo kept > kept.txt", "echo started; sleep 60", "cat kept.txt", SUBMIT]
+
+    run = run_mini(tmp_path, commands, environment)
+
+    limited = run.steps[1]
+    assert limited.exception_info is None, run.log
+    assert limited.returncode == 128 + 9
+    assert limited.output.startswith("started\n")
+    assert run.steps[2].output == "kept\n"
     assert run.exit_status == "Submitted"
