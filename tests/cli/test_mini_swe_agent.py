@@ -147,8 +147,8 @@ def _parse(saved: dict[str, Any], log: str) -> Trajectory:
 #: The steps of the task: each proves one thing about the environment (see the tests).
 TASK = [
     "echo draft > notes.txt; pwd",
-    "cd /tmp; pwd",
-    'pwd; echo "$GREETING from $PROJECT_NAME"',
+    "cd /tmp; export LEFT_OVER=yes; pwd",
+    'pwd; echo "${LEFT_OVER:-no export}"; echo "$GREETING from $PROJECT_NAME"',
     "echo oops >&2; echo partial; exit 3",
     "cat /work/notes.txt",
     f"{SUBMIT}; cat notes.txt",
@@ -184,19 +184,19 @@ def test_mini_swe_agent_reads_in_a_later_step_the_file_an_earlier_step_wrote(
     assert (task.exit_status, task.submission) == ("Submitted", "draft\n")
 
 
-def test_mini_swe_agent_starts_every_step_in_its_cwd_so_a_cd_does_not_carry_over(
+def test_mini_swe_agent_starts_every_step_afresh_in_its_cwd_so_cd_and_export_do_not_carry_over(
     task: Trajectory,
 ) -> None:
     # mini-swe-agent's documented rule: every action runs in a new subshell.
     assert task.steps[0].output == "/work\n", task.log  # made by cwd_auto_create
     assert task.steps[1].output == "/tmp\n"
-    assert task.steps[2].output.splitlines()[0] == "/work"
+    assert task.steps[2].output.splitlines()[:2] == ["/work", "no export"]
 
 
 def test_mini_swe_agent_passes_env_and_forwarded_variables_to_the_command(
     task: Trajectory,
 ) -> None:
-    assert task.steps[2].output.splitlines()[1:] == ["hello from sandtree"], task.log
+    assert task.steps[2].output.splitlines()[2:] == ["hello from sandtree"], task.log
 
 
 def test_mini_swe_agent_shows_a_failing_command_with_its_exit_code_and_both_outputs(
