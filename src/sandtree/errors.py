@@ -64,6 +64,9 @@ class SandtreeError(Exception):
 
     status: ClassVar[int] = 500
     code: ClassVar[str] = "error"
+    #: Seconds a client should wait before trying again (the answer's ``Retry-After``);
+    #: ``None`` for errors that trying again will not mend.
+    retry_after: ClassVar[int | None] = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -169,6 +172,7 @@ class NotReadyError(SandtreeError):
 
     status = 425
     code = "not_ready"
+    retry_after = 1
 
 
 class TooManyRequestsError(SandtreeError):
@@ -176,6 +180,7 @@ class TooManyRequestsError(SandtreeError):
 
     status = 429
     code = "too_many_requests"
+    retry_after = 1
 
 
 class RuntimeUnavailableError(SandtreeError):

@@ -113,7 +113,8 @@ async def test_subprocesses_need_a_running_instance(api: Api, image: ImageRecord
     main = await api.http.get(f"/v1/operations/{finished}/subprocesses/1", headers=api.auth)
 
     assert late.status_code == 409
-    assert "EXECUTING" in late.json()["error"]
+    assert "ended SUCCESS" in late.json()["error"]
+    assert "Retry-After" not in late.headers
     assert unknown.status_code == 404
     assert main.json()["state"]["exit_code"] == 0
     assert main.json()["stdout"]["value"] == "done\n"

@@ -83,11 +83,24 @@ def test_run_in_process_keeps_stdout_and_stderr_apart_and_exits_with_the_command
     assert (result.stdout, result.stderr) == ("out\n", "err\n")
 
 
-def test_run_past_its_timeout_is_killed_and_exits_124(sandtree: Sandtree) -> None:
-    done = sandtree("run", "--image", BUSYBOX, "--timeout", "1", "--", "sleep 5")
+def test_run_past_its_timeout_is_killed_and_exits_124_with_its_output(sandtree: Sandtree) -> None:
+    done = sandtree("run", "--image", BUSYBOX, "--timeout", "1", "--", "echo started; sleep 5")
 
     assert done.returncode == 124
-    assert done.stderr.startswith("FAILED: the command ran past its timeout of 1 s")
+    assert done.stdout == "started\n"
+    assert done.stderr.startswith("timed out: the command ran past its timeout of 1 s")
+
+
+def test_a_kept_run_past_its_timeout_keeps_its_image_and_says_so(sandtree: Sandtree) -> None:
+    done = sandtree("run", "--json", "--image", BUSYBOX, "--keep", "--timeout", "1", "--",
+                    "echo half > /root/partial; sleep 5")  # fmt: skip
+
+    assert done.returncode == 124
+    answer = json.loads(done.stdout)
+    assert answer["status"] == "SUCCESS"
+    assert answer["metadata"]["result"]["state"]["timed_out"] is True
+    image = answer["result_image_uuid"]
+    assert sandtree("images", "cat", image, "/root/partial").stdout == "half\n"
 
 
 def test_run_on_a_missing_image_exits_1_with_one_error_line_and_no_traceback(

@@ -12,7 +12,7 @@ from sandtree.engine import Engine, ImageRecord, OperationStatus
 from sandtree.engine.runtime import FakeRuntime
 from sandtree.engine.runtime._base import SandboxExit, SandboxSpec
 from sandtree.engine.runtime._fake import FakeSandbox
-from sandtree.testing import make_engine, run_command
+from sandtree.testing import make_engine, read_file, run_command
 
 pytestmark = pytest.mark.anyio
 
@@ -68,20 +68,45 @@ async def test_fork_bomb_fails_naming_the_process_limit(engine: Engine, base: Im
     assert op.result["limit_hit"] == "pids"
 
 
-async def test_run_past_its_timeout_fails_with_timed_out(engine: Engine, base: ImageRecord) -> None:
-    op = await run_command(engine, "echo started; block", base, timeout=1)
+async def test_run_past_its_timeout_completes_with_timed_out_and_its_output(
+    engine: Engine, base: ImageRecord
+) -> None:
+    # FAILED is for the machinery; a command that overran its timeout is the command's
+    # outcome, which the caller (an agent) must be told as a result.
+    op = await run_command(engine, "echo started; block", base, timeout=1, disposable=True)
 
-    assert op.status == OperationStatus.FAILED
-    assert op.error is not None
-    assert "timeout of 1 s" in op.error
+    assert op.status == OperationStatus.SUCCESS
+    assert op.error is None
     assert op.result is not None
     assert op.result["state"]["timed_out"] is True
+    assert op.result["state"]["signal"] == 9
     assert op.result["stdout"]["value"] == "started\n"
     assert op.result_image is None
     events = [e async for e in engine.follow_events(op, follow=False)]
     shutdown = next(e for e in events if e.type == "shutdown")
     assert shutdown.data["reason"] == "timeout"
-    assert next(e for e in events if e.type == "exit").data["timed_out"] is True
+    exit = next(e for e in events if e.type == "exit").data
+    assert (exit["timed_out"], exit["signal"], exit["code"]) == (True, 9, -1)
+    assert events[-1].type == "completion"
+    assert events[-1].data["status"] == "SUCCESS"
+
+
+async def test_a_kept_run_past_its_timeout_keeps_what_it_wrote_as_its_result_image(
+    engine: Engine, base: ImageRecord
+) -> None:
+    op = await run_command(
+        engine, "write /root/partial half; block", base, timeout=1, disposable=False
+    )
+
+    assert op.status == OperationStatus.SUCCESS
+    assert op.result is not None
+    assert op.result["state"]["timed_out"] is True
+    assert op.result["filesystem_changed"] is True
+    assert op.result_image is not None
+    assert op.result_image != base.uuid
+    kept = engine.resolve_image(op.result_image)
+    assert read_file(engine, kept, "/root/partial") == b"half"
+    assert [child.uuid for child in engine.lineage(base).children] == [kept.uuid]
 
 
 async def test_timeout_is_reported_as_the_limit_hit(engine: Engine, base: ImageRecord) -> None:

@@ -107,10 +107,9 @@ async def test_an_output_flood_is_truncated_and_does_not_grow_our_memory(
         before = _rss_bytes()
         flood = await sb.run("yes", tier=tier, timeout=3, truncate_output_at=64 * 1024)
         grown = _rss_bytes() - before
-        assert flood.status == "FAILED"
-        assert flood.error is not None
-        assert "timeout of 3 s" in flood.error
+        assert flood.status == "SUCCESS"
         assert flood.result is not None
+        assert flood.result["state"]["timed_out"] is True
         assert flood.result["stdout"]["truncated"] is True
         assert stdout(flood) == "y\n" * (32 * 1024)
         # Gigabytes went through the pipe; we kept 64 KiB of them (and a little slack).

@@ -103,12 +103,15 @@ async def test_stdin_larger_than_a_pipe_buffer_reaches_the_command_whole(
 @pytest.mark.parametrize("tier", TIERS)
 async def test_a_timeout_kills_the_whole_process_tree(sandboxes: Sandboxes, tier: str) -> None:
     background, foreground = unique_seconds(), unique_seconds()
-    op = await sandboxes.run(f"sleep {background} & sleep {foreground}", tier=tier, timeout=2)
-    assert op.status == "FAILED"
-    assert op.error is not None
-    assert "timeout of 2 s" in op.error
+    op = await sandboxes.run(
+        f"echo started; sleep {background} & sleep {foreground}", tier=tier, timeout=2
+    )
+    # The command's outcome, not the machinery's: the run completes and says it timed out.
+    assert (op.status, op.error) == ("SUCCESS", None)
     assert op.result is not None
     assert op.result["state"]["timed_out"] is True
+    assert op.result["state"]["signal"] == 9
+    assert stdout(op) == "started\n"
     # Both sleeps (a host process each under crun), every runtime process and, for crun, the
     # sandbox's cgroups are gone by the time the operation is reported ended.
     assert host_pids_with(f"sleep {background}") == []
@@ -129,7 +132,8 @@ async def test_a_finished_run_leaves_no_cgroup_directory_in_any_controller(
     ended = await sandboxes.run("echo done", tier=tier)
     killed = await sandboxes.run("sleep 1000 & sleep 1000", tier=tier, timeout=1)
     assert ended.status == "SUCCESS"
-    assert killed.status == "FAILED"
+    assert killed.result is not None
+    assert killed.result["state"]["timed_out"] is True
     assert cgroup_dirs(ended) == []
     assert cgroup_dirs(killed) == []
 

@@ -210,8 +210,20 @@ async def test_a_run_over_its_timeout_is_reported_timed_out(
 ) -> None:
     out = await agent.call("run", command="echo started; block", image=base.uuid, timeout=1)
     assert out["timed_out"] is True
+    assert (out["state"], out["error"]) == ("SUCCESS", None)
     assert out["stdout"] == "started\n"
     assert out["exit_code"] != 0
+
+
+async def test_a_kept_run_over_its_timeout_answers_the_image_it_kept(
+    agent: Agent, base: ImageRecord
+) -> None:
+    out = await agent.call("run", command="write /root/partial half; block", image=base.uuid,
+                           timeout=1, disposable=False)  # fmt: skip
+    assert (out["timed_out"], out["state"], out["filesystem_changed"]) == (True, "SUCCESS", True)
+    assert out["result_image"] not in (None, base.uuid)
+    read = await agent.call("read_file", image=out["result_image"], path="/root/partial")
+    assert "half" in str(read)
 
 
 async def test_wait_false_answers_only_the_operation_id(agent: Agent, base: ImageRecord) -> None:

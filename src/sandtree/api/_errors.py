@@ -22,6 +22,8 @@ def error_response(status: int, message: str) -> JSONResponse:
 async def _sandtree_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, SandtreeError)
     response = error_response(exc.status, exc.message)
+    if exc.retry_after is not None:
+        response.headers["Retry-After"] = str(exc.retry_after)
     if exc.status == 408:
         # The client is too slow to keep serving: the connection ends with this answer.
         response.headers["Connection"] = "close"

@@ -100,11 +100,18 @@ async def run(
         s.move(str(new_image), " ".join(command))
         s.save()
 
+    timed_out = bool((result.get("state") or {}).get("timed_out"))
+
     def human() -> None:
         if done.get("status") != "SUCCESS":
             err_console.print(f"[red]{done.get('status')}:[/] {escape(str(done.get('error')))}",
                               markup=True)  # fmt: skip
-        elif keep:
+            return
+        if timed_out:
+            err_console.print(f"[red]timed out:[/] the command ran past its timeout of {timeout} s"
+                              " and was killed; pass a larger --timeout or make it finish sooner",
+                              markup=True)  # fmt: skip
+        if keep:
             changed = result.get("filesystem_changed")
             note = "" if changed else " (nothing changed: same image)"
             err_console.print(f"[green]kept[/] {new_image}{note}", markup=True)
@@ -112,7 +119,7 @@ async def run(
     emit(state, done, human)
     if done.get("status") == "CANCELLED":
         return 130
-    if (result.get("state") or {}).get("timed_out"):
+    if timed_out:
         return 124
     if done.get("status") != "SUCCESS" or exit_code is None:
         return 1

@@ -543,7 +543,8 @@ class Engine:
         """Start another process in ``op``'s running sandbox; returns its spid (2, 3, …).
 
         Raises:
-            ConflictError: the operation is not running a sandbox (queued or ended).
+            NotReadyError: the operation has not ended but its sandbox is not up (yet); retry.
+            ConflictError: the operation has ended, or is not a run.
         """
         check_sandbox_id(uid, "uid")
         check_sandbox_id(gid, "gid")

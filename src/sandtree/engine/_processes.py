@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sandtree.engine._events import EventLog
@@ -23,8 +23,8 @@ from sandtree.engine.runtime import (
     SandboxProcess,
     SandboxSpec,
 )
-from sandtree.engine.types import OperationEvent
-from sandtree.errors import ConflictError, NotFoundError
+from sandtree.engine.types import OperationEvent, OperationKind, OperationRecord
+from sandtree.errors import ConflictError, NotFoundError, NotReadyError
 
 __all__ = ["LiveRun", "ProcessTable", "exit_event", "process_result", "sandbox_pid"]
 
@@ -68,10 +68,16 @@ class LiveRun:
 
 
 class ProcessTable:
-    """The live runs of this engine, by operation id."""
+    """The live runs of this engine, by operation id.
 
-    def __init__(self) -> None:
+    ``operation`` looks an operation up as it is now: a request for a run that is not live
+    is told to retry (425) while the operation has not ended, since its sandbox is still
+    coming up (or its end is being recorded), and refused (409) once it has.
+    """
+
+    def __init__(self, operation: Callable[[str], OperationRecord | None]) -> None:
         self._live: dict[str, LiveRun] = {}
+        self._operation = operation
 
     def register(self, op_id: str, live: LiveRun) -> None:
         live.processes[1] = live.sandbox
@@ -82,12 +88,21 @@ class ProcessTable:
 
     def _get(self, op_id: str) -> LiveRun:
         live = self._live.get(op_id)
-        if live is None:
-            raise ConflictError(
-                f"operation {op_id} has no running sandbox (it is queued or has ended); "
-                "processes can be started only while it is EXECUTING"
+        if live is not None:
+            return live
+        op = self._operation(op_id)
+        if op is not None and op.kind is OperationKind.INSTANCE and not op.status.terminal:
+            # Looked up after the miss: a run that registers in between reads as not ended,
+            # so no running operation is ever answered 409.
+            raise NotReadyError(
+                f"operation {op_id} is {op.status} and its sandbox is not accepting processes"
+                " yet; retry after the Retry-After delay"
             )
-        return live
+        ended = f"it ended {op.status}" if op is not None and op.status.terminal else "it has none"
+        raise ConflictError(
+            f"operation {op_id} has no running sandbox ({ended}); processes, stdin and signals"
+            " reach a sandbox only while its instance operation runs: start a new run"
+        )
 
     async def exec(
         self,

@@ -94,7 +94,7 @@ class RunExecutor:
         self._runtimes: dict[str, Runtime] = {}
         self._network = network
         #: The processes of running sandboxes, for exec, stdin writes and signals.
-        self.processes = ProcessTable()
+        self.processes = ProcessTable(store.get_operation)
         # Clean-up that finishes after a run has replied (veth teardown, deleting run dirs).
         self._cleanups: set[asyncio.Future[None]] = set()
 
@@ -143,7 +143,8 @@ class RunExecutor:
         """Run ``spec`` on ``image``; returns the result and the new image, if one was made.
 
         Raises:
-            RunFailure: a limit, the timeout or a cancel ended the run, or it could not start.
+            RunFailure: a limit or a cancel ended the run, or it could not start. A run past
+                its timeout is killed and completes: its result says `state.timed_out`.
         """
         tier = spec.isolation or self._settings.default_isolation
         runtime = self.runtime(tier)
@@ -432,11 +433,6 @@ class RunExecutor:
     ) -> tuple[str, bool] | None:
         if outcome.cancelled:
             return "the operation was cancelled; its sandbox was stopped", True
-        if outcome.timed_out:
-            return (
-                f"the command ran past its timeout of {spec.timeout} s and was killed; "
-                "pass a larger timeout or make the command finish sooner"
-            ), False
         if outcome.disk_exceeded is not None:
             cap = spec.max_layer_bytes or self._settings.max_layer_bytes
             used = outcome.disk_exceeded

@@ -105,7 +105,9 @@ right after a `disposable=false` run (`set_tag(image_uuid, tag)`), and remove a 
 # Errors
 
 1. Did the operation complete? `state` FAILED or CANCELLED: read `error` (a limit, a missing
-   image, a timeout). `timed_out=true`: raise `timeout`.
+   image, a cancel). `timed_out=true`: the command ran past `timeout` and was killed; its output
+   so far is in `stdout`/`stderr` (and a `disposable=false` run kept what it wrote): raise
+   `timeout` or make the command finish sooner.
 2. Did the command succeed? `exit_code` ≠ 0: read `stderr`.
 - Image not found: `list_images`, or `import_image` it.
 - Directory state not found (a new server): `rsync` again.

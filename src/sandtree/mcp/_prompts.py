@@ -98,7 +98,7 @@ def register_prompts(server: MCPServer) -> None:
         """Find out why an operation failed."""
         return (
             f"get_operation(operation_id={operation_id!r}).\n"
-            "- state FAILED/CANCELLED: read error (a limit, a timeout, a missing image).\n"
+            "- state FAILED/CANCELLED: read error (a limit, a cancel, a missing image).\n"
             "- state SUCCESS but exit_code ≠ 0: the command failed; read stderr, then stdout.\n"
             "- timed_out: raise timeout. *_truncated: raise truncate_output_at or write output "
             "to a file and read_file it.\n"

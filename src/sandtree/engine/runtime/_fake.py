@@ -86,7 +86,14 @@ class FakeSandbox:
             elif verb == "echoerr":
                 self._stderr.put_nowait(rest.encode() + b"\n")
             elif verb == "cat":
-                await self._stdin_closed.wait()
+                # A kill ends a cat still waiting for its input, as it ends a real one.
+                events = (self._stdin_closed, self._killed)
+                waits = [asyncio.ensure_future(event.wait()) for event in events]
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                for pending in waits:
+                    pending.cancel()
+                if not self._stdin_closed.is_set():
+                    return SandboxExit(exit_code=128 + self._signal, signal=self._signal)
                 self._stdout.put_nowait(bytes(self._stdin))
             elif verb == "write":
                 target, _, text = rest.partition(" ")
@@ -126,6 +133,11 @@ class FakeRuntime:
 
     def __init__(self, *, uid_shift: int = 100000) -> None:
         self.started: list[SandboxSpec] = []
+        #: While not ``None``, ``start`` waits for it before the sandbox exists (and sets
+        #: ``at_gate`` when a start is held there): a test holds runs in their start to see
+        #: what clients are told meanwhile.
+        self.start_gate: asyncio.Event | None = None
+        self.at_gate = asyncio.Event()
         self._uid_shift = uid_shift
         self._next_pid = 1000
 
@@ -138,6 +150,9 @@ class FakeRuntime:
         return True
 
     async def start(self, spec: SandboxSpec) -> FakeSandbox:
+        if self.start_gate is not None:
+            self.at_gate.set()
+            await self.start_gate.wait()
         self.started.append(spec)
         self._next_pid += 1
         return FakeSandbox(spec, self._next_pid, uid_shift=self._uid_shift)
