@@ -10,9 +10,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from contree_sdk import ContreeSync
-from contree_sdk.auth import JWTAuth
-from contree_sdk.config import ContreeConfig
+from contree_sdk import ContreeSync  # type: ignore[import-untyped]
+from contree_sdk.auth import JWTAuth  # type: ignore[import-untyped]
+from contree_sdk.config import ContreeConfig  # type: ignore[import-untyped]
 
 from sandtree.testing import ServerProcess, real_runtime_missing
 
