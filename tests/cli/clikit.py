@@ -155,11 +155,12 @@ class Sandtree:
         *,
         timeout: int = 60,
         stdin_open: bool = False,
+        **fields: Any,
     ) -> str:
         """Start ``command`` (a shell line) through the REST API; its operation id. With
-        ``stdin_open`` its stdin stays open for ``feed``."""
+        ``stdin_open`` its stdin stays open for ``feed``; ``fields`` go into the request."""
         body: dict[str, Any] = {"command": command, "image": image, "shell": True,
-                                "timeout": timeout}  # fmt: skip
+                                "timeout": timeout, **fields}  # fmt: skip
         if stdin_open:
             body["stdin"] = {"value": "", "close": False}
         return str(self._api("POST", "/instances", body).json()["uuid"])

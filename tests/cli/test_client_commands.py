@@ -308,7 +308,11 @@ def test_ops_wait_follows_runs_to_their_end_and_says_whether_all_succeeded(
     sandtree: Sandtree,
 ) -> None:
     slow, quick = sandtree.spawn("sleep 1; echo slow"), sandtree.spawn("echo quick")
-    failing = sandtree.spawn("sleep 5", timeout=1)  # an exit code is a success; this is not
+    # An exit code (or a timeout) is the command's outcome, a success; a limit is not.
+    failing = sandtree.spawn(
+        "for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16; do mkdir /d$i; done",
+        resources_limits={"max_layer_bytes": 4096},
+    )
 
     both = sandtree("ops", "wait", slow, quick, "--json")
     with_failure = sandtree("ops", "wait", quick, failing)

@@ -317,6 +317,21 @@ async def test_preserve_env_and_preserve_cwd_carry_into_the_child_image(
 
 
 @pytest.mark.parametrize("tier", TIERS)
+async def test_a_run_with_a_tiny_max_layer_bytes_starts_and_fails_only_when_it_writes_past_it(
+    sandboxes: Sandboxes, tier: str
+) -> None:
+    # A file-size cap below the size of crun's compiled seccomp filter once broke every start.
+    quiet = await sandboxes.run("echo started", tier=tier, max_layer_bytes=1)
+    filler = await sandboxes.run(
+        "mkdir /a /b /c /d /e /f /g /h; echo made", tier=tier, max_layer_bytes=4096
+    )
+    assert (quiet.status, stdout(quiet)) == ("SUCCESS", "started\n")
+    assert filler.status == "FAILED", (filler.status, filler.result)
+    assert filler.error is not None
+    assert "max_layer_bytes=4096" in filler.error
+
+
+@pytest.mark.parametrize("tier", TIERS)
 async def test_writing_past_max_layer_bytes_fails_the_run_naming_the_limit(
     sandboxes: Sandboxes, tier: str
 ) -> None:

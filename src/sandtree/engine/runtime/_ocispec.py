@@ -66,12 +66,20 @@ def _sys_mount(spec: SandboxSpec) -> dict[str, Any]:
     }
 
 
+#: The least RLIMIT_FSIZE a sandbox gets, whatever its ``max_file_bytes`` (see ``_rlimits``).
+_MIN_FILE_CAP = 1024 * 1024
+
+
 def _rlimits(spec: SandboxSpec) -> dict[str, Any]:
     if spec.max_file_bytes is None:
         return {}
     # No single file can outgrow the writable layer: a one-file disk filler stops at the cap
     # with EFBIG at once instead of between two looks at the layer's size.
-    cap = spec.max_file_bytes
+    # Not below a floor: crun writes the compiled seccomp filter (about 5 KiB) to a file
+    # under this limit before the command starts, and a smaller cap failed every start
+    # ("SECCOMP_SET_MODE_FILTER: Invalid argument"). The layer's watcher still holds the
+    # exact cap, so a file between the two ends the run as any write past the cap does.
+    cap = max(spec.max_file_bytes, _MIN_FILE_CAP)
     return {"rlimits": [{"type": "RLIMIT_FSIZE", "hard": cap, "soft": cap}]}
 
 
