@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from contree_client import AuthenticationError, ClosableStreamRepr
 from contree_client.httpx import ContreeClient
+from contree_client.runtime import RetryPolicy
 from contree_sdk import ContreeSync
 
 from sandtree.testing import ServerProcess
@@ -146,6 +147,31 @@ async def test_the_contree_client_execs_into_a_running_instance_and_feeds_its_st
     assert sub.stdout.value == "sub\n"
     assert done.status == "SUCCESS", done.error
     assert done.metadata.result.stdout.value == "fed\n"  # type: ignore[union-attr]
+
+
+@pytest.mark.anyio
+async def test_the_contree_client_execs_into_a_run_the_moment_it_is_spawned(
+    busybox_server: ServerProcess,
+) -> None:
+    # No wait for the sandbox: the server answers 425 while it starts, which a client with
+    # the library's default RetryPolicy retries, so the exec lands as soon as the sandbox is
+    # up (a 409 here would raise).
+    client = ContreeClient(
+        busybox_server.admin_token, base_url=busybox_server.url, retry=RetryPolicy()
+    )
+    for _ in range(3):
+        spawned = client.spawn_instance(
+            "cat", "tag:busybox:latest", shell=True, stdin=ClosableStreamRepr(value="", close=False)
+        )
+        assert spawned.uuid is not None
+        spid = client.operation_subprocess_create(spawned.uuid, "echo sub", shell=True)
+        client.operation_subprocess_stdin(spawned.uuid, 1, "fed\n", close=True)
+        done = client.wait_operation(spawned.uuid, timeout=60)
+
+        assert spid == 2
+        assert done.status == "SUCCESS", done.error
+        assert done.metadata.result.stdout.value == "fed\n"  # type: ignore[union-attr]
+    client.close()
 
 
 @pytest.mark.anyio
