@@ -95,3 +95,20 @@ def test_contree_cli_attaches_a_local_directory_to_a_run(contree: Contree, tmp_p
 
     assert listed == "/app/a.txt\n/app/sub/b.txt\n"
     assert contree.ok("run", "--", "cat", "/app/sub/b.txt") == "b\n"  # kept in the session
+
+
+def test_contree_cli_shows_a_timed_out_command_its_output_and_keeps_the_session(
+    contree: Contree,
+) -> None:
+    contree.ok("use", "tag:busybox:latest")
+
+    done = contree(
+        "run", "-t", "1", "--", "sh", "-c", "echo before > /root/f; echo started; sleep 9"
+    )
+
+    # contree-cli reads the completed result's state.timed_out, as the reference reports it.
+    assert done.returncode != 0
+    assert done.stdout == "started\n"
+    assert "timed out after 1s" in done.stderr
+    assert "FAILED" not in done.stderr
+    assert contree.ok("run", "--", "cat", "/root/f") == "before\n"  # the session goes on
