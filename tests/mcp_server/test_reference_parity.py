@@ -221,3 +221,16 @@ async def test_lineage_comes_from_the_server_so_it_covers_images_the_reference_m
         await reference.read(f"contree://image/{made_by_ours['result_image']}/lineage")
     )
     assert (theirs["parent"], theirs["is_known"]) == (None, False)
+
+
+async def test_a_run_past_its_timeout_completes_timed_out_in_both(
+    peers: tuple[Agent, Agent],
+) -> None:
+    outcomes = {}
+    for agent in peers:
+        out = await agent.call("run", command="echo started; sleep 30", image=BUSYBOX, timeout=1)
+        outcomes[agent.name] = (out["status"], out.get("timed_out"), out["stdout"], out["error"])
+    # The reference reads a completed run's state.timed_out: the agent is told its command
+    # timed out, with the output so far, not that the sandbox broke.
+    assert outcomes["sandtree mcp"] == ("SUCCESS", True, "started\n", None)
+    assert outcomes["contree-mcp"] == outcomes["sandtree mcp"]
