@@ -62,12 +62,22 @@ class Compactor:
         # have rebased it, and a merge planned on a stale stack would be wasted work.
         self._turn = asyncio.Lock()
 
-    async def compact(self, image: ImageRecord, *, force: bool = False) -> None:
+    @property
+    def max_stack(self) -> int:
+        """The stack length past which an image is compacted."""
+        return self._max_stack
+
+    async def compact(
+        self, image: ImageRecord, *, force: bool = False, fit: int | None = None
+    ) -> None:
         """Shorten ``image``'s stack (when longer than the limit, or always with ``force``);
-        waits for a compaction of the same image that is already under way."""
+        waits for a compaction of the same image that is already under way. With ``fit``, the
+        stack ends no longer than that even where spans would merge less (imported layers
+        included): the stack must mount."""
         task = self.in_flight.get(image.uuid)
         if task is None:
-            task = asyncio.get_running_loop().create_task(self._run(image.uuid, force=force))
+            job = self._run(image.uuid, force=force or fit is not None, fit=fit)
+            task = asyncio.get_running_loop().create_task(job)
             self.in_flight[image.uuid] = task
             task.add_done_callback(lambda _: self.in_flight.pop(image.uuid, None))
         await asyncio.shield(task)
@@ -75,17 +85,19 @@ class Compactor:
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
-    async def _run(self, uuid: str, *, force: bool) -> None:
+    async def _run(self, uuid: str, *, force: bool, fit: int | None) -> None:
         async with self._turn:
-            await self._merge(uuid, force=force)
+            await self._merge(uuid, force=force, fit=fit)
 
-    async def _merge(self, uuid: str, *, force: bool) -> None:
+    async def _merge(self, uuid: str, *, force: bool, fit: int | None) -> None:
         image = self._store.get_image(uuid)
         if image is None or (not force and len(image.layers) <= self._max_stack):
             return
         old = image.layers
         spans = self._store.layer_spans(old)
         k = merge_point([spans.get(layer, 1) for layer in old])
+        if fit is not None and len(old) > fit:
+            k = min(k, max(fit - 1, 1))
         if k >= len(old):
             return
         loop = asyncio.get_running_loop()

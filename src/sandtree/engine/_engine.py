@@ -149,7 +149,13 @@ class Engine:
         )
         self._queue: OperationQueue | None = None
         self._background: set[asyncio.Task[Any]] = set()
-        self._compactor = Compactor(self.store, self.layers, max_stack=settings.max_stack_layers)
+        # The deepest image stack a run may mount here, with room for a directory state's
+        # layer on top: on kernels without lowerdir+ (Linux < 6.8) what fits in one page of
+        # mount options, which compaction then keeps every stack within.
+        self._stack_limit = min(_HARD_STACK, self.layers.max_lowers() - 1)
+        self._compactor = Compactor(
+            self.store, self.layers, max_stack=min(settings.max_stack_layers, self._stack_limit)
+        )
         self.puller = Puller(
             self.layers,
             self.store,
@@ -479,8 +485,8 @@ class Engine:
             nonlocal spec
             # Re-read: a compaction may have shortened (rebased) the stack since spawn.
             current = self._reload(image)
-            if len(current.layers) > _HARD_STACK:
-                await self._compactor.compact(current, force=True)
+            if len(current.layers) > self._stack_limit:
+                await self._compactor.compact(current, fit=self._stack_limit)
                 current = self._reload(current)
             if spec.directory_state is not None:
                 spec = await self._state_layers.place(spec, current, namespace)
@@ -491,7 +497,7 @@ class Engine:
             except RunFailure as failure:
                 outcome = run_outcome(failure.result) if failure.result else None
                 raise JobFailed(failure.message, outcome, cancelled=failure.cancelled) from None
-            if child is not None and len(child.layers) > self.settings.max_stack_layers:
+            if child is not None and len(child.layers) > self._compactor.max_stack:
                 self._spawn_background(self._compactor.compact(child))
             return run_outcome(result)
 

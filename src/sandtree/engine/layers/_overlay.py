@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import resource
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +19,8 @@ __all__ = [
     "MAX_LOWER_LAYERS",
     "OverlayError",
     "bind_readonly",
+    "legacy_max_lowers",
+    "lowerdir_plus_supported",
     "mount_overlay",
     "syncfs",
     "unmount",
@@ -25,6 +28,8 @@ __all__ = [
 
 #: OVL_MAX_STACK: the kernel refuses more lower layers than this.
 MAX_LOWER_LAYERS = 500
+#: mount(2) copies at most one page of options, its NUL included.
+_PAGE = 4096
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -111,6 +116,57 @@ def _mount_new_api(
         os.close(fd)
 
 
+def _legacy_options(
+    lowers_top_first: Sequence[str], upper: str | None, work: str | None, *, volatile: bool
+) -> bytes:
+    opts = ["lowerdir=" + ":".join(lowers_top_first)]
+    if upper is not None and work is not None:
+        opts += [f"upperdir={upper}", f"workdir={work}"]
+        if volatile:
+            opts.append("volatile")
+    opts += ["redirect_dir=off", "metacopy=off", "index=off"]
+    return ",".join(opts).encode()
+
+
+def _via_fd(base: int, common: str, path: Path) -> str:
+    return _fd_path(base, os.path.relpath(os.path.abspath(path), common))
+
+
+def _fd_path(fd: int, rel: str) -> str:
+    return f"/proc/self/fd/{fd}/{rel}"
+
+
+def legacy_max_lowers(*, lower: int, upper: int, work: int) -> int:
+    """How many lower layers fit in ``mount(2)``'s one page of options beside an upper and a
+    work dir (a writable, volatile mount: the longest option string a run uses), given the
+    lengths of their paths below the directory they share: ``mount_overlay`` names each
+    through a descriptor of that directory, whose number can reach this process's fd limit."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    prefix = len(_fd_path(max(soft - 1, 0), ""))
+    lower, upper, work = lower + prefix, upper + prefix, work + prefix
+    fixed = len(_legacy_options([""], "u" * upper, "w" * work, volatile=True))
+    # n lowers add n * lower bytes and n - 1 colons to the one empty lower: fixed + n * lower
+    # + n - 1 <= _PAGE - 1 (the NUL).
+    return max(0, min(MAX_LOWER_LAYERS, (_PAGE - fixed) // (lower + 1)))
+
+
+def lowerdir_plus_supported() -> bool:
+    """Whether the kernel takes overlay layers one by one (``lowerdir+``, Linux >= 6.8),
+    which bounds a stack only by ``MAX_LOWER_LAYERS``. Probed once, without mounting."""
+    global _new_api
+    if _new_api is None:
+        fd = _libc.syscall(_SYS_FSOPEN, b"overlay", _FSOPEN_CLOEXEC)
+        if fd < 0:
+            _new_api = False
+        else:
+            try:
+                ret = _libc.syscall(_SYS_FSCONFIG, fd, _FSCONFIG_SET_STRING, b"lowerdir+", b"/", 0)
+                _new_api = ret == 0
+            finally:
+                os.close(fd)
+    return _new_api
+
+
 def _mount_legacy(
     lowers_top_first: Sequence[str],
     upper: str | None,
@@ -120,14 +176,8 @@ def _mount_legacy(
     readonly: bool,
     volatile: bool,
 ) -> None:
-    opts = ["lowerdir=" + ":".join(lowers_top_first)]
-    if upper is not None and work is not None:
-        opts += [f"upperdir={upper}", f"workdir={work}"]
-        if volatile:
-            opts.append("volatile")
-    opts += ["redirect_dir=off", "metacopy=off", "index=off"]
-    data = ",".join(opts).encode()
-    if len(data) >= 4096:
+    data = _legacy_options(lowers_top_first, upper, work, volatile=volatile)
+    if len(data) >= _PAGE:
         raise OverlayError(
             errno.E2BIG, "overlay options exceed one page; this kernel lacks lowerdir+ support"
         )
@@ -164,13 +214,9 @@ def mount_overlay(
     common = os.path.commonpath([os.path.abspath(p) for p in paths])
     base = os.open(common, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-
-        def via_fd(path: Path) -> str:
-            return f"/proc/self/fd/{base}/{os.path.relpath(os.path.abspath(path), common)}"
-
-        lowers = [via_fd(p) for p in reversed(lowers_bottom_first)]
-        up = via_fd(upper) if upper is not None else None
-        wk = via_fd(work) if work is not None else None
+        lowers = [_via_fd(base, common, p) for p in reversed(lowers_bottom_first)]
+        up = _via_fd(base, common, upper) if upper is not None else None
+        wk = _via_fd(base, common, work) if work is not None else None
         if _new_api is not False:
             try:
                 _mount_new_api(lowers, up, wk, str(target), readonly=readonly, volatile=volatile)

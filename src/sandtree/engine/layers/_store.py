@@ -22,7 +22,15 @@ from pathlib import Path
 
 from sandtree._datadir import private_dir
 from sandtree.engine.layers._ids import NOBODY, in_host_range
-from sandtree.engine.layers._overlay import bind_readonly, mount_overlay, syncfs, unmount
+from sandtree.engine.layers._overlay import (
+    MAX_LOWER_LAYERS,
+    bind_readonly,
+    legacy_max_lowers,
+    lowerdir_plus_supported,
+    mount_overlay,
+    syncfs,
+    unmount,
+)
 from sandtree.engine.layers._paths import (
     SpecialFileError,
     lstat_beneath,
@@ -96,6 +104,20 @@ class LayerStore:
 
     def path(self, layer_id: str) -> Path:
         return self.layers_dir / layer_id
+
+    def max_lowers(self) -> int:
+        """The deepest stack of lower layers a run can mount on this kernel: the kernel's own
+        limit with ``lowerdir+``, else what fits in one page of ``mount(2)`` options, from the
+        lengths this store's paths really have (a layer id, an operation's run dir)."""
+        if lowerdir_plus_supported():
+            return MAX_LOWER_LAYERS
+        layer = self.path(uuid.uuid4().hex).relative_to(self.root)
+        run = RunDirs(self.runs_dir / str(uuid.uuid4()), (), self.mounts_dir)
+        return legacy_max_lowers(
+            lower=len(str(layer)),
+            upper=len(str(run.upper.relative_to(self.root))),
+            work=len(str(run.work.relative_to(self.root))),
+        )
 
     def paths(self, layer_ids: Sequence[str]) -> list[Path]:
         return [self.layers_dir / layer for layer in layer_ids]
