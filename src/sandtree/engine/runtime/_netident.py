@@ -34,6 +34,8 @@ import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
+from sandtree.engine.runtime._toolout import addresses, routes, saved_tables
+
 __all__ = ["RECORD_FILE", "HostNetworks", "PoolIdentity", "group_of", "pool_identity", "pools_in"]
 
 RECORD_FILE = "network.json"
@@ -183,7 +185,8 @@ def _write_record(path: Path, ident: PoolIdentity) -> None:
 def pools_in(iptables_save: str) -> dict[str, _OtherPool]:
     """Every pool whose chains are on the host, from ``iptables-save`` output."""
     pools: dict[str, _OtherPool] = {}
-    for line in iptables_save.splitlines():
+    lines = [line for table in saved_tables(iptables_save).values() for line in table]
+    for line in lines:
         if line.startswith(":"):
             chain = line[1:].split(" ", 1)[0]
         elif line.startswith("-A "):
@@ -217,24 +220,16 @@ def _links() -> dict[str, int]:
 
 def _addresses_and_routes() -> list[tuple[ipaddress.IPv4Network, str]]:
     found: list[tuple[ipaddress.IPv4Network, str]] = []
-    for argv, key in ((["ip", "-j", "-4", "addr", "show"], "addr"),
-                      (["ip", "-j", "-4", "route", "show", "table", "all"], "route")):  # fmt: skip
+    for argv, read in ((["ip", "-j", "-4", "addr", "show"], addresses),
+                       (["ip", "-j", "-4", "route", "show", "table", "all"], routes)):  # fmt: skip
         try:
             out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-            entries = json.loads(out or "[]")
-        except (OSError, subprocess.CalledProcessError, ValueError):
+        except (OSError, subprocess.CalledProcessError):
             continue
-        # iproute2 versions differ (6.1 prints {} for links that match no filter): read
-        # every field with .get and skip what does not parse.
-        for entry in entries if isinstance(entries, list) else []:
-            if not isinstance(entry, dict):
-                continue
-            if key == "addr":
-                for info in entry.get("addr_info") or []:
-                    if isinstance(info, dict) and "local" in info:
-                        _add(found, str(info["local"]), str(entry.get("ifname", "")))
-            elif entry.get("dst") not in (None, "default"):
-                _add(found, str(entry["dst"]), str(entry.get("dev", "")))
+        # _toolout reads any iproute2 version's shape (6.1 prints {} for links that match
+        # no filter) and skips what does not parse.
+        for text, dev in read(out):
+            _add(found, text, dev)
     return found
 
 

@@ -35,6 +35,11 @@ The policy is checked before every lease (``check_policy``: one ``iptables-save`
 chains flushed or deleted by another process, or a foreign rule put before our jumps, are
 re-installed before a sandbox gets a network, or the lease is refused.
 
+Host tool output is read through ``_toolout`` (what iproute2 and iptables print differs
+between versions and kernels), and the rules go to one iptables family, the host's
+``iptables`` alternative unless told otherwise (``_firewall``: legacy or nft backend, and a
+warning when the other backend holds rules too).
+
 Each lease also gets a sysfs mounted from inside its netns (``nsenter --net``, by the
 server, which owns that netns): the sandbox's ``/sys/class/net`` then lists ``lo`` and
 ``eth0`` only, not the host's interfaces (a sandbox cannot mount sysfs for a netns its user
@@ -47,7 +52,6 @@ import contextlib
 import ctypes
 import ipaddress
 import itertools
-import json
 import logging
 import os
 import re
@@ -58,12 +62,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sandtree.engine.runtime import _firewall
 from sandtree.engine.runtime._netident import (
     HostNetworks,
     group_of,
     owner_comment,
     pool_identity,
 )
+from sandtree.engine.runtime._toolout import addresses, default_route_devices, saved_tables
 from sandtree.errors import RuntimeUnavailableError
 
 __all__ = ["NetworkLease", "NetworkPool"]
@@ -182,6 +188,7 @@ class NetworkPool:
         resolv_conf: str = "/etc/resolv.conf",
         owner: str | None = None,
         state_dir: Path | None = None,
+        iptables: str = "iptables",
     ) -> None:
         if not _PREFIX_RE.fullmatch(prefix):
             raise ValueError(f"prefix must match {_PREFIX_RE.pattern} (interface names are short)")
@@ -192,6 +199,11 @@ class NetworkPool:
         self.pool_size = pool_size
         self.allow_private_nameservers = allow_private_nameservers
         self.resolv_conf = resolv_conf
+        #: The iptables family the rules go to (see ``_firewall``): the host's alternative
+        #: by default, so they land where the host's other tools look.
+        self.iptables = _firewall.tool(iptables)
+        self._save = [_firewall.tool(iptables, "-save")]
+        self._backend: _firewall.FirewallBackend | None = None
         # A stable non-zero group per prefix, so a restarted process matches its old veths.
         self.group = group_of(prefix)
         self.chains = {k: f"SANDTREE-{prefix}-{k}" for k in ("IN", "FWD", "NAT")}
@@ -219,6 +231,7 @@ class NetworkPool:
         pool_size: int = 4,
         allow_private_nameservers: bool = True,
         resolv_conf: str = "/etc/resolv.conf",
+        iptables: str = "iptables",
     ) -> NetworkPool:
         """The pool of one data dir: its own prefix, subnet and owner mark, chosen on the
         first start and recorded in the data dir. Hold the data dir's lock when calling.
@@ -226,7 +239,7 @@ class NetworkPool:
         Raises:
             RuntimeUnavailableError: no free prefix and subnet (the message says why).
         """
-        host = HostNetworks.scan(_run(["iptables-save"]), resolv_conf)
+        host = HostNetworks.scan(_run([_firewall.tool(iptables, "-save")]), resolv_conf)
         try:
             ident = pool_identity(data_dir, host)
         except RuntimeError as e:
@@ -238,6 +251,7 @@ class NetworkPool:
             pool_size=pool_size,
             allow_private_nameservers=allow_private_nameservers,
             resolv_conf=resolv_conf,
+            iptables=iptables,
         )
 
     # -- host policy ---------------------------------------------------------------------
@@ -285,16 +299,21 @@ class NetworkPool:
                 "",
             ]
         )
+        if self._backend is None:
+            self._backend = _firewall.detect(self.iptables)
+            if (warning := self._backend.warning()) is not None:
+                logger.warning("%s", warning)
+        ipt = [self.iptables, "-w"]
         with self._policy_lock:
-            _run(["iptables-restore", "-w", "--noflush"], stdin=script)
-            saved = _run(["iptables-save"])
+            _run([_firewall.tool(self.iptables, "-restore"), "-w", "--noflush"], stdin=script)
+            saved = _run(self._save)
             for table, hook, chain in self._jumps():
                 if self._jump_in_place(saved, table, hook, chain):
                     continue
-                while _ok(["iptables", "-w", "-t", table, "-C", hook, "-j", chain]):
-                    _run(["iptables", "-w", "-t", table, "-D", hook, "-j", chain])
-                _run(["iptables", "-w", "-t", table, "-I", hook, "1", "-j", chain])
-            self._policy = self._policy_of(_run(["iptables-save"]))
+                while _ok([*ipt, "-t", table, "-C", hook, "-j", chain]):
+                    _run([*ipt, "-t", table, "-D", hook, "-j", chain])
+                _run([*ipt, "-t", table, "-I", hook, "1", "-j", chain])
+            self._policy = self._policy_of(_run(self._save))
 
     def check_policy(self) -> None:
         """Verify our chains and jumps are as ``setup`` left them; re-install them if
@@ -308,7 +327,7 @@ class NetworkPool:
         if self._policy is None:
             raise RuntimeUnavailableError("sandbox networking: the pool was not set up")
         expected = self._policy
-        found = self._policy_of(_run(["iptables-save"]))
+        found = self._policy_of(_run(self._save))
         if found == expected:
             return
         logger.warning(
@@ -317,7 +336,7 @@ class NetworkPool:
             self.prefix,
         )
         self.setup()
-        if self._policy_of(_run(["iptables-save"])) != self._policy:
+        if self._policy_of(_run(self._save)) != self._policy:
             raise RuntimeUnavailableError(
                 f"sandbox networking: the firewall of pool {self.prefix} keeps being changed "
                 "by another process; networked runs are refused until it stops"
@@ -326,8 +345,14 @@ class NetworkPool:
     def _policy_of(self, saved: str) -> tuple[str, ...]:
         """What must hold of ``iptables-save`` output: our chains' rules, in order, and each
         jump reached before any rule of another tool."""
+        tables = saved_tables(saved)
+        # By table name: the backends save the tables in different orders (nft: filter
+        # first, legacy: nat first).
         mine = tuple(
-            line for line in saved.splitlines() if line.startswith(f"-A SANDTREE-{self.prefix}-")
+            line
+            for table in sorted(tables)
+            for line in tables[table]
+            if line.startswith(f"-A SANDTREE-{self.prefix}-")
         )
         jumps = tuple(
             f"{hook}:{self._jump_in_place(saved, table, hook, chain)}"
@@ -340,18 +365,16 @@ class NetworkPool:
         """True when ``hook`` jumps to ``chain`` before any rule that is not a jump into a
         sandtree chain (other pools only match their own devgroups, so their order does not
         matter; another tool's ACCEPT before ours would bypass the policy)."""
-        current = ""
-        for line in saved.splitlines():
-            if line.startswith("*"):
-                current = line[1:].strip()
-            elif current == table and line.startswith(f"-A {hook} "):
-                if line == f"-A {hook} -j {chain}":
-                    return True
-                target = line.rsplit(" -j ", 1)[-1]
-                if table == "nat":
-                    continue  # NAT order does not decide what a sandbox may reach
-                if not (target.startswith("SANDTREE-") and line == f"-A {hook} -j {target}"):
-                    return False
+        for line in saved_tables(saved).get(table, []):
+            if not line.startswith(f"-A {hook} "):
+                continue
+            if line == f"-A {hook} -j {chain}":
+                return True
+            target = line.rsplit(" -j ", 1)[-1]
+            if table == "nat":
+                continue  # NAT order does not decide what a sandbox may reach
+            if not (target.startswith("SANDTREE-") and line == f"-A {hook} -j {target}"):
+                return False
         return False
 
     def teardown(self) -> None:
@@ -360,14 +383,15 @@ class NetworkPool:
         self._policy = None
         with contextlib.suppress(OSError):
             self.state_dir.rmdir()  # the per-lease sysfs mount points are gone with them
+        ipt = [self.iptables, "-w"]
         for table, hook, chain in self._jumps():
-            while _ok(["iptables", "-w", "-t", table, "-C", hook, "-j", chain]):
-                _run(["iptables", "-w", "-t", table, "-D", hook, "-j", chain])
-            if _ok(["iptables", "-w", "-t", table, "-n", "-L", chain]):
-                _run(["iptables", "-w", "-t", table, "-F", chain])
-                _run(["iptables", "-w", "-t", table, "-X", chain])
+            while _ok([*ipt, "-t", table, "-C", hook, "-j", chain]):
+                _run([*ipt, "-t", table, "-D", hook, "-j", chain])
+            if _ok([*ipt, "-t", table, "-n", "-L", chain]):
+                _run([*ipt, "-t", table, "-F", chain])
+                _run([*ipt, "-t", table, "-X", chain])
         # Put ip_forward back only if we turned it on and no other pool still needs it.
-        if self._ip_forward_before is not None and "SANDTREE-" not in _run(["iptables", "-S"]):
+        if self._ip_forward_before is not None and "SANDTREE-" not in _run([*ipt, "-S"]):
             _write_sysctl(_PROC_NET / "ipv4" / "ip_forward", self._ip_forward_before)
             self._ip_forward_before = None
 
@@ -411,22 +435,16 @@ class NetworkPool:
     def _uplink_mtu() -> int:
         """MTU of the default route's interface (1400 on some VMs): a 1500-byte veth behind
         it would rely on ICMP "fragmentation needed", which many paths filter."""
-        routes = json.loads(_run(["ip", "-j", "-4", "route", "show", "default"]) or "[]")
-        for route in routes:
+        for dev in default_route_devices(_run(["ip", "-j", "-4", "route", "show", "default"])):
             try:
-                return int((_SYS_NET / route["dev"] / "mtu").read_text())
-            except (KeyError, OSError, ValueError):
+                return int((_SYS_NET / dev / "mtu").read_text())
+            except (OSError, ValueError):
                 continue
         return 1500
 
     @staticmethod
     def _host_addresses() -> list[str]:
-        return [
-            a["local"]
-            for link in json.loads(_run(["ip", "-j", "addr", "show"]) or "[]")
-            for a in link.get("addr_info", [])
-            if "local" in a
-        ]
+        return [local for local, _ in addresses(_run(["ip", "-j", "addr", "show"]))]
 
     # -- namespaces ----------------------------------------------------------------------
 
