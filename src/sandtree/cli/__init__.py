@@ -7,12 +7,14 @@ import click
 from sandtree import __version__
 from sandtree.cli._completion import completion
 from sandtree.cli._demo import demo
+from sandtree.cli._doctor import doctor
 from sandtree.cli._files import files
 from sandtree.cli._images import images
 from sandtree.cli._mcp import mcp
 from sandtree.cli._ops import ops
 from sandtree.cli._run import run
 from sandtree.cli._serve import serve, token
+from sandtree.cli._service import install_service
 from sandtree.cli._session import session
 
 __all__ = ["cli", "main"]
@@ -41,6 +43,8 @@ cli.add_command(completion)
 cli.add_command(mcp)
 cli.add_command(serve)
 cli.add_command(token)
+cli.add_command(doctor)
+cli.add_command(install_service)
 
 
 def main() -> None:

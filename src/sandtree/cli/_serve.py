@@ -13,6 +13,7 @@ import uvicorn
 
 from sandtree._datadir import private_dir
 from sandtree.api import PERMISSIONS, TokenStore, create_app
+from sandtree.cli._doctor import preflight
 from sandtree.cli._http_edge import edge_options
 from sandtree.cli._shutdown import serve_until_stopped
 from sandtree.client._config import write_client_config
@@ -131,6 +132,9 @@ def serve(host: str | None, port: int | None, data_dir: Path | None) -> None:
         settings = Settings.from_env(host=host, port=port, data_dir=data_dir)
     except SandtreeError as exc:
         raise click.ClickException(str(exc)) from exc
+    # sandtree doctor's checks: a host that cannot run sandboxes refuses here, in one line
+    # with the fix, before anything is written to the data dir.
+    preflight(settings)
     tokens = _tokens(settings.data_dir)
     try:
         # Held until the process exits: a second server on this data dir refuses to start

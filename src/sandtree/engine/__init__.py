@@ -9,6 +9,7 @@ from sandtree.engine._lineage import Diff, Lineage
 from sandtree.engine.layers._grep import GrepMatch, GrepResult
 from sandtree.engine.layers._ids import check_sandbox_id
 from sandtree.engine.layers._inspect import FileItem, format_ls
+from sandtree.engine.runtime._doctor import Finding, HostView, blocking, host_checks
 from sandtree.engine.store import FileRecord, ImageQuery, OperationQuery
 from sandtree.engine.types import (
     DirectoryState,
@@ -28,8 +29,10 @@ __all__ = [
     "Engine",
     "FileItem",
     "FileRecord",
+    "Finding",
     "GrepMatch",
     "GrepResult",
+    "HostView",
     "ImageQuery",
     "ImageRecord",
     "Lineage",
@@ -41,7 +44,9 @@ __all__ = [
     "PlacedFile",
     "RunResult",
     "RunSpec",
+    "blocking",
     "check_sandbox_id",
     "default_runtimes",
     "format_ls",
+    "host_checks",
 ]
