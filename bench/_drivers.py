@@ -34,7 +34,8 @@ from sandtree.engine.runtime import (  # noqa: E402
     OciRuntime,
     SandboxSpec,
 )
-from sandtree.engine.runtime._host import CgroupSet  # noqa: E402
+from sandtree.engine.runtime._cgroups import SandboxCgroup  # noqa: E402
+from sandtree.engine.runtime._host import sandbox_cgroup  # noqa: E402
 
 TRUE = "/bin/true"
 #: Pause between samples so a run's background cleanup does not land in the next sample.
@@ -150,7 +151,7 @@ class EngineDriver:
 @dataclasses.dataclass
 class BareSandbox:
     spec: SandboxSpec
-    cgroups: CgroupSet
+    cgroups: SandboxCgroup
     runtime: OciRuntime
     root: Path
     mounted: bool = False
@@ -229,7 +230,7 @@ class BareRunner:
                 cpus=settings.cpu_limit,
             ),
         )
-        sandbox = BareSandbox(sandbox_spec, CgroupSet(sid), runtime, root)
+        sandbox = BareSandbox(sandbox_spec, sandbox_cgroup(sid), runtime, root)
         with self._lock:
             self._live[sid] = sandbox
         mount_overlay(
@@ -240,11 +241,8 @@ class BareRunner:
             volatile=True,
         )
         sandbox.mounted = True
-        sandbox.cgroups.create(
-            memory_bytes=settings.memory_limit_bytes,
-            pids=settings.pids_limit,
-            cpus=settings.cpu_limit,
-        )
+        # As OciRuntime.start makes it (on v2 with crun: ready for crun to start it inside).
+        sandbox.cgroups = runtime.create_cgroup(sandbox_spec)
         runtime.write_bundle(sandbox_spec, sandbox.cgroups)
         return sandbox
 
@@ -262,7 +260,8 @@ class BareRunner:
             input=b"",
             capture_output=True,
             start_new_session=True,
-            preexec_fn=sandbox.cgroups.join if join else None,
+            # A runtime that starts the sandbox inside its cgroup itself needs no join.
+            preexec_fn=sandbox.cgroups.join if join and not sandbox.runtime.start_inside else None,
             check=False,
         )
         elapsed = time.perf_counter() - t0

@@ -23,6 +23,7 @@ from sandtree.engine import (
     RunSpec,
     default_runtimes,
 )
+from sandtree.engine.runtime import host_cgroups
 from sandtree.engine.runtime._network import NetworkPool
 
 MiB = 1024 * 1024
@@ -157,7 +158,12 @@ def sandbox_id(op: OperationRecord) -> str:
 
 
 def cgroup_dirs(op: OperationRecord, controllers: Iterable[str] | None = None) -> list[Path]:
-    """The sandbox's cgroup directories that still exist (all mounted controllers by default)."""
+    """The sandbox's cgroup directories that still exist (all mounted controllers by default;
+    on cgroup v2 its one directory in the sandtree subtree, whatever ``controllers`` says)."""
+    host = host_cgroups()
+    if host.mode == "v2":
+        assert host.subtree is not None
+        return [path for path in [host.subtree / sandbox_id(op)] if path.exists()]
     names = (
         list(controllers)
         if controllers is not None
@@ -176,12 +182,14 @@ def _procs() -> list[int]:
 
 def host_pids_in_cgroup(op: OperationRecord) -> list[int]:
     """Host processes in the sandbox's cgroup (any controller), found via /proc/PID/cgroup."""
-    marker = f"/sandtree/{sandbox_id(op)}"
+    # v1: /sandtree/<id>; v2: <subtree>/<id>[/sandbox] (the subtree may be a systemd unit's).
+    marker = f"/{sandbox_id(op)}"
     found = []
     for pid in _procs():
         with contextlib.suppress(OSError):
             lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
-            if any(line.split(":", 2)[-1].startswith(marker) for line in lines):
+            paths = [line.split(":", 2)[-1] for line in lines]
+            if any(f"{marker}/" in f"{p}/" for p in paths):
                 found.append(pid)
     return found
 

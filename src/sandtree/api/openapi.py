@@ -128,6 +128,13 @@ _WHOAMI_FIELDS = {
             "time); null if never.",
             "example": "2026-01-01T00:00:00+00:00",
         },
+        "cgroup_mode": {
+            "type": "string",
+            "enum": ["v1", "hybrid", "v2"],
+            "description": "The server host's cgroup mode, found at start: v2 (unified), "
+            "hybrid (v1 controllers plus a v2 mount; limits through v1) or v1.",
+            "example": "v2",
+        },
     },
 }
 #: The payload of ``progress`` events, which image_import operations emit (our event type).

@@ -7,12 +7,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from sandtree.api._tokens import PERMISSIONS, TokenRecord
+from sandtree.engine import Engine
 
 __all__ = ["routes"]
 
 
 async def whoami(request: Request) -> Response:
     token: TokenRecord = request.state.token
+    engine: Engine = request.app.state.engine
     expires = token.expires_at
     return JSONResponse(
         {
@@ -25,6 +27,7 @@ async def whoami(request: Request) -> Response:
             # allows additional properties.
             "namespace": token.namespace,
             "expires_at": expires.isoformat() if expires is not None else None,
+            "cgroup_mode": engine.cgroups().mode,
         }
     )
 

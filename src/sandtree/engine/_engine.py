@@ -42,7 +42,7 @@ from sandtree.engine.layers import _grep, _inspect as _inspect_ops
 from sandtree.engine.layers._ids import check_sandbox_id
 from sandtree.engine.layers._store import LayerStore
 from sandtree.engine.registry import Puller
-from sandtree.engine.runtime import OciRuntime, Runtime
+from sandtree.engine.runtime import CgroupHost, OciRuntime, Runtime, host_cgroups
 from sandtree.engine.runtime._lock import DataDirLock
 from sandtree.engine.store import FileRecord, ImageQuery, MetadataStore, OperationQuery, SqliteStore
 from sandtree.engine.types import (
@@ -219,6 +219,11 @@ class Engine:
         if self._queue is None:
             raise RuntimeError("Engine.start() has not been awaited")
         return self._queue
+
+    def cgroups(self) -> CgroupHost:
+        """The host's cgroup mode (``v1``, ``hybrid`` or ``v2``), the controllers sandbox
+        limits can use, and on v2 the subtree sandboxes live in. Found once per process."""
+        return host_cgroups()
 
     def _spawn_background(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

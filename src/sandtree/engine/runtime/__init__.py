@@ -14,11 +14,13 @@ from sandtree.engine.runtime._base import (
     SandboxProcess,
     SandboxSpec,
 )
+from sandtree.engine.runtime._cgroups import CgroupHost
 from sandtree.engine.runtime._fake import FakeRuntime
-from sandtree.engine.runtime._host import enter_private_mount_namespace
+from sandtree.engine.runtime._host import enter_private_mount_namespace, host_cgroups
 from sandtree.engine.runtime._oci import OciRuntime
 
 __all__ = [
+    "CgroupHost",
     "FakeRuntime",
     "Limits",
     "OciRuntime",
@@ -29,4 +31,5 @@ __all__ = [
     "SandboxProcess",
     "SandboxSpec",
     "enter_private_mount_namespace",
+    "host_cgroups",
 ]

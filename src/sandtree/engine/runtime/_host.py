@@ -5,37 +5,41 @@ Two jobs:
 * put the server in a private mount namespace, so every overlay it mounts disappears with it
   (no mount can outlive a crash) and, on hybrid cgroup hosts, hide the cgroup v2 mount that
   makes crun refuse to start (``cgroups in hybrid mode not supported``);
-* own each sandbox's cgroups: we create them with the limits set, the runtime process joins
-  them before it execs (so every sandbox process inherits them; the OCI runtime's own cgroup
-  management is off), and after the sandbox exits we read peak memory, CPU time and which
-  limit was hit (v1 counts OOM kills and refused forks only in the cgroup where the process
-  lives, so a runtime-made child cgroup would take those counters with it) before removing them.
+* know the host's cgroups (``host_cgroups``: v1, hybrid or v2, detected once, before the v2
+  mount of a hybrid host is hidden) and hand out each sandbox's cgroup (``sandbox_cgroup``:
+  ``_cgroup_v1`` or ``_cgroup_v2``; on v2 the first one prepares the delegated subtree).
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import dataclasses
 import errno
 import logging
 import os
-import signal
-import time
+import threading
 from pathlib import Path
 
+from sandtree.engine.runtime._cgroup_v1 import V1Cgroup
+from sandtree.engine.runtime._cgroup_v2 import V2Tree
+from sandtree.engine.runtime._cgroups import (
+    CGROUP_ROOT,
+    CgroupHost,
+    SandboxCgroup,
+    detect,
+    write,
+)
+
 __all__ = [
-    "CgroupSet",
-    "CgroupStats",
     "ensure_inotify_headroom",
     "enter_private_mount_namespace",
-    "host_cgroup_mode",
+    "host_cgroups",
+    "sandbox_cgroup",
 ]
 
 logger = logging.getLogger(__name__)
 
-_CGROUP_ROOT = Path("/sys/fs/cgroup")
-_V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")
+_CGROUP_ROOT = CGROUP_ROOT
 _CLONE_NEWNS = 0x00020000
 _MS_REC = 0x4000
 _MS_PRIVATE = 0x40000
@@ -47,11 +51,41 @@ _INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
 _INOTIFY_HOST_SHARE = 128
 
 
-def host_cgroup_mode() -> str:
-    """``v1`` (legacy or hybrid: the v1 controllers are where limits work) or ``v2``."""
-    if (_CGROUP_ROOT / "cgroup.controllers").exists():
-        return "v2"
-    return "v1"
+_detect_lock = threading.Lock()
+_detected: CgroupHost | None = None
+_v2_tree: V2Tree | None = None
+
+
+def host_cgroups() -> CgroupHost:
+    """The host's cgroup mode, found once per process (a hybrid host stays ``hybrid`` after
+    its v2 mount is hidden in our namespace). On v2, ``subtree`` is where sandboxes live and,
+    once the first sandbox prepared it, ``missing`` says which controllers it lacks and why."""
+    global _detected, _v2_tree
+    with _detect_lock:
+        if _detected is None:
+            _detected = detect(_CGROUP_ROOT)
+            if _detected.mode == "v2":
+                _v2_tree = V2Tree(_CGROUP_ROOT)
+        found, tree = _detected, _v2_tree
+    if tree is None:
+        return found
+    return dataclasses.replace(found, subtree=tree.base, missing=found.missing + tree.missing)
+
+
+def v2_tree() -> V2Tree | None:
+    """The v2 subtree sandboxes live in, prepared (None on v1 and hybrid hosts)."""
+    host_cgroups()
+    if _v2_tree is not None:
+        _v2_tree.prepare()
+    return _v2_tree
+
+
+def sandbox_cgroup(sandbox_id: str) -> SandboxCgroup:
+    """The cgroup of sandbox ``sandbox_id`` on this host (not created yet)."""
+    tree = v2_tree()
+    if tree is not None:
+        return tree.cgroup(sandbox_id)
+    return V1Cgroup(sandbox_id, root=_CGROUP_ROOT)
 
 
 def enter_private_mount_namespace() -> bool:
@@ -68,6 +102,7 @@ def enter_private_mount_namespace() -> bool:
     if _libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"making / private failed: {os.strerror(err)}")
+    host_cgroups()  # before the hybrid host's v2 mount disappears from our view
     _hide_unified_cgroup()
     _private_ns_done = True
     return True
@@ -95,7 +130,8 @@ def runtime_prefix() -> list[str]:
 
 def _hybrid_unified_mounted() -> bool:
     unified = _CGROUP_ROOT / "unified"
-    return host_cgroup_mode() == "v1" and unified.is_dir() and os.path.ismount(unified)
+    v2 = (_CGROUP_ROOT / "cgroup.controllers").exists()
+    return not v2 and unified.is_dir() and os.path.ismount(unified)
 
 
 def _hide_unified_cgroup() -> None:
@@ -113,139 +149,7 @@ def ensure_inotify_headroom(sandbox_share: int) -> None:
     try:
         have = int(_INOTIFY_INSTANCES.read_text(encoding="ascii").strip())
         if have < want:
-            _write(_INOTIFY_INSTANCES, str(want))
+            write(_INOTIFY_INSTANCES, str(want))
             logger.info("raised fs.inotify.max_user_instances from %d to %d", have, want)
     except (OSError, ValueError) as exc:
         logger.warning("could not check fs.inotify.max_user_instances: %s", exc)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class CgroupStats:
-    user_cpu_time: float
-    system_cpu_time: float
-    max_memory_bytes: int
-    oom_killed: bool
-    pids_limit_hit: bool
-
-
-class CgroupSet:
-    """The v1 cgroups of one sandbox: ``/sandtree/<id>`` in memory, pids, cpu and cpuacct."""
-
-    PARENT = "sandtree"
-
-    def __init__(self, sandbox_id: str) -> None:
-        self.id = sandbox_id
-        self._procs = [os.fsencode(self._dir(c) / "cgroup.procs") for c in _V1_CONTROLLERS]
-
-    def join(self) -> None:
-        """Move the calling process into the cgroups; safe to call between fork and exec."""
-        for path in self._procs:
-            fd = os.open(path, os.O_WRONLY)
-            try:
-                os.write(fd, b"0")
-            finally:
-                os.close(fd)
-
-    def _dir(self, controller: str) -> Path:
-        return _CGROUP_ROOT / controller / self.PARENT / self.id
-
-    def create(self, *, memory_bytes: int, pids: int, cpus: float) -> None:
-        for controller in _V1_CONTROLLERS:
-            self._dir(controller).mkdir(parents=True, exist_ok=True)
-        mem = self._dir("memory")
-        _write(mem / "memory.limit_in_bytes", str(memory_bytes))
-        # No swap: the memory limit is the limit.
-        with contextlib.suppress(OSError):
-            _write(mem / "memory.memsw.limit_in_bytes", str(memory_bytes))
-        _write(self._dir("pids") / "pids.max", str(pids))
-        if cpus > 0:
-            cpu = self._dir("cpu")
-            _write(cpu / "cpu.cfs_period_us", "100000")
-            _write(cpu / "cpu.cfs_quota_us", str(int(cpus * 100000)))
-
-    def stats(self) -> CgroupStats:
-        mem = self._dir("memory")
-        acct = self._dir("cpuacct")
-        oom = _read_kv(mem / "memory.oom_control").get("oom_kill", 0)
-        pids_events = _read_kv(self._dir("pids") / "pids.events").get("max", 0)
-        return CgroupStats(
-            user_cpu_time=_read_int(acct / "cpuacct.usage_user") / 1e9,
-            system_cpu_time=_read_int(acct / "cpuacct.usage_sys") / 1e9,
-            max_memory_bytes=_read_int(mem / "memory.max_usage_in_bytes"),
-            oom_killed=oom > 0,
-            pids_limit_hit=pids_events > 0,
-        )
-
-    def pids(self) -> set[int]:
-        found: set[int] = set()
-        for controller in ("pids", "memory"):
-            base = self._dir(controller)
-            if not base.is_dir():
-                continue
-            for procs in base.rglob("cgroup.procs"):
-                with contextlib.suppress(OSError):
-                    found.update(int(p) for p in procs.read_text().split())
-        return found
-
-    def kill_all(self) -> None:
-        for pid in self.pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-    def remove(self) -> None:
-        """Kill what is left inside and remove the cgroups, children first."""
-        self.kill_all()
-        # runsc creates the id in every hierarchy, not just the ones we limit.
-        controllers = (
-            {p.name for p in _CGROUP_ROOT.iterdir() if p.is_dir()}
-            if _CGROUP_ROOT.is_dir()
-            else set()
-        )
-        for controller in sorted(controllers | set(_V1_CONTROLLERS)):
-            base = self._dir(controller)
-            if not base.is_dir():
-                continue
-            for child in sorted(base.rglob("*"), key=lambda p: -len(p.parts)):
-                if child.is_dir():
-                    _rmdir_when_empty(child)
-            _rmdir_when_empty(base)
-
-
-def _rmdir_when_empty(cgroup: Path, *, within: float = 2.0) -> None:
-    """Remove a cgroup directory. Just-killed tasks keep it busy (EBUSY) for a few
-    milliseconds while the kernel reaps them, and v1 offers no event for that moment."""
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            cgroup.rmdir()
-            return
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            if exc.errno != errno.EBUSY or time.monotonic() > deadline:
-                return
-        time.sleep(0.005)
-
-
-def _write(path: Path, value: str) -> None:
-    with open(path, "w", encoding="ascii") as f:
-        f.write(value)
-
-
-def _read_int(path: Path) -> int:
-    try:
-        return int(path.read_text(encoding="ascii").split()[0])
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def _read_kv(path: Path) -> dict[str, int]:
-    out: dict[str, int] = {}
-    try:
-        for line in path.read_text(encoding="ascii").splitlines():
-            key, _, value = line.partition(" ")
-            with contextlib.suppress(ValueError):
-                out[key] = int(value)
-    except OSError:
-        pass
-    return out

@@ -16,7 +16,14 @@ from typing import Any
 from sandtree._datadir import private_dir
 from sandtree.engine.layers._paths import write_file_in_root
 from sandtree.engine.runtime._base import ProcessSpec, SandboxExit, SandboxSpec
-from sandtree.engine.runtime._host import CgroupSet, ensure_inotify_headroom, runtime_prefix
+from sandtree.engine.runtime._cgroup_v2 import V2Cgroup
+from sandtree.engine.runtime._cgroups import SandboxCgroup
+from sandtree.engine.runtime._host import (
+    ensure_inotify_headroom,
+    host_cgroups,
+    runtime_prefix,
+    sandbox_cgroup,
+)
 from sandtree.engine.runtime._ocispec import build_config, build_process
 from sandtree.engine.runtime._process import AsyncProcess
 from sandtree.engine.runtime._seccomp import seccomp_profile
@@ -142,7 +149,7 @@ class OciExec(_OciProcess):
 class OciSandbox(_OciProcess):
     """One ``<runtime> run`` process and the cgroups around it."""
 
-    def __init__(self, process: AsyncProcess, cgroups: CgroupSet, log_path: Path) -> None:
+    def __init__(self, process: AsyncProcess, cgroups: SandboxCgroup, log_path: Path) -> None:
         super().__init__(process)
         self._cgroups = cgroups
         self._log_path = log_path
@@ -215,6 +222,13 @@ class OciRuntime:
         self.state_dir = state_dir
         self.uid_shift = uid_shift
         private_dir(state_dir)  # the runtime's own state: no other host user reads it
+        #: Whether the runtime puts the sandbox's processes into its cgroup itself, so they
+        #: start inside it: crun on cgroup v2 places the container's init in a child of our
+        #: limited cgroup before it execs, and the runtime process stays where the server is.
+        #: Otherwise (v1, hybrid, runc, runsc) the runtime process joins our cgroup between
+        #: fork and exec and everything it starts inherits it. (CLONE_INTO_CGROUP from
+        #: Python would need a raw clone3 in a threaded process: not safe, so not done.)
+        self.start_inside = kind == "crun" and host_cgroups().mode == "v2"
         if kind != "runsc":
             ensure_inotify_headroom(INOTIFY_INSTANCES * _INOTIFY_SANDBOXES)
 
@@ -279,11 +293,12 @@ class OciRuntime:
         if self.kind == "runsc" or self.kind == "runc":
             args += [f"--log={log}"]
         else:
-            args += [f"--log=file:{log}", "--cgroup-manager=disabled"]
+            manager = "cgroupfs" if self.start_inside else "disabled"
+            args += [f"--log=file:{log}", f"--cgroup-manager={manager}"]
         pid_file = spec.workdir / _INIT_PID
         return [*args, "run", "--pid-file", str(pid_file), "--bundle", str(spec.workdir), spec.id]
 
-    def write_bundle(self, spec: SandboxSpec, cgroups: CgroupSet) -> None:
+    def write_bundle(self, spec: SandboxSpec, cgroups: SandboxCgroup) -> None:
         config = build_config(
             spec,
             uid_shift=self.uid_shift,
@@ -300,10 +315,14 @@ class OciRuntime:
             config["mounts"].append(
                 {"destination": "/tmp", "type": "bind", "source": str(tmp), "options": ["rbind"]}
             )
-        if self.kind != "crun":
+        if self.start_inside and isinstance(cgroups, V2Cgroup):
+            # crun makes this child of our cgroup and starts the container in it; the limits
+            # stay ours, one level up, where they hold for the whole subtree.
+            config["linux"]["cgroupsPath"] = cgroups.container_path
+        elif self.kind != "crun":
             # runsc and runc manage cgroups themselves: point them at ours (which they join)
             # and tell them the limits, which gVisor also applies inside its own kernel.
-            config["linux"]["cgroupsPath"] = f"/{CgroupSet.PARENT}/{spec.id}"
+            config["linux"]["cgroupsPath"] = cgroups.runtime_path
             config["linux"]["resources"] = {
                 "memory": {"limit": spec.limits.memory_bytes},
                 "pids": {"limit": self._host_pids(spec.limits.pids)},
@@ -334,25 +353,35 @@ class OciRuntime:
             logger.info("sandbox %s keeps its own /etc/resolv.conf: %s", spec.id, exc)
 
     async def start(self, spec: SandboxSpec) -> OciSandbox:
-        cgroups = CgroupSet(spec.id)
-        cgroups.create(
-            memory_bytes=spec.limits.memory_bytes,
-            pids=self._host_pids(spec.limits.pids),
-            cpus=spec.limits.cpus,
-        )
+        cgroups = self.create_cgroup(spec)
         try:
             # The bundle write touches image content (resolv.conf): never on the event loop.
             await asyncio.to_thread(self.write_bundle, spec, cgroups)
             process = await AsyncProcess.start(
                 self.command(spec),
                 # Join the sandbox's cgroups before exec: the runtime and everything it starts
-                # inherit them, with no window in which a process runs unlimited.
-                preexec_fn=cgroups.join,
+                # inherit them, with no window in which a process runs unlimited (unless the
+                # runtime starts the sandbox inside them itself).
+                preexec_fn=None if self.start_inside else cgroups.join,
             )
         except BaseException:
             cgroups.remove()
             raise
         return OciSandbox(process, cgroups, spec.workdir / "runtime.log")
+
+    def create_cgroup(self, spec: SandboxSpec) -> SandboxCgroup:
+        """Make ``spec``'s cgroup with its limits (also used by the benchmark's baseline)."""
+        cgroups = sandbox_cgroup(spec.id)
+        memory, pids, cpus = (
+            spec.limits.memory_bytes,
+            self._host_pids(spec.limits.pids),
+            spec.limits.cpus,
+        )
+        if isinstance(cgroups, V2Cgroup):
+            cgroups.create(memory_bytes=memory, pids=pids, cpus=cpus, nested=self.start_inside)
+        else:
+            cgroups.create(memory_bytes=memory, pids=pids, cpus=cpus)
+        return cgroups
 
     async def exec(self, spec: SandboxSpec, process: ProcessSpec) -> OciExec:
         """Start ``process`` in the running sandbox ``spec``, in its cgroups."""
@@ -380,7 +409,10 @@ class OciRuntime:
             str(pid_file),
             spec.id,
         ]
-        started = await AsyncProcess.start(argv, preexec_fn=CgroupSet(spec.id).join)
+        # crun placing the sandbox itself also puts an exec'd process in the container's
+        # cgroup; otherwise the exec runtime joins ours, as the run did.
+        join = None if self.start_inside else sandbox_cgroup(spec.id).join
+        started = await AsyncProcess.start(argv, preexec_fn=join)
 
         async def deliver(pid: int, signum: int) -> None:
             if self.kind != "runsc":
@@ -417,10 +449,10 @@ class OciRuntime:
                 # runsc keeps "<id>_sandbox:<id>.state" files rather than directories.
                 ids.add(entry.name.split("_sandbox:", 1)[0])
         for sandbox_id in ids:
-            CgroupSet(sandbox_id).kill_all()
+            sandbox_cgroup(sandbox_id).kill_all()
             subprocess.run(
                 [*runtime_prefix(), *self._global_args(), "delete", "--force", sandbox_id],
                 capture_output=True,
                 check=False,
             )
-            CgroupSet(sandbox_id).remove()
+            sandbox_cgroup(sandbox_id).remove()
