@@ -152,7 +152,10 @@ def serve(host: str | None, port: int | None, data_dir: Path | None) -> None:
         click.echo(f"client config written to {client_config}")
     engine = Engine(settings, network=network)
     app = create_app(engine, tokens_store=tokens)
-    click.echo(f"sandtree listening on {url} (data in {settings.data_dir})")
+    click.echo(
+        f"sandtree listening on {url} (data in {settings.data_dir}; "
+        f"{engine.cgroups().describe()})"
+    )
     config = uvicorn.Config(
         app,
         host=settings.host,
