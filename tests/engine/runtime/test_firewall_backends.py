@@ -16,6 +16,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import pytest
 
 from sandtree.engine.runtime._firewall import detect
+from sandtree.testing import SERVER_READY_DEADLINE, real_runtime_missing
 
 SCENARIO = Path(__file__).with_name("netns_scenario.py")
 
@@ -122,3 +124,45 @@ def test_the_hosts_iptables_alternative_is_detected_as_its_backend() -> None:
     assert found.kind == by_name.get(target, found.kind)
     assert found.kind in ("nf_tables", "legacy")
     assert found.version.count(".") >= 1
+
+
+def test_serve_warns_at_start_when_the_other_iptables_backend_holds_rules(
+    scratch: Scratch, tmp_path: Path
+) -> None:
+    """The warning reaches the operator: ``sandtree serve`` in a scratch netns (joined with
+    nsenter, which keeps the host's cgroup mounts) where iptables-legacy holds a rule."""
+    for command in ("iptables", "iptables-legacy"):
+        if (missing := backend_missing(command)) is not None:
+            pytest.skip(missing)
+    if detect("iptables").kind != "nf_tables":
+        pytest.skip("the host's iptables is not the nft backend")
+    if (missing := real_runtime_missing("sandtree serve")) is not None:
+        pytest.skip(missing)
+    enter = ["nsenter", f"--net=/run/netns/{scratch.netns}"]
+    subprocess.run([*enter, "iptables-legacy", "-I", "FORWARD", "-j", "ACCEPT"], check=True)
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config"), "PYTHONUNBUFFERED": "1"}
+    argv = [*enter, sys.executable, "-m", "sandtree", "serve", "--port", "19450",
+            "--data-dir", str(tmp_path / "data")]  # fmt: skip
+    with subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    ) as proc:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        # A deadline for a server that hangs: killing it ends the loop below.
+        watchdog = threading.Timer(SERVER_READY_DEADLINE, proc.kill)
+        watchdog.start()
+        try:
+            # Until uvicorn is up (the pool is set up before that) or the server exits.
+            for line in proc.stdout:
+                lines.append(line)
+                if "Application startup complete" in line:
+                    break
+        finally:
+            watchdog.cancel()
+            proc.terminate()
+            proc.communicate(timeout=60)
+    output = "".join(lines)
+    assert "Application startup complete" in output, output
+    warning = next(line for line in lines if "iptables-legacy holds rules too" in line)
+    assert "(filter: 1 rule)" in warning
+    assert "update-alternatives --config iptables" in warning

@@ -139,7 +139,8 @@ def busy_tables(text: str) -> list[str]:
             if policy not in ("ACCEPT", "-")
         ]
         if rules or strict:
-            busy.append(", ".join([f"{table}: {rules} rules", *strict]))
+            counted = f"{rules} rule" + ("" if rules == 1 else "s")
+            busy.append(", ".join([f"{table}: {counted}", *strict]))
     return busy
 
 
