@@ -14,6 +14,7 @@ import pytest
 
 from sandtree.api import TokenStore
 from sandtree.api.openapi import openapi_document
+from sandtree.engine.runtime import CgroupHost
 from sandtree.errors import InvalidRequestError, TokenExpiredError, UnauthorizedError
 from sandtree.testing import FakeClock
 
@@ -202,6 +203,20 @@ async def test_whoami_fields_beyond_the_contract_are_documented_as_ours(api: Api
     assert contract.get("additionalProperties", True) is not False
     assert ours["x-sandtree"] is True
     assert set(body) - set(contract["properties"]) == set(ours["properties"])
+
+
+@pytest.mark.anyio
+async def test_whoami_names_the_cgroup_mode_the_engine_found_on_its_host(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    found = CgroupHost(mode="v2", root=Path("/sys/fs/cgroup"), unified=None, controllers=())
+    monkeypatch.setattr(api.engine, "cgroups", lambda: found)
+
+    body = (await api.http.get("/v1/whoami", headers=api.auth)).json()
+
+    assert body["cgroup_mode"] == "v2"
+    modes = openapi_document()["components"]["schemas"]["SandtreeWhoAmIFields"]["properties"]
+    assert modes["cgroup_mode"]["enum"] == ["v1", "hybrid", "v2"]
 
 
 def test_a_token_made_before_push_with_every_permission_of_its_time_can_push_after_the_upgrade(

@@ -108,40 +108,57 @@ class V2Tree:
         if plan.leaf is not None:
             plan.leaf.mkdir(exist_ok=True)
             _move_all(plan.base, plan.leaf)
-        missing: list[str] = []
-        for controller in V2_CONTROLLERS:
-            reason = self._enable(plan.base, controller)
-            if reason is not None:
-                missing.append(f"{controller}: {reason}")
-        self.missing = tuple(missing)
-        if missing:
-            logger.warning("cgroup v2 controllers missing for sandboxes: %s", "; ".join(missing))
-        have = set(_words(plan.base / "cgroup.subtree_control"))
-        return tuple(c for c in V2_CONTROLLERS if c in have)
+        reasons = self._enable(plan.base)
+        self.missing = tuple(f"{c}: {reasons[c]}" for c in V2_CONTROLLERS if c in reasons)
+        if self.missing:
+            logger.warning(
+                "cgroup v2 controllers missing for sandboxes: %s", "; ".join(self.missing)
+            )
+        return tuple(c for c in V2_CONTROLLERS if c not in reasons)
 
-    def _enable(self, base: Path, controller: str) -> str | None:
-        """Enable ``controller`` from the root down to ``base``'s children, or say why not."""
-        chain = [base, *base.parents]
-        chain = [p for p in chain if p == self.root or self.root in p.parents]
+    def _enable(self, base: Path) -> dict[str, str]:
+        """Enable the controllers from the root down to ``base``'s children; for each one
+        that could not be, why. One write per level ("+memory +pids +cpu"), and one per
+        controller only when that failed, to tell which."""
+        chain = [p for p in [base, *base.parents] if p == self.root or self.root in p.parents]
+        reasons: dict[str, str] = {}
+        # A cgroup offers (cgroup.controllers) what its parent hands down (subtree_control).
+        offered = set(_words(self.root / "cgroup.controllers"))
         for cgroup in reversed(chain):  # root first: a child can only enable what it has
-            if controller in _words(cgroup / "cgroup.subtree_control"):
-                continue
-            if controller not in _words(cgroup / "cgroup.controllers"):
-                return f"{cgroup} does not offer it (cgroup.controllers)"
-            try:
-                write(cgroup / "cgroup.subtree_control", f"+{controller}")
-            except OSError as exc:
-                if exc.errno == errno.EBUSY:
-                    return (
-                        f"{cgroup} has processes of its own, and v2 forbids enabling "
-                        "controllers there; run sandtree in a cgroup of its own (the systemd "
-                        "unit, Delegate=yes)"
-                    )
-                return f"writing +{controller} to {cgroup / 'cgroup.subtree_control'}: {exc}"
-        return None
+            enabled = set(_words(cgroup / "cgroup.subtree_control"))
+            wanted = []
+            for c in V2_CONTROLLERS:
+                if c in reasons or c in enabled:
+                    continue
+                if c not in offered:
+                    reasons[c] = f"{cgroup} does not offer it (its cgroup.controllers)"
+                else:
+                    wanted.append(c)
+            if wanted:
+                try:
+                    write(cgroup / "cgroup.subtree_control", " ".join(f"+{c}" for c in wanted))
+                    enabled.update(wanted)
+                except OSError:
+                    for c in wanted:  # which one the kernel refuses, and why
+                        try:
+                            write(cgroup / "cgroup.subtree_control", f"+{c}")
+                            enabled.add(c)
+                        except OSError as exc:
+                            reasons[c] = _refusal(cgroup, c, exc)
+            offered = enabled
+        return reasons
 
     def cgroup(self, sandbox_id: str) -> V2Cgroup:
         return V2Cgroup(sandbox_id, base=self.base, root=self.root)
+
+
+def _refusal(cgroup: Path, controller: str, exc: OSError) -> str:
+    if exc.errno == errno.EBUSY:
+        return (
+            f"{cgroup} has processes of its own, and v2 forbids enabling controllers there; "
+            "run sandtree in a cgroup of its own (the systemd unit has Delegate=yes)"
+        )
+    return f"writing +{controller} to {cgroup / 'cgroup.subtree_control'}: {exc.strerror}"
 
 
 def _move_all(source: Path, leaf: Path) -> None:
@@ -191,8 +208,9 @@ class V2Cgroup:
         (``container_path``), so the controllers are handed down to it as well."""
         self.dir.mkdir(exist_ok=True)
         write(self.dir / "memory.max", str(memory_bytes))
-        # No swap: the memory limit is the limit. The file is absent without swap accounting.
-        with contextlib.suppress(FileNotFoundError):
+        # No swap: the memory limit is the limit. The file is absent without swap accounting
+        # (and cgroupfs makes no file on open).
+        if (self.dir / "memory.swap.max").exists():
             write(self.dir / "memory.swap.max", "0")
         write(self.dir / "pids.max", str(pids))
         if cpus > 0:
