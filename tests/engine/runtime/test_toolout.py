@@ -24,6 +24,7 @@ from sandtree.engine.runtime._toolout import (
     default_route_devices,
     ip_json,
     iptables_version,
+    log_message,
     routes,
     saved_tables,
 )
@@ -199,3 +200,19 @@ def test_the_iptables_backend_is_read_from_its_version_line(
     text: str, expected: tuple[str, str]
 ) -> None:
     assert iptables_version(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ('{"msg": "mount proc: Operation not permitted", "level": "error"}',
+         "mount proc: Operation not permitted"),  # crun --log-format=json
+        ("plain text from an older runtime", "plain text from an older runtime"),
+        ("42", "42"),  # JSON, but not an object: used to raise AttributeError
+        ('["a", "b"]', '["a", "b"]'),
+        ('{"level": "error"}', '{"level": "error"}'),
+        ('{"msg": null}', '{"msg": null}'),
+    ],
+)  # fmt: skip
+def test_a_runtime_log_line_gives_its_message_whatever_its_shape(line: str, expected: str) -> None:
+    assert log_message(line) == expected

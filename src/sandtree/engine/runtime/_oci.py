@@ -27,6 +27,7 @@ from sandtree.engine.runtime._host import (
 from sandtree.engine.runtime._ocispec import build_config, build_process
 from sandtree.engine.runtime._process import AsyncProcess
 from sandtree.engine.runtime._seccomp import seccomp_profile
+from sandtree.engine.runtime._toolout import log_message
 from sandtree.errors import ConflictError, InvalidRequestError, RuntimeUnavailableError
 
 __all__ = ["INOTIFY_INSTANCES", "INOTIFY_WATCHES", "OciExec", "OciRuntime", "OciSandbox"]
@@ -191,9 +192,7 @@ def _read_log(path: Path) -> str | None:
     lines = []
     for line in text.splitlines()[-5:]:
         # crun logs JSON lines with --log-format=json; keep just the message.
-        with contextlib.suppress(ValueError, TypeError):
-            line = json.loads(line).get("msg", line)
-        lines.append(str(line))
+        lines.append(log_message(line))
     return "; ".join(lines)
 
 

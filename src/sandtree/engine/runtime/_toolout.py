@@ -31,6 +31,7 @@ __all__ = [
     "default_route_devices",
     "ip_json",
     "iptables_version",
+    "log_message",
     "routes",
     "saved_tables",
 ]
@@ -160,3 +161,15 @@ def iptables_version(text: str) -> tuple[str, str]:
     if not backend and tuple(int(p) for p in version.split(".")[:2]) < (1, 8):
         return version, "legacy"
     return version, "unknown"
+
+
+def log_message(line: str) -> str:
+    """The message of one line of an OCI runtime's log: ``msg`` of a JSON object (crun and
+    runc with ``--log-format=json``), else the line itself (plain text, or JSON that is not
+    an object with a message, as older versions and other runtimes write)."""
+    try:
+        doc = json.loads(line)
+    except ValueError:
+        return line
+    msg = doc.get("msg") if isinstance(doc, dict) else None
+    return msg if isinstance(msg, str) else line
