@@ -108,9 +108,9 @@ def main(iptables: str, prefix: str, subnet: str, foreign: str | None) -> None:
         try:
             pool.cleanup_stale()
             pool.setup()
-            assert pool._backend is not None
-            report["backend"] = dataclasses.asdict(pool._backend)
-            report["warning"] = pool._backend.warning()
+            assert pool.firewall.backend is not None
+            report["backend"] = dataclasses.asdict(pool.firewall.backend)
+            report["warning"] = pool.firewall.backend.warning()
             inet = ["ip", "netns", "exec", net.netns]
             servers += [serve(inet, "0.0.0.0", 8080)]
             a, b = pool.lease(), pool.lease()

@@ -17,6 +17,7 @@ import pytest
 
 from sandtree.engine.runtime import _netident, _network
 from sandtree.engine.runtime._netident import pools_in
+from sandtree.engine.runtime._netpolicy import PoolFirewall
 from sandtree.engine.runtime._network import NetworkPool
 from sandtree.engine.runtime._toolout import (
     addresses,
@@ -146,8 +147,8 @@ def test_nft_and_legacy_backends_save_the_pools_rules_identically() -> None:
     assert nft != legacy  # different headers and table order ...
     assert saved_tables(nft) == saved_tables(legacy)  # ... the same tables and rules
     pool = NetworkPool(prefix="sab12c", subnet="10.230.16.0/20", owner="0123456789abcdef")
-    assert pool._policy_of(nft) == pool._policy_of(legacy)
-    assert pool._policy_of(nft)[-3:] == ("INPUT:True", "FORWARD:True", "POSTROUTING:True")
+    assert pool.firewall.policy_of(nft) == pool.firewall.policy_of(legacy)
+    assert pool.firewall.policy_of(nft)[-3:] == ("INPUT:True", "FORWARD:True", "POSTROUTING:True")
     for saved in (nft, legacy):
         found = pools_in(saved)
         assert list(found) == ["sab12c"]
@@ -163,7 +164,7 @@ def test_a_mixed_backend_warning_and_odd_spacing_do_not_change_what_is_saved() -
         + nft.replace("-A FORWARD -j ", "-A  FORWARD   -j ").replace("\n", " \r\n")
     )
     assert saved_tables(noisy) == saved_tables(nft)
-    assert NetworkPool._jump_in_place(noisy, "filter", "FORWARD", "SANDTREE-sab12c-FWD")
+    assert PoolFirewall.jump_in_place(noisy, "filter", "FORWARD", "SANDTREE-sab12c-FWD")
 
 
 def test_a_foreign_accept_before_our_jump_is_out_of_place_on_either_backend() -> None:
@@ -172,8 +173,8 @@ def test_a_foreign_accept_before_our_jump_is_out_of_place_on_either_backend() ->
             "-A FORWARD -j SANDTREE-sab12c-FWD",
             "-A FORWARD -j ACCEPT\n-A FORWARD -j SANDTREE-sab12c-FWD",
         )
-        assert not NetworkPool._jump_in_place(saved, "filter", "FORWARD", "SANDTREE-sab12c-FWD")
-        assert NetworkPool._jump_in_place(saved, "filter", "INPUT", "SANDTREE-sab12c-IN")
+        assert not PoolFirewall.jump_in_place(saved, "filter", "FORWARD", "SANDTREE-sab12c-FWD")
+        assert PoolFirewall.jump_in_place(saved, "filter", "INPUT", "SANDTREE-sab12c-IN")
 
 
 def test_busy_tables_name_rules_and_strict_policies_but_not_empty_tables() -> None:

@@ -38,7 +38,8 @@ re-installed before a sandbox gets a network, or the lease is refused.
 Host tool output is read through ``_toolout`` (what iproute2 and iptables print differs
 between versions and kernels), and the rules go to one iptables family, the host's
 ``iptables`` alternative unless told otherwise (``_firewall``: legacy or nft backend, and a
-warning when the other backend holds rules too).
+warning when the other backend holds rules too). ``_netpolicy`` installs and checks the
+chains.
 
 Each lease also gets a sysfs mounted from inside its netns (``nsenter --net``, by the
 server, which owns that netns): the sandbox's ``/sys/class/net`` then lists ``lo`` and
@@ -56,20 +57,15 @@ import logging
 import os
 import re
 import shutil
-import subprocess
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sandtree.engine.runtime import _firewall
-from sandtree.engine.runtime._netident import (
-    HostNetworks,
-    group_of,
-    owner_comment,
-    pool_identity,
-)
-from sandtree.engine.runtime._toolout import addresses, default_route_devices, saved_tables
+from sandtree.engine.runtime._netident import HostNetworks, group_of, pool_identity
+from sandtree.engine.runtime._netpolicy import BLOCKED as _BLOCKED, PoolFirewall, run_tool as _run
+from sandtree.engine.runtime._toolout import addresses, default_route_devices
 from sandtree.errors import RuntimeUnavailableError
 
 __all__ = ["NetworkLease", "NetworkPool"]
@@ -81,45 +77,10 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _SYS_NET = Path("/sys/class/net")
 _PROC_NET = Path("/proc/sys/net")
 _PREFIX_RE = re.compile(r"[a-z][a-z0-9]{0,7}")
-_BLOCKED = (
-    "0.0.0.0/8",
-    "10.0.0.0/8",
-    "100.64.0.0/10",
-    "127.0.0.0/8",
-    "169.254.0.0/16",
-    "172.16.0.0/12",
-    "192.168.0.0/16",
-    "224.0.0.0/4",
-    "240.0.0.0/4",
-)
 _STATS = ("bytes", "packets", "errors", "dropped")
 _EVENT_STATS = ("bytes", "packets", "errs", "drop")
 
 logger = logging.getLogger(__name__)
-
-
-def _run(argv: Sequence[str], stdin: str | None = None) -> str:
-    """Run a host tool; any failure means the host cannot provide networking."""
-    try:
-        done = subprocess.run(list(argv), input=stdin, check=True, capture_output=True, text=True)
-    except FileNotFoundError as e:
-        raise RuntimeUnavailableError(
-            f"sandbox networking needs `{argv[0]}` (iproute2/iptables) on the host: {e}"
-        ) from e
-    except subprocess.CalledProcessError as e:
-        raise RuntimeUnavailableError(
-            f"sandbox networking: `{' '.join(argv)}` failed (exit {e.returncode}): "
-            f"{(e.stderr or '').strip()}"
-        ) from e
-    return done.stdout
-
-
-def _ok(argv: Sequence[str]) -> bool:
-    """True if the command exits 0 (used for ``iptables -C`` probes)."""
-    try:
-        return subprocess.run(list(argv), capture_output=True).returncode == 0
-    except FileNotFoundError as e:
-        raise RuntimeUnavailableError(f"sandbox networking needs `{argv[0]}`: {e}") from e
 
 
 def _libc_umount2(target: str) -> int:
@@ -199,19 +160,16 @@ class NetworkPool:
         self.pool_size = pool_size
         self.allow_private_nameservers = allow_private_nameservers
         self.resolv_conf = resolv_conf
-        #: The iptables family the rules go to (see ``_firewall``): the host's alternative
-        #: by default, so they land where the host's other tools look.
-        self.iptables = _firewall.tool(iptables)
-        self._save = [_firewall.tool(iptables, "-save")]
-        self._backend: _firewall.FirewallBackend | None = None
         # A stable non-zero group per prefix, so a restarted process matches its old veths.
         self.group = group_of(prefix)
-        self.chains = {k: f"SANDTREE-{prefix}-{k}" for k in ("IN", "FWD", "NAT")}
         #: Marks our chains on the host as this data dir's (see ``_netident``).
         self.owner = owner
+        #: The pool's iptables chains, in the family ``iptables`` names (``_firewall``).
+        self.firewall = PoolFirewall(
+            prefix=prefix, subnet=self.subnet, group=self.group, owner=owner, iptables=iptables
+        )
+        self.chains = self.firewall.chains
         self.state_dir = state_dir if state_dir is not None else _STATE_ROOT / prefix
-        self._policy: tuple[str, ...] | None = None
-        self._policy_lock = threading.Lock()
         self._capacity = self.subnet.num_addresses // 4
         # Round robin instead of lowest-free: an address is reused as late as possible, so
         # conntrack entries of a finished run have expired before another run gets its IP.
@@ -266,54 +224,7 @@ class NetworkPool:
         nameservers, exceptions = self._resolvers()
         self._nameservers = nameservers
         self._mtu = self._uplink_mtu()
-        c, g, net = self.chains, f"--src-group {self.group}", str(self.subnet)
-        dst = f"-m devgroup --dst-group {self.group}"
-        fwd_rules = [
-            f"{dst} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
-            f"{dst} -j DROP",
-            f"-m devgroup {g} ! -s {net} -j DROP",
-            *(f"-m devgroup {g} -d {ns} -p {p} --dport 53 -j ACCEPT" for ns in exceptions
-              for p in ("udp", "tcp")),
-            *(f"-m devgroup {g} -d {r} -j DROP" for r in (*_BLOCKED, net)),
-            f"-m devgroup {g} -j ACCEPT",
-        ]  # fmt: skip
-        # iptables-restore --noflush creates-or-flushes only the chains it declares, in one
-        # transaction: re-running setup rebuilds our chains and never touches other rules.
-        script = "\n".join(
-            [
-                "*filter",
-                f":{c['IN']} - [0:0]",
-                f":{c['FWD']} - [0:0]",
-                *(
-                    [f'-A {c["IN"]} -m comment --comment "{owner_comment(self.owner)}"']
-                    if self.owner
-                    else []
-                ),
-                f"-A {c['IN']} -m devgroup {g} -j DROP",
-                *(f"-A {c['FWD']} {r}" for r in fwd_rules),
-                "COMMIT",
-                "*nat",
-                f":{c['NAT']} - [0:0]",
-                f"-A {c['NAT']} -s {net} -m devgroup ! --dst-group {self.group} -j MASQUERADE",
-                "COMMIT",
-                "",
-            ]
-        )
-        if self._backend is None:
-            self._backend = _firewall.detect(self.iptables)
-            if (warning := self._backend.warning()) is not None:
-                logger.warning("%s", warning)
-        ipt = [self.iptables, "-w"]
-        with self._policy_lock:
-            _run([_firewall.tool(self.iptables, "-restore"), "-w", "--noflush"], stdin=script)
-            saved = _run(self._save)
-            for table, hook, chain in self._jumps():
-                if self._jump_in_place(saved, table, hook, chain):
-                    continue
-                while _ok([*ipt, "-t", table, "-C", hook, "-j", chain]):
-                    _run([*ipt, "-t", table, "-D", hook, "-j", chain])
-                _run([*ipt, "-t", table, "-I", hook, "1", "-j", chain])
-            self._policy = self._policy_of(_run(self._save))
+        self.firewall.install(exceptions)
 
     def check_policy(self) -> None:
         """Verify our chains and jumps are as ``setup`` left them; re-install them if
@@ -324,11 +235,9 @@ class NetworkPool:
         Raises:
             RuntimeUnavailableError: the policy cannot be put back.
         """
-        if self._policy is None:
+        if self.firewall.policy is None:
             raise RuntimeUnavailableError("sandbox networking: the pool was not set up")
-        expected = self._policy
-        found = self._policy_of(_run(self._save))
-        if found == expected:
+        if self.firewall.intact():
             return
         logger.warning(
             "the iptables policy of network pool %s was changed by another process; "
@@ -336,72 +245,22 @@ class NetworkPool:
             self.prefix,
         )
         self.setup()
-        if self._policy_of(_run(self._save)) != self._policy:
+        if not self.firewall.intact():
             raise RuntimeUnavailableError(
                 f"sandbox networking: the firewall of pool {self.prefix} keeps being changed "
                 "by another process; networked runs are refused until it stops"
             )
 
-    def _policy_of(self, saved: str) -> tuple[str, ...]:
-        """What must hold of ``iptables-save`` output: our chains' rules, in order, and each
-        jump reached before any rule of another tool."""
-        tables = saved_tables(saved)
-        # By table name: the backends save the tables in different orders (nft: filter
-        # first, legacy: nat first).
-        mine = tuple(
-            line
-            for table in sorted(tables)
-            for line in tables[table]
-            if line.startswith(f"-A SANDTREE-{self.prefix}-")
-        )
-        jumps = tuple(
-            f"{hook}:{self._jump_in_place(saved, table, hook, chain)}"
-            for table, hook, chain in self._jumps()
-        )
-        return mine + jumps
-
-    @staticmethod
-    def _jump_in_place(saved: str, table: str, hook: str, chain: str) -> bool:
-        """True when ``hook`` jumps to ``chain`` before any rule that is not a jump into a
-        sandtree chain (other pools only match their own devgroups, so their order does not
-        matter; another tool's ACCEPT before ours would bypass the policy)."""
-        for line in saved_tables(saved).get(table, []):
-            if not line.startswith(f"-A {hook} "):
-                continue
-            if line == f"-A {hook} -j {chain}":
-                return True
-            target = line.rsplit(" -j ", 1)[-1]
-            if table == "nat":
-                continue  # NAT order does not decide what a sandbox may reach
-            if not (target.startswith("SANDTREE-") and line == f"-A {hook} -j {target}"):
-                return False
-        return False
-
     def teardown(self) -> None:
         """Remove every namespace, veth, jump and chain of this prefix (tests, shutdown)."""
         self.cleanup_stale()
-        self._policy = None
         with contextlib.suppress(OSError):
             self.state_dir.rmdir()  # the per-lease sysfs mount points are gone with them
-        ipt = [self.iptables, "-w"]
-        for table, hook, chain in self._jumps():
-            while _ok([*ipt, "-t", table, "-C", hook, "-j", chain]):
-                _run([*ipt, "-t", table, "-D", hook, "-j", chain])
-            if _ok([*ipt, "-t", table, "-n", "-L", chain]):
-                _run([*ipt, "-t", table, "-F", chain])
-                _run([*ipt, "-t", table, "-X", chain])
+        self.firewall.remove()
         # Put ip_forward back only if we turned it on and no other pool still needs it.
-        if self._ip_forward_before is not None and "SANDTREE-" not in _run([*ipt, "-S"]):
+        if self._ip_forward_before is not None and not self.firewall.any_pool_left():
             _write_sysctl(_PROC_NET / "ipv4" / "ip_forward", self._ip_forward_before)
             self._ip_forward_before = None
-
-    def _jumps(self) -> list[tuple[str, str, str]]:
-        c = self.chains
-        return [
-            ("filter", "INPUT", c["IN"]),
-            ("filter", "FORWARD", c["FWD"]),
-            ("nat", "POSTROUTING", c["NAT"]),
-        ]
 
     def _resolvers(self) -> tuple[list[str], list[str]]:
         """(nameservers to give sandboxes, those needing a FORWARD exception)."""
