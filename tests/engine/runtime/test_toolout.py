@@ -50,11 +50,36 @@ def as_kernel_6_1_prints_it(text: str) -> str:
 
 
 def test_an_empty_object_per_link_a_filter_rejects_lists_no_link() -> None:
-    # Issue 12: this output crashed cleanup_stale with KeyError: 'ifname'.
-    assert ip_json(recorded("ip-j-link-show-type-veth.json", DEBIAN12)) == []
+    # Issue 12: this shape crashed cleanup_stale with KeyError: 'ifname'.
+    debian12 = recorded("ip-j-link-show-type-veth.json", DEBIAN12)
+    assert json.loads(debian12) == [{}]
+    assert ip_json(debian12) == []
     assert ip_json(recorded("ip-j-link-show-type-bridge.json")) == []
     veths = [link["ifname"] for link in ip_json(recorded("ip-j-link-show-type-veth.json"))]
     assert veths == ["uplinkp", "uplink0", "sab12ch0"]
+
+
+@pytest.mark.parametrize(
+    "path", sorted(FIXTURES.rglob("*.json")), ids=lambda p: str(p.relative_to(FIXTURES))
+)
+def test_every_recorded_listing_is_read_with_all_of_its_non_empty_objects(path: Path) -> None:
+    """Whatever host recorded it (here, the VM, the VM tests' own recordings)."""
+    text = path.read_text(encoding="utf-8")
+    raw = json.loads(text)
+    assert ip_json(text) == [entry for entry in raw if entry != {}]
+    found = addresses(text)
+    for link in raw:
+        for info in link.get("addr_info", []):
+            assert (info["local"], link["ifname"]) in found
+    for route in raw:
+        if route.get("dst") not in (None, "default"):
+            assert (route["dst"], route.get("dev", "")) in routes(text)
+
+
+def test_the_stock_debian_12_host_reads_as_loopback_only_without_a_default_route() -> None:
+    assert addresses(recorded("ip-j-4-addr-show.json", DEBIAN12)) == [("127.0.0.1", "lo")]
+    assert default_route_devices(recorded("ip-j-4-route-show-default.json", DEBIAN12)) == []
+    assert ("127.0.0.0/8", "lo") in routes(recorded("ip-j-4-route-show-table-all.json", DEBIAN12))
 
 
 @pytest.mark.parametrize("text", ["", "\n", "not json", '{"ifname": "lo"}', "[1, null, []]", "[{"])
@@ -190,6 +215,7 @@ def test_busy_tables_name_rules_and_strict_policies_but_not_empty_tables() -> No
     [
         (recorded("iptables-nft-version.txt"), ("1.8.9", "nf_tables")),
         (recorded("iptables-legacy-version.txt"), ("1.8.9", "legacy")),
+        (recorded("iptables-version.txt", DEBIAN12), ("1.8.9", "nf_tables")),
         ("iptables v1.8.7 (nf_tables)\n", ("1.8.7", "nf_tables")),  # Ubuntu 22.04, RHEL 9
         ("iptables v1.6.1\n", ("1.6.1", "legacy")),  # before 1.8 there was only legacy
         ("iptables v1.9.0 (something new)\n", ("1.9.0", "unknown")),
