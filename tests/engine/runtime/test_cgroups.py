@@ -334,3 +334,27 @@ def test_waiting_for_an_empty_cgroup_ends_when_events_say_unpopulated_or_at_the_
     assert wait_unpopulated(empty, within=5.0) is True
     assert wait_unpopulated(busy, within=0.05) is False
     assert read_kv(busy / "cgroup.events") == {"populated": 1, "frozen": 0}
+
+
+def _mountinfo(tmp_path: Path, root: Path, options: str) -> Path:
+    info = tmp_path / "mountinfo"
+    mount = f"30 23 0:26 / {root} rw,nosuid,nodev,noexec,relatime shared:4"
+    info.write_text(f"{mount} - cgroup2 cgroup2 {options}\n")
+    return info
+
+
+def test_refused_forks_count_in_our_cgroup_only_where_the_kernel_counts_them_hierarchically(
+    tmp_path: Path,
+) -> None:
+    root = _v2(tmp_path)
+    tree = _tree(tmp_path, root, "/")
+    tree.prepare()
+    plain = _mountinfo(tmp_path, root, "rw,nsdelegate,memory_recursiveprot")
+
+    # Linux 6.1: pids.events counts in the forking process's own cgroup, no .local file.
+    assert tree.counts_pids_hierarchically(plain) is False
+
+    (tree.base / "pids.events.local").write_text("max 0\n")
+    assert tree.counts_pids_hierarchically(plain) is True
+    local = _mountinfo(tmp_path, root, "rw,nsdelegate,pids_localevents")
+    assert tree.counts_pids_hierarchically(local) is False

@@ -45,6 +45,7 @@ SERVER_LEAF = "server"
 #: The child of a sandbox's cgroup that a runtime placing processes itself (crun) uses.
 CONTAINER_LEAF = "sandbox"
 _DELEGATE_XATTRS = ("trusted.delegate", "user.delegate")
+_MOUNTINFO = Path("/proc/self/mountinfo")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -147,6 +148,24 @@ class V2Tree:
                             reasons[c] = _refusal(cgroup, c, exc)
             offered = enabled
         return reasons
+
+    def counts_pids_hierarchically(self, mountinfo: Path = _MOUNTINFO) -> bool:
+        """Whether a refused fork is counted in the cgroup whose ``pids.max`` refused it
+        (and its ancestors), wherever the forking process lives.
+
+        Older kernels (Linux 6.1, 6.8, RHEL 9's 5.14) count it only in the forking
+        process's own cgroup: a runtime-made child of ours, which the runtime removes when the
+        sandbox ends, takes the count with it. Kernels that count hierarchically have
+        ``pids.events.local`` beside ``pids.events`` (unless mounted ``pids_localevents``).
+        """
+        if not (self.base / "pids.events.local").is_file():
+            return False
+        with contextlib.suppress(OSError):
+            for line in mountinfo.read_text(encoding="utf-8").splitlines():
+                fields = line.split()
+                if len(fields) > 4 and fields[4] == str(self.root):
+                    return "pids_localevents" not in line
+        return True
 
     def cgroup(self, sandbox_id: str) -> V2Cgroup:
         return V2Cgroup(sandbox_id, base=self.base, root=self.root)

@@ -35,6 +35,7 @@ __all__ = [
     "enter_private_mount_namespace",
     "host_cgroups",
     "sandbox_cgroup",
+    "v2_tree",
 ]
 
 logger = logging.getLogger(__name__)
