@@ -160,8 +160,16 @@ def lowerdir_plus_supported() -> bool:
             _new_api = False
         else:
             try:
-                ret = _libc.syscall(_SYS_FSCONFIG, fd, _FSCONFIG_SET_STRING, b"lowerdir+", b"/", 0)
-                _new_api = ret == 0
+
+                def accepted(key: bytes, value: bytes) -> bool:
+                    return bool(
+                        _libc.syscall(_SYS_FSCONFIG, fd, _FSCONFIG_SET_STRING, key, value, 0) == 0
+                    )
+
+                # An overlay from before the fs_context API (Linux < 6.5: Debian 12's 6.1) takes
+                # every key unchecked into a legacy option string, refused only at create; a key
+                # no filesystem has tells the two apart.
+                _new_api = accepted(b"lowerdir+", b"/") and not accepted(b"sandtree-no-such", b"x")
             finally:
                 os.close(fd)
     return _new_api
