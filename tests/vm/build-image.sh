@@ -55,9 +55,6 @@ echo sandtree-vm > "$root/etc/hostname"
 printf '127.0.0.1 localhost\n127.0.1.1 sandtree-vm\n' > "$root/etc/hosts"
 cat > "$root/etc/fstab" <<'EOF'
 /dev/vda  /         ext4  defaults,errors=remount-ro  0 1
-host      /mnt/host 9p    trans=virtio,version=9p2000.L,msize=262144,ro,nofail,x-systemd.device-timeout=10s  0 0
-job       /mnt/job  9p    trans=virtio,version=9p2000.L,msize=262144,rw,nofail,x-systemd.device-timeout=10s  0 0
-minbase   /var/cache/sandtree-test/debian-minbase 9p trans=virtio,version=9p2000.L,msize=262144,ro,nofail,x-systemd.device-timeout=10s 0 0
 EOF
 mkdir -p "$root/mnt/host" "$root/mnt/job" "$root/var/cache/sandtree-test/debian-minbase"
 printf '9p\n9pnet_virtio\noverlay\n' > "$root/etc/modules-load.d/sandtree-vm.conf"
@@ -84,6 +81,26 @@ cat > "$root/usr/local/sbin/sandtree-vm-job" <<'EOF'
 #!/bin/bash
 set -u
 job=/mnt/job
+# The 9p shares are mounted here, not from fstab: a virtio-9p channel can still be probing
+# when systemd mounts local filesystems ("no channels available for device job"), so each
+# mount is retried for up to 60 s.
+share() {  # tag dir options
+    mkdir -p "$2"
+    for _ in $(seq 300); do
+        mountpoint -q "$2" && return 0
+        mount -t 9p -o "trans=virtio,version=9p2000.L,msize=262144,$3" "$1" "$2" 2>/dev/null \
+            && return 0
+        sleep 0.2
+    done
+    echo "sandtree-vm-job: cannot mount the 9p share $1 on $2" > /dev/console
+    return 1
+}
+share host /mnt/host ro
+share job "$job" rw
+# More shares, as the kit lists them: "tag directory options" per line.
+if [ -f "$job/shares" ]; then
+    while read -r tag dir opts; do share "$tag" "$dir" "$opts"; done < "$job/shares"
+fi
 if ! mountpoint -q "$job" || [ ! -f "$job/job.sh" ]; then
     echo "sandtree-vm-job: no job in $job; powering off" > /dev/console
     systemctl poweroff --force
@@ -91,7 +108,8 @@ if ! mountpoint -q "$job" || [ ! -f "$job/job.sh" ]; then
 fi
 cut -d' ' -f1 /proc/uptime > "$job/uptime-at-start"
 export PATH=/opt/sandtree/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-export HOME=/root PYTHONPYCACHEPREFIX=/var/tmp/pycache PYTHONUNBUFFERED=1
+# No PYTHONPYCACHEPREFIX: the checkout's own __pycache__ (same python3.11) is read as it is.
+export HOME=/root PYTHONUNBUFFERED=1
 export SANDTREE_VM_OUT="$job/out"
 mkdir -p "$SANDTREE_VM_OUT"
 cd /root
@@ -108,7 +126,6 @@ cat > "$root/etc/systemd/system/sandtree-vm-job.service" <<'EOF'
 [Unit]
 Description=Run the sandtree VM job the host shared in /mnt/job
 After=local-fs.target remote-fs.target network.target systemd-networkd.service
-RequiresMountsFor=/mnt/host /mnt/job
 
 [Service]
 # idle: start once the boot's other jobs are dispatched, so the job sees a settled system.

@@ -16,7 +16,8 @@ What the script sees:
   sandtree and of its ``test`` and ``mcp`` extras, and ``sandtree`` (also in
   ``/usr/local/bin``) is the current checkout, installed editable from ``/mnt/host/src``;
 - ``/mnt/host`` is the checkout, read-only over virtio-9p (run pytest with
-  ``-p no:cacheprovider``; byte code goes to ``PYTHONPYCACHEPREFIX=/var/tmp/pycache``);
+  ``-p no:cacheprovider``); the guest reads the byte code the host left in its
+  ``__pycache__`` directories and compiles in memory what is stale;
 - files it writes under ``$SANDTREE_VM_OUT`` come back in ``VmResult.files``;
 - ``/var/cache/sandtree-test/debian-minbase`` is the host's (read-only), when it exists, so
   the isolation tests' Debian image needs no mirror;
@@ -291,6 +292,8 @@ def _qemu_argv(
             "-virtfs",
             f"local,path={DEBIAN_MINBASE},mount_tag=minbase,security_model=none,readonly=on",
         ]
+        # The guest's job runner mounts what this file lists, at the same path as here.
+        (job / "shares").write_text(f"minbase {DEBIAN_MINBASE} ro\n")
     if network:
         argv += ["-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0"]
     return argv
