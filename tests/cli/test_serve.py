@@ -7,12 +7,14 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from contree_client import AuthenticationError, ClosableStreamRepr
 from contree_client.httpx import ContreeClient
 from contree_client.runtime import RetryPolicy
 from contree_sdk import ContreeSync
 
+from sandtree.engine.runtime import host_cgroups
 from sandtree.testing import ServerProcess
 
 pytestmark = [
@@ -38,6 +40,20 @@ def test_first_start_prints_an_admin_token_saves_it_0600_and_writes_the_client_c
     config = (server.config_home / "sandtree" / "config.json").read_text(encoding="utf-8")
     assert secret in config
     assert server.url in config
+
+
+def test_the_startup_line_and_whoami_name_the_host_s_cgroup_mode(server: ServerProcess) -> None:
+    mode = host_cgroups().mode
+    label = {"v1": "cgroup v1", "hybrid": "cgroup hybrid", "v2": "cgroup v2 (unified)"}[mode]
+
+    whoami = httpx.get(
+        f"{server.url}/v1/whoami", headers={"Authorization": f"Bearer {server.admin_token}"}
+    ).json()
+
+    started = [line for line in server.output if "sandtree listening on" in line]
+    assert len(started) == 1, server.output
+    assert label in started[0], started[0]
+    assert whoami["cgroup_mode"] == mode
 
 
 def test_the_contree_client_authenticates_and_lists_images(server: ServerProcess) -> None:

@@ -84,6 +84,21 @@ def test_v1_hierarchies_alone_are_detected_as_v1_naming_a_missing_controller(
     assert found.missing == (f"pids: no v1 hierarchy mounted at {root / 'pids'}",)
 
 
+def test_a_hybrid_host_whose_v2_mount_is_hidden_from_this_process_is_still_hybrid(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "cgroup"
+    for controller in ("memory", "pids", "cpu", "cpuacct"):
+        _cgroup(root / controller)
+    hybrid = tmp_path / "hybrid-self-cgroup"
+    hybrid.write_text("4:memory:/\n1:name=systemd:/\n0::/\n")
+    legacy = tmp_path / "legacy-self-cgroup"
+    legacy.write_text("4:memory:/\n1:name=systemd:/\n")
+
+    assert detect(root, hybrid).mode == "hybrid"
+    assert detect(root, legacy).mode == "v1"
+
+
 def test_a_v2_root_without_the_pids_controller_reports_it_missing(tmp_path: Path) -> None:
     found = detect(_v2(tmp_path, controllers="cpu memory io"))
 

@@ -23,6 +23,7 @@ from typing import Literal, Protocol
 
 __all__ = [
     "CGROUP_ROOT",
+    "PROC_SELF_CGROUP",
     "CgroupHost",
     "CgroupStats",
     "SandboxCgroup",
@@ -127,8 +128,14 @@ def own_cgroup(proc_cgroup: Path = PROC_SELF_CGROUP) -> str | None:
     return None
 
 
-def detect(root: Path = CGROUP_ROOT) -> CgroupHost:
-    """Which cgroup mode the host runs, and what of it sandbox limits can use."""
+def detect(root: Path = CGROUP_ROOT, proc_cgroup: Path | None = None) -> CgroupHost:
+    """Which cgroup mode the host runs, and what of it sandbox limits can use.
+
+    A hybrid host's v2 mount may be out of sight (a process started from a server's or a
+    test run's private mount namespace, where it is hidden for crun). With ``proc_cgroup``
+    (``/proc/self/cgroup``) such a host is still told from a pure v1 one: the kernel lists
+    the v2 hierarchy there (``0::``) only once it has been mounted somewhere.
+    """
     if (root / "cgroup.controllers").is_file():
         available = set(_words(root / "cgroup.controllers"))
         have = tuple(c for c in V2_CONTROLLERS if c in available)
@@ -144,7 +151,8 @@ def detect(root: Path = CGROUP_ROOT) -> CgroupHost:
         f"{c}: no v1 hierarchy mounted at {root / c}" for c in V1_CONTROLLERS if c not in have
     )
     unified = root / "unified"
-    if (unified / "cgroup.controllers").is_file():
+    mounted_elsewhere = proc_cgroup is not None and own_cgroup(proc_cgroup) is not None
+    if (unified / "cgroup.controllers").is_file() or mounted_elsewhere:
         return CgroupHost(
             mode="hybrid", root=root, unified=unified, controllers=have, missing=missing
         )

@@ -24,6 +24,7 @@ from sandtree.engine.runtime._cgroup_v1 import V1Cgroup
 from sandtree.engine.runtime._cgroup_v2 import V2Tree
 from sandtree.engine.runtime._cgroups import (
     CGROUP_ROOT,
+    PROC_SELF_CGROUP,
     CgroupHost,
     SandboxCgroup,
     detect,
@@ -64,7 +65,7 @@ def host_cgroups() -> CgroupHost:
     global _detected, _v2_tree
     with _detect_lock:
         if _detected is None:
-            _detected = detect(_CGROUP_ROOT)
+            _detected = detect(_CGROUP_ROOT, PROC_SELF_CGROUP)
             if _detected.mode == "v2":
                 _v2_tree = V2Tree(_CGROUP_ROOT)
         found, tree = _detected, _v2_tree
