@@ -30,10 +30,10 @@ async def test_an_exec_runs_inside_the_sandbox_as_its_user_and_in_its_cgroups(
         )
     )
     await _event(sandboxes, op, "spawn", 1)
+    cgroups = "grep -E ':pids:|^0::' /proc/self/cgroup || true"
     spid = await sandboxes.engine.exec_process(
-        op, command="cat /tmp/ready; id -u; grep pids /proc/self/cgroup || true", shell=True,
-        uid=1000, gid=1000,
-    )  # fmt: skip
+        op, command=f"cat /tmp/ready; id -u; {cgroups}", shell=True, uid=1000, gid=1000
+    )
     await _event(sandboxes, op, "exit", spid)
     result = sandboxes.engine.process_result(op, spid)
     await sandboxes.engine.write_stdin(op, 1, b"bye\n", close=True)
@@ -43,9 +43,11 @@ async def test_an_exec_runs_inside_the_sandbox_as_its_user_and_in_its_cgroups(
     assert lines[0] == "ready"  # it sees the sandbox's filesystem
     assert lines[1] == "1000"
     if tier == "container":  # gVisor shows its own cgroups inside
-        # The sandbox has a cgroup namespace rooted at its own cgroup: an exec in it reads "/",
-        # one left in any other cgroup would read a path ("/../..." or a host one).
-        assert lines[2].endswith(":pids:/"), lines[2]
+        # The sandbox has a cgroup namespace rooted at its own cgroup: an exec in it reads "/"
+        # (v1's pids line; v2's only line, 0::), one left in any other cgroup would read a
+        # path ("/../..." or a host one).
+        assert lines[2:], lines
+        assert all(line.endswith(":/") for line in lines[2:]), lines[2:]
     assert result["state"]["exit_code"] == 0
     assert stdout(done) == "bye\n"
 
