@@ -2,11 +2,11 @@
 
 The same command prints different things on different hosts. Known differences:
 
-* ``ip -j link show type veth`` prints ``[]`` with iproute2 6.1 on kernel 6.18, but one empty
-  object per link the filter rejects (``[{},{}]``) on Debian 12 (iproute2 6.1, kernel 6.1):
-  iproute2 opens a JSON object per link before it filters in user space, which it only has
-  to do when the kernel returned links it did not filter. Reading ``entry["ifname"]`` crashed
-  the server there.
+* ``ip -j link show type veth`` (iproute2 6.1) prints ``[]`` where the kernel filters the
+  dump, but one empty object per link it rejects (``[{},{}]``) where the kernel returned
+  every link: on a fresh Debian 12 boot, before the veth module is loaded, the kernel cannot
+  filter by a kind it does not know, and iproute2 filters in user space after opening each
+  link's JSON object. Reading ``entry["ifname"]`` crashed the server there.
 * ``iptables-nft-save`` and ``iptables-legacy-save`` differ in their header comments, the
   nft one adds ``# Warning: iptables-legacy tables present ...`` when both are in use, and
   either may print a table we never touched.
