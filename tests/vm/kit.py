@@ -229,14 +229,17 @@ def run_in_vm(
             try:
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
                 raise VmError(
                     f"the VM did not finish within {timeout:.0f}s; output so far:\n"
                     + _tail(job / "output.log")
                     + "\nconsole:\n"
                     + _tail(console)
                 ) from None
+            finally:
+                # Past the deadline, or the test session interrupted: no VM outlives its job.
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
         wall = time.monotonic() - started
         rc_file = job / "rc"
         if not rc_file.is_file():

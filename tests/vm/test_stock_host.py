@@ -19,6 +19,7 @@ import http.server
 import json
 import os
 import secrets
+import shlex
 import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -246,12 +247,13 @@ def _outcomes(junit: bytes) -> dict[str, list[str]]:
 def test_our_real_runtime_tests_pass_on_the_stock_host(vm_image: VmImage, suite: str) -> None:
     if suite not in CI_SUITES and os.environ.get("SANDTREE_VM_FULL") != "1":
         pytest.skip(f"the {suite} suite in the VM runs only with SANDTREE_VM_FULL=1")
-    args = " ".join(SUITES[suite])
+    args = shlex.join(SUITES[suite])
     result = run_in_vm(SUITE_SCRIPT.replace("{args}", args), timeout=3000)
-    print(f"{suite}: {result.boot_seconds:.1f}s to the job, job {result.job_seconds:.1f}s")
     junit = result.files.get("junit.xml")
     assert junit is not None, result.output[-5000:]
     outcomes = _outcomes(junit)
+    counts = ", ".join(f"{len(ids)} {outcome}" for outcome, ids in outcomes.items() if ids)
+    print(f"{suite}: {result.boot_seconds:.1f}s to the job, {result.job_seconds:.1f}s: {counts}")
     problems = outcomes["failed"] + outcomes["error"] + outcomes["skipped"]
     assert not problems, "\n".join(problems) + "\n" + result.output[-8000:]
     assert outcomes["passed"], result.output[-5000:]
