@@ -12,6 +12,7 @@ from .kit import VmImage, VmUnavailable, ensure_image, vm_unavailable
 _HERE = Path(__file__).parent
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m selects: the mark must be there by then
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     reason = vm_unavailable()
     for item in items:
