@@ -163,6 +163,7 @@ def test_doctor_finds_the_stock_debian_12_host_all_ok(story: VmResult) -> None:
     for name in ("doctor-before.json", "doctor-after.json"):
         report = _json(story, name)
         details = {f["name"]: f["detail"] for f in report["findings"]}
+        print(f"{name}: " + "; ".join(f"{k}: {v}" for k, v in details.items()))
         assert report["ready"] is True
         assert set(_statuses(report).values()) == {"ok"}, report["findings"]
         assert details["kernel"].startswith("Linux 6.1.")
@@ -200,6 +201,7 @@ def test_systemctl_stop_ends_the_sandboxes_and_leaves_no_mount_or_process(
     stopped = _props(story, "show-stopped")
     journal = _text(story, "journal.log")
 
+    print(f"systemctl stop took {_text(story, 'stop-seconds')} s (whole seconds, under TCG)")
     assert int(_text(story, "overlays-while-running")) > 0  # the check below can see mounts
     assert _text(story, "stop.rc") == "0"
     # "success", not "timeout": the server stopped itself before systemd's SIGKILL.
