@@ -274,21 +274,6 @@ def test_runsc_missing_warns_unless_gvisor_is_the_default_tier(
 
 
 @pytest.mark.parametrize(
-    ("output", "parsed"),
-    [
-        ("iptables v1.8.9 (nf_tables)", ("1.8.9", "nf_tables")),
-        ("iptables v1.8.7 (legacy)", ("1.8.7", "legacy")),
-        ("iptables v1.6.1", ("1.6.1", "legacy")),  # before 1.8 there was only legacy
-        ("iptables: command not understood", None),
-    ],
-)
-def test_the_iptables_backend_is_read_from_its_version_line(
-    output: str, parsed: tuple[str, str] | None
-) -> None:
-    assert _doctor_tools.parse_iptables_version(output) == parsed
-
-
-@pytest.mark.parametrize(
     ("output", "version"),
     [
         ("ip utility, iproute2-6.1.0, libbpf 1.1.0", "6.1.0"),

@@ -14,11 +14,11 @@ import subprocess
 
 from sandtree.config import Settings
 from sandtree.engine.runtime._doctor import Finding, HostView
+from sandtree.engine.runtime._toolout import iptables_version
 
 __all__ = [
     "network_checks",
     "parse_iproute2_version",
-    "parse_iptables_version",
     "parse_runtime_version",
     "runtime_checks",
 ]
@@ -53,15 +53,6 @@ def parse_runtime_version(output: str) -> str | None:
     from runc's; None when no line says ``version``."""
     match = re.search(r"\bversion:?\s+v?(\d[\w.+~:-]*)", output, re.IGNORECASE)
     return match[1] if match else None
-
-
-def parse_iptables_version(output: str) -> tuple[str, str] | None:
-    """``("1.8.9", "nf_tables")`` from ``iptables v1.8.9 (nf_tables)``; iptables before 1.8
-    names no backend, and is the legacy one."""
-    match = re.search(r"\bv(\d[\w.]*)(?:\s*\(([\w-]+)\))?", output)
-    if match is None:
-        return None
-    return match[1], match[2] or "legacy"
 
 
 def parse_iproute2_version(output: str) -> str | None:
@@ -179,10 +170,9 @@ def check_iptables(host: HostView) -> Finding:
     if path is None:
         return _tool_missing("iptables", "iptables", "iptables")
     output, why = _version_output(path, ["--version"])
-    parsed = parse_iptables_version(output) if output is not None else None
-    if parsed is None:
+    version, backend = iptables_version(output) if output is not None else ("", "unknown")
+    if not version:
         return _tool_unreadable("iptables", "iptables --version", why or repr(output), "iptables")
-    version, backend = parsed
     return Finding(
         name="iptables",
         status="ok",
