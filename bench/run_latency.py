@@ -56,7 +56,7 @@ _common.ensure_importable()
 from sandtree.config import Settings  # noqa: E402
 from sandtree.engine import Engine, default_runtimes  # noqa: E402
 from sandtree.engine.layers._overlay import unmount  # noqa: E402
-from sandtree.engine.runtime import enter_private_mount_namespace  # noqa: E402
+from sandtree.engine.runtime import enter_private_mount_namespace, host_cgroups  # noqa: E402
 from sandtree.testing import build_busybox_rootfs  # noqa: E402
 
 DEBIAN_MINBASE = Path("/var/cache/sandtree-test/debian-minbase")
@@ -211,6 +211,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     work = Path(tempfile.mkdtemp(prefix="sandtree-bench-"))
     host = _common.host_info()
+    cgroups = host_cgroups()
+    # What a run's start costs depends on it: joining a v1 memory cgroup waits for an RCU
+    # grace period; on v2 a sandbox starts inside its cgroup where the kernel allows.
+    host["cgroup_mode"] = cgroups.mode
+    host["cgroup"] = cgroups.describe()
     started = time.perf_counter()
     log(f"work dir {work}; tiers {','.join(config.tiers)}; depth {config.depth}")
 
@@ -239,7 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows,
         details,
         title=(
-            f"sandtree run latency — {host['kernel']}, {host['cpus']} CPUs, "
+            f"sandtree run latency — {host['kernel']}, {host['cgroup_mode']} cgroups, "
+            f"{host['cpus']} CPUs, "
             f"{elapsed:.0f} s (p50 unless noted; baseline = bare runtime on the same bundle)"
         ),
         host=host,
