@@ -19,8 +19,8 @@ What the script sees:
   ``-p no:cacheprovider``); the guest reads the byte code the host left in its
   ``__pycache__`` directories and compiles in memory what is stale;
 - files it writes under ``$SANDTREE_VM_OUT`` come back in ``VmResult.files``;
-- ``/var/cache/sandtree-test/debian-minbase`` is the host's (read-only), when it exists, so
-  the isolation tests' Debian image needs no mirror;
+- ``/var/cache/sandtree-test/debian-minbase`` is on the guest's disk (a copy of the host's,
+  or debootstrapped at build time), so the isolation tests' Debian image needs no mirror;
 - the guest has no network unless ``network=True``: then a virtio NIC on QEMU's user-mode
   network, guest 10.0.2.15, and the host's loopback services at 10.0.2.2 (slirp maps
   10.0.2.2 to the host's 127.0.0.1: serve "the internet" there).
@@ -53,7 +53,6 @@ from pathlib import Path
 CHECKOUT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = Path(__file__).with_name("build-image.sh")
 CACHE = Path("/var/cache/sandtree-test/vm")
-DEBIAN_MINBASE = Path("/var/cache/sandtree-test/debian-minbase")
 QEMU = "qemu-system-x86_64"
 # What a build that failed for want of the network prints (debootstrap, apt, pip).
 _UNREACHABLE = (
@@ -290,13 +289,6 @@ def _qemu_argv(
         "-virtfs", f"local,path={CHECKOUT},mount_tag=host,security_model=none,readonly=on",
         "-virtfs", f"local,path={job},mount_tag=job,security_model=none",
     ]  # fmt: skip
-    if DEBIAN_MINBASE.is_dir():
-        argv += [
-            "-virtfs",
-            f"local,path={DEBIAN_MINBASE},mount_tag=minbase,security_model=none,readonly=on",
-        ]
-        # The guest's job runner mounts what this file lists, at the same path as here.
-        (job / "shares").write_text(f"minbase {DEBIAN_MINBASE} ro\n")
     if network:
         argv += ["-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0"]
     return argv

@@ -218,7 +218,7 @@ CI_SUITES = {"limits"}
 SUITE_SCRIPT = r"""
 set -u
 cd /mnt/host
-python3 -m pytest -p no:cacheprovider -q -rfEs --rootdir=/mnt/host \
+python3 -m pytest -p no:cacheprovider -v -rfEs --rootdir=/mnt/host \
     --junitxml=$SANDTREE_VM_OUT/junit.xml {args}
 """
 
