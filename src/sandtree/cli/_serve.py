@@ -153,8 +153,7 @@ def serve(host: str | None, port: int | None, data_dir: Path | None) -> None:
     engine = Engine(settings, network=network)
     app = create_app(engine, tokens_store=tokens)
     click.echo(
-        f"sandtree listening on {url} (data in {settings.data_dir}; "
-        f"{engine.cgroups().describe()})"
+        f"sandtree listening on {url} (data in {settings.data_dir}; {engine.cgroups().describe()})"
     )
     config = uvicorn.Config(
         app,
