@@ -41,12 +41,12 @@ class Chain(BenchCore):
         compactor = self.engine._compactor
         engine_merge = compactor._merge
 
-        async def timed_merge(uuid: str, *, force: bool) -> None:
+        async def timed_merge(uuid: str, *, force: bool, fit: int | None) -> None:
             # Observation only: how many compactions merged, over how many layers, how long,
             # and how many found nothing to do (a compaction before them had rebased them).
             before = self.engine.resolve_image(uuid).layers
             c0 = time.perf_counter()
-            await engine_merge(uuid, force=force)
+            await engine_merge(uuid, force=force, fit=fit)
             if self.engine.resolve_image(uuid).layers == before:
                 skipped.append(len(before))
             else:
