@@ -133,6 +133,8 @@ def test_a_v1_host_missing_the_pids_hierarchy_fails_with_the_mount_command(
     shutil.rmtree(cg)
     for controller in ("memory", "cpu", "cpuacct"):
         _write(cg / controller / "cgroup.procs", "")
+    # A pure v1 host: no v2 hierarchy is mounted anywhere, so the kernel lists no "0::" line.
+    _write(stock.proc / "self/cgroup", "4:memory:/\n3:cpu,cpuacct:/\n1:name=systemd:/init.scope\n")
 
     found = _doctor.check_cgroups(stock, _settings(tmp_path))
 
@@ -367,8 +369,9 @@ def test_the_probes_of_an_existing_data_dir_leave_it_as_it_was(tmp_path: Path) -
 
 
 def _cgroup_mode_from_mountinfo() -> str:
-    """How the cgroup filesystems are mounted, read from mountinfo (not the code under test)."""
-    mounts = Path("/proc/self/mountinfo").read_text(encoding="utf-8").splitlines()
+    """How the host's cgroup filesystems are mounted, read from PID 1's mountinfo (not the
+    code under test; this process may be in a namespace where a hybrid v2 mount is hidden)."""
+    mounts = Path("/proc/1/mountinfo").read_text(encoding="utf-8").splitlines()
     v2 = {line.split()[4] for line in mounts if line.split(" - ")[1].startswith("cgroup2 ")}
     if "/sys/fs/cgroup" in v2:
         return "v2"

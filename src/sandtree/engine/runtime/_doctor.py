@@ -170,7 +170,8 @@ def _wanted(settings: Settings, missing: tuple[str, ...]) -> list[str]:
 
 
 def check_cgroups(host: HostView, settings: Settings) -> Finding:
-    found = cgroups.detect(host.sys / "fs" / "cgroup")
+    # /proc/self/cgroup tells a hybrid host whose v2 mount this process cannot see from v1.
+    found = cgroups.detect(host.sys / "fs" / "cgroup", host.proc / "self" / "cgroup")
     detail = found.describe()
     if found.mode == "v2":
         mine = cgroups.own_cgroup(host.proc / "self" / "cgroup") or "/"
