@@ -208,17 +208,23 @@ def test_the_recorded_iproute2_6_1_fixtures_are_what_the_stock_host_prints(
 # -- our real-runtime tests, inside the VM -------------------------------------------------------
 
 #: suite name → pytest arguments (relative to the checkout). "limits" runs in CI; the rest
-#: only with SANDTREE_VM_FULL=1.
+#: only with SANDTREE_VM_FULL=1. Measured 2026-12-04: limits 7 passed (a 43 s job); the whole
+#: isolation suite 94 passed, 1 xfailed and 4 failed, all gVisor (an 8 min job): a fork bomb
+#: under runsc ends SUCCESS, not FAILED on the pids limit (alone and beside other hogs); an
+#: output flood drops 0.9 MB, not the > 10 MiB the test expects of 3 s of `yes` (TCG makes
+#: runsc slow); a signalled exec's exit event does not come within 30 s.
 SUITES = {
     "limits": ["tests/isolation/test_limits.py", "-m", "not gvisor"],
     "isolation": ["tests/isolation"],
 }
 CI_SUITES = {"limits"}
 
+# The checkout is read-only: no cache, and no hypothesis plugin (its example database there
+# warns, and warnings are errors). -v: a VM past its deadline still says where it was.
 SUITE_SCRIPT = r"""
 set -u
 cd /mnt/host
-python3 -m pytest -p no:cacheprovider -v -rfEs --rootdir=/mnt/host \
+python3 -m pytest -p no:cacheprovider -p no:hypothesispytest -v -rfEs --rootdir=/mnt/host \
     --junitxml=$SANDTREE_VM_OUT/junit.xml {args}
 """
 
