@@ -21,16 +21,18 @@ What the script sees:
 - files it writes under ``$SANDTREE_VM_OUT`` come back in ``VmResult.files``;
 - ``/var/cache/sandtree-test/debian-minbase`` is on the guest's disk (a copy of the host's,
   or debootstrapped at build time), so the isolation tests' Debian image needs no mirror;
-- the guest has no network unless ``network=True``: then a virtio NIC on QEMU's user-mode
-  network, guest 10.0.2.15, and the host's loopback services at 10.0.2.2 (slirp maps
-  10.0.2.2 to the host's 127.0.0.1: serve "the internet" there).
+- the guest has no network unless ``network=True``: then a virtio NIC (``ens16``) on QEMU's
+  user-mode network, the guest at 10.0.2.15 and the host's loopback services at 10.0.2.2
+  (slirp maps 10.0.2.2 to the host's 127.0.0.1: serve "the internet" there). The isolation
+  tests need none: their simulated internet is a network namespace inside the guest.
 
 Every job boots the same image afresh (its writes go to a throw-away qcow2 overlay), so jobs
 cannot leak state into each other. The image is built once by ``build-image.sh`` (debootstrap
 plus PyPI, the only time the network is needed) into ``/var/cache/sandtree-test/vm/<key>``,
 where ``key`` hashes that script and sandtree's dependency lists; a change to either
-rebuilds it. Emulation is slow: a boot to the job takes about a minute, so keep timeouts
-generous.
+rebuilds it. Emulation is slow: a boot reaches the job in ~15 s on an idle machine and
+40 to 80 s while other VMs share its CPUs, and a Python process starts in seconds, so keep
+timeouts generous.
 """
 
 from __future__ import annotations
@@ -290,7 +292,8 @@ def _qemu_argv(
         "-virtfs", f"local,path={job},mount_tag=job,security_model=none",
     ]  # fmt: skip
     if network:
-        argv += ["-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0"]
+        # A fixed PCI slot: the guest names the NIC by it (ens16), whatever else is attached.
+        argv += ["-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0,addr=0x10"]
     return argv
 
 
