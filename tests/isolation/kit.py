@@ -32,6 +32,10 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 LIMIT_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")
 #: Tiers for ``parametrize``; gVisor runs carry the ``gvisor`` mark so they can be deselected.
 TIERS = ["container", pytest.param("gvisor", marks=pytest.mark.gvisor)]
+#: How much slower than this host the machine running the tests is: the stock-host VM runs
+#: under software emulation (tests/vm sets it). Windows a workload needs to reach a limit
+#: are multiplied by it; it never shortens anything.
+TIME_SCALE = max(1.0, float(os.environ.get("SANDTREE_TEST_TIME_SCALE", "1")))
 
 
 def gvisor_xfail(reason: str) -> list[Any]:

@@ -7,13 +7,13 @@ import pytest
 
 from sandtree.engine import OperationEvent, OperationRecord
 
-from .kit import TIERS, Sandboxes, host_pids_in_cgroup, stdout, succeeded
+from .kit import TIERS, TIME_SCALE, Sandboxes, host_pids_in_cgroup, stdout, succeeded
 
 pytestmark = [pytest.mark.isolation, pytest.mark.anyio]
 
 
 async def _event(sb: Sandboxes, op: OperationRecord, kind: str, spid: int) -> OperationEvent:
-    with anyio.fail_after(30):
+    with anyio.fail_after(30 * TIME_SCALE):
         async for event in sb.engine.follow_events(op):
             if event.type == kind and event.spid == spid:
                 return event

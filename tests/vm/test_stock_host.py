@@ -224,6 +224,8 @@ CI_SUITES = {"limits"}
 SUITE_SCRIPT = r"""
 set -u
 cd /mnt/host
+# Software emulation: windows a workload needs to reach a limit are this much longer.
+export SANDTREE_TEST_TIME_SCALE=6
 python3 -m pytest -p no:cacheprovider -p no:hypothesispytest -v -rfEs --rootdir=/mnt/host \
     --junitxml=$SANDTREE_VM_OUT/junit.xml {args}
 """
